@@ -1,0 +1,152 @@
+"""API representations. Annotators' views never include model names or stored slot order."""
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from rest_framework import serializers
+
+from annotation_app.models import Annotation, Assignment, Batch
+from annotation_app.services.exports import EXPORT_FORMATS
+from annotation_app.services.imports import FORMATS
+from rlhf.preferences import MARGIN_TABLES, Strength
+
+
+class BatchSerializer(serializers.ModelSerializer):
+    assigned_annotators = serializers.SlugRelatedField(
+        many=True, required=False, slug_field="username", queryset=get_user_model().objects.all()
+    )
+    assigned_groups = serializers.SlugRelatedField(
+        many=True, required=False, slug_field="name", queryset=Group.objects.all()
+    )
+    comparison_count = serializers.IntegerField(source="comparisons.count", read_only=True)
+
+    class Meta:
+        model = Batch
+        fields = [
+            "id",
+            "name",
+            "kind",
+            "status",
+            "guidelines",
+            "overlap",
+            "sampling_plan",
+            "lease_minutes",
+            "assigned_annotators",
+            "assigned_groups",
+            "deadline",
+            "comparison_count",
+            "created_at",
+            "activated_at",
+            "closed_at",
+        ]
+        read_only_fields = ["status", "created_at", "activated_at", "closed_at"]
+
+
+class ImportSerializer(serializers.Serializer):
+    file = serializers.FileField()
+    format = serializers.ChoiceField(
+        choices=FORMATS,
+        required=False,
+        allow_null=True,
+        help_text="Detected from the first record when omitted.",
+    )
+
+
+class ImportReportSerializer(serializers.Serializer):
+    format = serializers.CharField()
+    records = serializers.IntegerField()
+    comparisons = serializers.IntegerField()
+    waiting_for_generation = serializers.IntegerField()
+
+
+class NextTaskRequestSerializer(serializers.Serializer):
+    batch = serializers.IntegerField(
+        required=False, allow_null=True, help_text="Only take work from this batch."
+    )
+
+
+class TaskSerializer(serializers.Serializer):
+    """A leased comparison as the annotator sees it: A is shown left, B right."""
+
+    assignment = serializers.IntegerField(source="pk")
+    batch = serializers.SerializerMethodField()
+    context = serializers.SerializerMethodField()
+    responses = serializers.SerializerMethodField()
+    safety_labels_required = serializers.BooleanField(source="comparison.batch.is_safety")
+    status = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+    def get_batch(self, assignment: Assignment) -> dict:
+        batch = assignment.comparison.batch
+        return {
+            "id": batch.pk,
+            "name": batch.name,
+            "kind": batch.kind,
+            "guidelines": batch.guidelines,
+        }
+
+    def get_context(self, assignment: Assignment) -> list[dict]:
+        return assignment.comparison.context_messages()
+
+    def get_responses(self, assignment: Assignment) -> dict[str, str]:
+        texts = {r.slot: r.text for r in assignment.comparison.responses.all()}
+        return {"A": texts[assignment.left_slot], "B": texts[assignment.right_slot]}
+
+
+class SubmitSerializer(serializers.Serializer):
+    assignment = serializers.IntegerField()
+    preferred = serializers.ChoiceField(choices=["A", "B"])
+    strength = serializers.ChoiceField(choices=[s.value for s in Strength])
+    a_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
+    b_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
+    rationale = serializers.CharField(
+        required=False, allow_blank=True, default="", trim_whitespace=True
+    )
+    time_spent_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+    idempotency_key = serializers.UUIDField(
+        help_text="Chosen by the client; retrying with the same key never creates a second "
+        "annotation."
+    )
+
+
+class AnnotationSerializer(serializers.ModelSerializer):
+    """An annotator's own annotation, in the display sides they saw."""
+
+    preferred = serializers.SerializerMethodField()
+    a_safe = serializers.SerializerMethodField()
+    b_safe = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Annotation
+        fields = [
+            "id",
+            "assignment",
+            "comparison",
+            "preferred",
+            "strength",
+            "a_safe",
+            "b_safe",
+            "safety_bin",
+            "rationale",
+            "time_spent_ms",
+            "idempotency_key",
+            "created_at",
+        ]
+
+    def get_preferred(self, annotation: Annotation) -> str:
+        return "A" if annotation.preferred_slot == annotation.left_slot else "B"
+
+    def get_a_safe(self, annotation: Annotation) -> bool | None:
+        return annotation.is_safe(annotation.left_slot)
+
+    def get_b_safe(self, annotation: Annotation) -> bool | None:
+        return annotation.is_safe(3 - annotation.left_slot)
+
+
+class FlagSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000)
+
+
+class ExportQuerySerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=EXPORT_FORMATS, default="canonical")
+    batch = serializers.ListField(child=serializers.IntegerField(), required=False)
+    margin = serializers.ChoiceField(choices=sorted(MARGIN_TABLES), default="small")

@@ -1,0 +1,238 @@
+"""REST API, version 1. Thin views: each one checks input, calls a service, renders a result."""
+
+from __future__ import annotations
+
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.permissions import BasePermission, DjangoModelPermissions
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from annotation_app.api import serializers as s
+from annotation_app.models import Annotation, Batch
+from annotation_app.selectors import batch_progress
+from annotation_app.services import assignment as assignment_service
+from annotation_app.services.annotations import Judgement, submit_annotation
+from annotation_app.services.batches import activate_batch, close_batch
+from annotation_app.services.exports import export_lines
+from annotation_app.services.imports import import_comparisons
+
+
+class HasPermission(BasePermission):
+    """Allows users holding one named permission (``HasPermission.of("app.codename")``)."""
+
+    permission: str = ""
+
+    @classmethod
+    def of(cls, permission: str) -> type[HasPermission]:
+        return type(f"Has_{permission.replace('.', '_')}", (cls,), {"permission": permission})
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.has_perm(self.permission))
+
+
+CanAnnotate = HasPermission.of("annotation_app.annotate")
+CanExport = HasPermission.of("annotation_app.export_preferences")
+CanManageBatches = HasPermission.of("annotation_app.manage_batches")
+
+
+class ModelPermissionsWithView(DjangoModelPermissions):
+    """Django model permissions, with reading guarded by the ``view_`` permission too."""
+
+    perms_map = {
+        **DjangoModelPermissions.perms_map,
+        "GET": ["%(app_label)s.view_%(model_name)s"],
+        "HEAD": ["%(app_label)s.view_%(model_name)s"],
+    }
+
+
+class BatchViewSet(viewsets.ModelViewSet):
+    """Annotation batches: create, configure, import into, activate, close, watch progress."""
+
+    queryset = Batch.objects.prefetch_related("assigned_annotators", "assigned_groups")
+    serializer_class = s.BatchSerializer
+    permission_classes = [ModelPermissionsWithView]
+    filterset_fields = None
+
+    def get_permissions(self):
+        if self.action in {"import_file", "activate", "close"}:
+            return [CanManageBatches()]
+        return super().get_permissions()
+
+    def perform_create(self, serializer):
+        serializer.save(created_by=self.request.user)
+
+    @extend_schema(
+        request={"multipart/form-data": s.ImportSerializer},
+        responses={201: s.ImportReportSerializer},
+    )
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="import",
+        parser_classes=[MultiPartParser, FormParser],
+    )
+    def import_file(self, request, pk=None):
+        """Import a file of prompts or comparisons; a bad record rejects the whole file."""
+        batch = self.get_object()
+        form = s.ImportSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        upload = form.validated_data["file"]
+        report = import_comparisons(
+            batch, upload.file, upload.name, form.validated_data.get("format") or None
+        )
+        return Response(s.ImportReportSerializer(report).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=s.BatchSerializer)
+    @action(detail=True, methods=["post"])
+    def activate(self, request, pk=None):
+        batch = activate_batch(self.get_object())
+        return Response(self.get_serializer(batch).data)
+
+    @extend_schema(request=None, responses=s.BatchSerializer)
+    @action(detail=True, methods=["post"])
+    def close(self, request, pk=None):
+        batch = close_batch(self.get_object())
+        return Response(self.get_serializer(batch).data)
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["get"])
+    def progress(self, request, pk=None):
+        """Counts by status, annotations done and wanted, agreement, per-annotator quality."""
+        return Response(batch_progress(self.get_object()))
+
+
+class NextTaskView(APIView):
+    """Lease the next comparison to the calling annotator."""
+
+    permission_classes = [CanAnnotate]
+    parser_classes = [JSONParser, FormParser]
+
+    @extend_schema(
+        request=s.NextTaskRequestSerializer,
+        responses={200: s.TaskSerializer, 204: OpenApiResponse(description="No work left.")},
+    )
+    def post(self, request):
+        form = s.NextTaskRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        batch = None
+        if form.validated_data.get("batch") is not None:
+            batch = Batch.objects.filter(pk=form.validated_data["batch"]).first()
+            if batch is None:
+                raise ValidationError({"batch": "no such batch"})
+        assignment = assignment_service.next_assignment(request.user, batch=batch)
+        if assignment is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(s.TaskSerializer(assignment).data)
+
+
+class AssignmentViewSet(viewsets.GenericViewSet):
+    """An annotator's own leases: read one again, skip, flag, keep alive."""
+
+    permission_classes = [CanAnnotate]
+    serializer_class = s.TaskSerializer
+
+    def _own(self, pk) -> int:
+        return assignment_service.get_assignment_for(self.request.user, int(pk)).pk
+
+    def retrieve(self, request, pk=None):
+        assignment = assignment_service.get_assignment_for(request.user, int(pk))
+        return Response(s.TaskSerializer(assignment).data)
+
+    @extend_schema(request=None, responses=s.TaskSerializer)
+    @action(detail=True, methods=["post"])
+    def skip(self, request, pk=None):
+        assignment = assignment_service.release_assignment(request.user, self._own(pk))
+        return Response(s.TaskSerializer(assignment).data)
+
+    @extend_schema(request=s.FlagSerializer, responses=s.TaskSerializer)
+    @action(detail=True, methods=["post"])
+    def flag(self, request, pk=None):
+        form = s.FlagSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        assignment = assignment_service.release_assignment(
+            request.user, self._own(pk), flag_reason=form.validated_data["reason"]
+        )
+        return Response(s.TaskSerializer(assignment).data)
+
+    @extend_schema(request=None, responses=s.TaskSerializer)
+    @action(detail=True, methods=["post"])
+    def heartbeat(self, request, pk=None):
+        """Extend the lease while the annotator is still working on it."""
+        assignment = assignment_service.extend_lease(request.user, self._own(pk))
+        return Response(s.TaskSerializer(assignment).data)
+
+
+class AnnotationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Submit annotations (idempotently) and read back one's own."""
+
+    permission_classes = [CanAnnotate]
+    serializer_class = s.AnnotationSerializer
+
+    def get_queryset(self):
+        return Annotation.objects.filter(annotator=self.request.user).order_by("-created_at")
+
+    @extend_schema(
+        request=s.SubmitSerializer,
+        responses={201: s.AnnotationSerializer, 200: s.AnnotationSerializer},
+    )
+    def create(self, request):
+        form = s.SubmitSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        judgement = Judgement(
+            preferred_side=data["preferred"],
+            strength=data["strength"],
+            a_safe=data.get("a_safe"),
+            b_safe=data.get("b_safe"),
+            rationale=data.get("rationale", ""),
+            time_spent_ms=data.get("time_spent_ms"),
+        )
+        annotation, created = submit_annotation(
+            request.user, data["assignment"], judgement, data["idempotency_key"]
+        )
+        return Response(
+            s.AnnotationSerializer(annotation).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class ExportView(APIView):
+    """Stream preference data as JSON Lines (canonical per-annotation, or TRL training pairs)."""
+
+    permission_classes = [CanExport]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("format", str, enum=["canonical", "trl"]),
+            OpenApiParameter("batch", int, many=True, description="Batch ids; all when omitted."),
+            OpenApiParameter("margin", str, enum=["none", "small", "large"]),
+        ],
+        responses={(200, "application/jsonl"): OpenApiTypes.STR},
+    )
+    def get(self, request):
+        form = s.ExportQuerySerializer(
+            data={
+                "format": request.query_params.get("format", "canonical"),
+                "batch": request.query_params.getlist("batch"),
+                "margin": request.query_params.get("margin", "small"),
+            }
+        )
+        form.is_valid(raise_exception=True)
+        query = form.validated_data
+        batches = None
+        if query.get("batch"):
+            batches = list(Batch.objects.filter(pk__in=query["batch"]))
+            missing = set(query["batch"]) - {batch.pk for batch in batches}
+            if missing:
+                raise ValidationError({"batch": f"no such batch: {sorted(missing)}"})
+        lines = export_lines(query["format"], batches, query["margin"])
+        response = StreamingHttpResponse(lines, content_type="application/jsonl")
+        filename = f"pairwise-{query['format']}.jsonl"
+        response["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return response

@@ -1,0 +1,395 @@
+"""The data model of Pairwise (see ``../shared/DESIGN.md``, "Data model").
+
+Invariants that matter are guarded by the database itself, not only by the code that writes:
+one annotation per annotator per comparison, at most two responses per comparison (slots 1
+and 2), one current model version per role, one lease per annotator per comparison.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from rlhf.preferences import STRENGTH_LABELS, SafetyBin, Strength
+
+
+class ModelVersion(models.Model):
+    """A model directory in Hugging Face format (or a hub id) with a role in the loop."""
+
+    class Role(models.TextChoices):
+        POLICY = "policy", "Policy"
+        REWARD_HELPFULNESS = "reward_helpfulness", "Helpfulness reward model"
+        REWARD_SAFETY = "reward_safety", "Safety reward model"
+
+    name = models.CharField(max_length=200, unique=True)
+    role = models.CharField(max_length=32, choices=Role.choices)
+    path = models.CharField(max_length=1000, help_text="Model directory or Hugging Face hub id.")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="children"
+    )
+    training_run = models.ForeignKey(
+        "TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="outputs"
+    )
+    metrics = models.JSONField(default=dict, blank=True)
+    is_current = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["role"], condition=Q(is_current=True), name="one_current_version_per_role"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_role_display()})"
+
+
+class Batch(models.Model):
+    """A unit of annotation work, like the weekly batches of Llama 2."""
+
+    class Kind(models.TextChoices):
+        HELPFULNESS = "helpfulness", "Helpfulness"
+        SAFETY = "safety", "Safety"
+
+    class Status(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        ACTIVE = "active", "Active"
+        CLOSED = "closed", "Closed"
+
+    name = models.CharField(max_length=200, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    guidelines = models.TextField(blank=True, help_text="Shown to annotators; Markdown-free text.")
+    overlap = models.PositiveSmallIntegerField(
+        default=1, help_text="Annotations wanted per comparison, each by a different annotator."
+    )
+    sampling_plan = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Which policy versions and sampling parameters produce the two responses.",
+    )
+    lease_minutes = models.PositiveSmallIntegerField(default=30)
+    assigned_annotators = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="assigned_batches",
+        help_text="Leave both empty to open the batch to every annotator.",
+    )
+    assigned_groups = models.ManyToManyField(Group, blank=True, related_name="assigned_batches")
+    deadline = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "batches"
+        permissions = [
+            ("annotate", "Can annotate comparisons"),
+            ("manage_batches", "Can import into, activate and close batches"),
+            ("export_preferences", "Can export preference data"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="batch_overlap_positive"),
+            models.CheckConstraint(
+                condition=Q(lease_minutes__gte=1), name="batch_lease_minutes_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_safety(self) -> bool:
+        return self.kind == self.Kind.SAFETY
+
+
+class Conversation(models.Model):
+    """A dialogue. The context of a comparison is its first ``context_length`` turns."""
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="conversations")
+    risk_category = models.CharField(max_length=100, blank=True)
+    attack_vector = models.CharField(max_length=100, blank=True)
+    source = models.CharField(max_length=200, blank=True, help_text="File and line it came from.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"Conversation {self.pk}"
+
+
+class Turn(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system", "System"
+        USER = "user", "User"
+        ASSISTANT = "assistant", "Assistant"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="turns")
+    index = models.PositiveIntegerField()
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField()
+
+    class Meta:
+        ordering = ["conversation", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "index"], name="one_turn_per_index")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role} turn {self.index} of conversation {self.conversation_id}"
+
+    def as_message(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+class Comparison(models.Model):
+    """A context plus exactly two responses, to be judged ``batch.overlap`` times."""
+
+    class Status(models.TextChoices):
+        WAITING = "waiting", "Waiting for generation"
+        READY = "ready", "Ready"
+        COMPLETE = "complete", "Complete"
+        CLOSED = "closed", "Closed"
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="comparisons")
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="comparisons"
+    )
+    context_length = models.PositiveIntegerField(
+        help_text="How many turns of the conversation form the context; the last is a user turn."
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
+    annotation_count = models.PositiveIntegerField(default=0)
+    flag_count = models.PositiveIntegerField(default=0)
+    # The preference an imported pair came with (slot 1 or 2). Never shown to annotators; kept
+    # to measure agreement with the source data and for gold checks.
+    reference_preferred_slot = models.PositiveSmallIntegerField(null=True, blank=True)
+    is_gold = models.BooleanField(
+        default=False,
+        help_text="A gold check: its reference preference is the known answer, used to measure "
+        "annotator accuracy.",
+    )
+    generation_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["batch", "status"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(reference_preferred_slot__in=[1, 2])
+                | Q(reference_preferred_slot__isnull=True),
+                name="comparison_reference_slot_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(is_gold=False) | Q(reference_preferred_slot__isnull=False),
+                name="gold_comparison_has_reference",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Comparison {self.pk}"
+
+    def context_messages(self) -> list[dict[str, str]]:
+        turns = self.conversation.turns.all()[: self.context_length]
+        return [turn.as_message() for turn in turns]
+
+
+class Response(models.Model):
+    """One of the two responses of a comparison, in slot 1 or 2."""
+
+    class Source(models.TextChoices):
+        MODEL = "model", "Model"
+        IMPORTED = "imported", "Imported"
+        HUMAN = "human", "Human"
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="responses")
+    slot = models.PositiveSmallIntegerField()
+    text = models.TextField()
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.IMPORTED)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="responses"
+    )
+    model_name = models.CharField(
+        max_length=200, blank=True, help_text="Name of the model that wrote an imported response."
+    )
+    sampling_params = models.JSONField(default=dict, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["comparison", "slot"]
+        constraints = [
+            models.UniqueConstraint(fields=["comparison", "slot"], name="one_response_per_slot"),
+            models.CheckConstraint(condition=Q(slot__in=[1, 2]), name="response_slot_is_1_or_2"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Response {self.slot} of comparison {self.comparison_id}"
+
+
+class Assignment(models.Model):
+    """A lease of one comparison to one annotator. An annotator gets a comparison at most once."""
+
+    class Status(models.TextChoices):
+        LEASED = "leased", "Leased"
+        SUBMITTED = "submitted", "Submitted"
+        SKIPPED = "skipped", "Skipped"
+        FLAGGED = "flagged", "Flagged as a problem"
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+    )
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.LEASED)
+    # Which response the annotator sees on the left ("A"); drawn at random per lease so that
+    # neither import order nor generation order leaks.
+    left_slot = models.PositiveSmallIntegerField()
+    leased_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    flag_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-leased_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"], name="one_assignment_per_annotator"
+            ),
+            models.CheckConstraint(condition=Q(left_slot__in=[1, 2]), name="left_slot_is_1_or_2"),
+        ]
+        indexes = [
+            models.Index(fields=["comparison", "status", "expires_at"]),
+            models.Index(fields=["annotator", "status"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"Assignment {self.pk} of {self.comparison_id} to {self.annotator_id}"
+
+    @property
+    def right_slot(self) -> int:
+        return 3 - self.left_slot
+
+    def is_live(self, now=None) -> bool:
+        return self.status == self.Status.LEASED and self.expires_at > (now or timezone.now())
+
+
+class Annotation(models.Model):
+    """One annotator's judgement of one comparison. Slots refer to ``Response.slot``."""
+
+    STRENGTH_CHOICES = [(strength.value, label) for strength, label in STRENGTH_LABELS.items()]
+    SAFETY_BIN_CHOICES = [(b.value, b.value.replace("_", " ").capitalize()) for b in SafetyBin]
+
+    comparison = models.ForeignKey(Comparison, on_delete=models.PROTECT, related_name="annotations")
+    annotator = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="annotations"
+    )
+    assignment = models.OneToOneField(
+        Assignment, null=True, blank=True, on_delete=models.SET_NULL, related_name="annotation"
+    )
+    preferred_slot = models.PositiveSmallIntegerField()
+    strength = models.CharField(max_length=24, choices=STRENGTH_CHOICES)
+    slot1_safe = models.BooleanField(null=True, blank=True)
+    slot2_safe = models.BooleanField(null=True, blank=True)
+    safety_bin = models.CharField(max_length=16, choices=SAFETY_BIN_CHOICES, blank=True)
+    rationale = models.TextField(blank=True)
+    left_slot = models.PositiveSmallIntegerField(help_text="Which response was shown on the left.")
+    time_spent_ms = models.PositiveIntegerField(null=True, blank=True)
+    is_gold_check = models.BooleanField(default=False)
+    idempotency_key = models.UUIDField(unique=True, default=uuid.uuid4)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["comparison", "annotator"], name="one_annotation_per_annotator"
+            ),
+            models.CheckConstraint(
+                condition=Q(preferred_slot__in=[1, 2]), name="preferred_slot_is_1_or_2"
+            ),
+            models.CheckConstraint(
+                condition=Q(left_slot__in=[1, 2]), name="annotation_left_slot_is_1_or_2"
+            ),
+            models.CheckConstraint(
+                condition=Q(strength__in=[s.value for s in Strength]), name="strength_is_known"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Annotation {self.pk} of {self.comparison_id} by {self.annotator_id}"
+
+    @property
+    def rejected_slot(self) -> int:
+        return 3 - self.preferred_slot
+
+    def is_safe(self, slot: int) -> bool | None:
+        return self.slot1_safe if slot == 1 else self.slot2_safe
+
+
+class TrainingRun(models.Model):
+    """A reward-model, SFT, rejection-sampling or PPO run and the exact data it used."""
+
+    class Kind(models.TextChoices):
+        REWARD_HELPFULNESS = "reward_helpfulness", "Helpfulness reward model"
+        REWARD_SAFETY = "reward_safety", "Safety reward model"
+        SFT = "sft", "Supervised fine-tuning"
+        REJECTION_SAMPLING = "rejection_sampling", "Rejection sampling"
+        PPO = "ppo", "PPO"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    config = models.JSONField(default=dict, blank=True)
+    batches = models.ManyToManyField(Batch, blank=True, related_name="training_runs")
+    base_model = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    export_path = models.CharField(max_length=1000, blank=True)
+    export_sha256 = models.CharField(max_length=64, blank=True)
+    progress = models.FloatField(default=0.0)
+    logs = models.TextField(blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(progress__gte=0.0) & Q(progress__lte=1.0), name="progress_in_unit_range"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} run {self.pk}"

@@ -1,0 +1,133 @@
+"""Recording an annotator's judgement.
+
+Annotators see the two responses as "A" (left) and "B" (right); which stored response is on
+the left was drawn when the comparison was leased. A :class:`Judgement` speaks in those
+display sides; :func:`submit_annotation` translates it to response slots.
+
+A submit is idempotent: it carries a key chosen by the client, and a retry with the same key
+returns the annotation the first attempt created instead of creating another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from annotation_app.errors import Conflict, InvalidInput
+from annotation_app.models import Annotation, Assignment, Batch, Comparison
+from annotation_app.services.assignment import _locked_assignment, free_slots
+from rlhf.preferences import Strength, safety_bin
+
+MAX_RATIONALE_CHARS = 10_000
+DISPLAY_SIDES = ("A", "B")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the annotator said, in display sides: A is the left response, B the right."""
+
+    preferred_side: str
+    strength: str
+    a_safe: bool | None = None
+    b_safe: bool | None = None
+    rationale: str = ""
+    time_spent_ms: int | None = None
+
+    def validate(self, batch: Batch) -> None:
+        if self.preferred_side not in DISPLAY_SIDES:
+            raise InvalidInput("choose response A or B", field="preferred")
+        if self.strength not in {strength.value for strength in Strength}:
+            choices = ", ".join(strength.value for strength in Strength)
+            raise InvalidInput(f"strength must be one of: {choices}", field="strength")
+        if batch.is_safety:
+            if self.a_safe is None:
+                raise InvalidInput("label response A safe or unsafe", field="a_safe")
+            if self.b_safe is None:
+                raise InvalidInput("label response B safe or unsafe", field="b_safe")
+        if len(self.rationale) > MAX_RATIONALE_CHARS:
+            raise InvalidInput(
+                f"the rationale is limited to {MAX_RATIONALE_CHARS} characters", field="rationale"
+            )
+        if self.time_spent_ms is not None and self.time_spent_ms < 0:
+            raise InvalidInput("time spent cannot be negative", field="time_spent_ms")
+
+
+def _already_recorded(idempotency_key: uuid.UUID, annotator) -> Annotation | None:
+    annotation = Annotation.objects.filter(idempotency_key=idempotency_key).first()
+    if annotation is not None and annotation.annotator_id != annotator.pk:
+        raise Conflict("this submission key was already used by someone else")
+    return annotation
+
+
+def submit_annotation(
+    annotator,
+    assignment_id: int,
+    judgement: Judgement,
+    idempotency_key: uuid.UUID,
+    now: datetime | None = None,
+) -> tuple[Annotation, bool]:
+    """Record ``judgement`` for the lease ``assignment_id``; returns (annotation, created).
+
+    A late submit (the lease expired) is still accepted while the comparison has a free
+    slot, so an annotator who was slow loses nothing unless someone else took their place.
+    """
+    now = now or timezone.now()
+    existing = _already_recorded(idempotency_key, annotator)
+    if existing is not None:
+        return existing, False
+
+    with transaction.atomic():
+        assignment = _locked_assignment(assignment_id, annotator)
+        # A concurrent retry of this very submit may have committed while we waited.
+        existing = _already_recorded(idempotency_key, annotator)
+        if existing is not None:
+            return existing, False
+        if assignment.status != Assignment.Status.LEASED:
+            raise Conflict(f"this comparison was already {assignment.status}")
+        batch = assignment.comparison.batch
+        if batch.status != Batch.Status.ACTIVE:
+            raise Conflict(f"batch {batch.name!r} is {batch.status}; it takes no annotations")
+        judgement.validate(batch)
+
+        comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
+        comparison.batch = batch
+        if not assignment.is_live(now) and free_slots(comparison, now, excluding=assignment) <= 0:
+            raise Conflict(
+                "your lease on this comparison expired and its slot went to another annotator"
+            )
+
+        left, right = assignment.left_slot, assignment.right_slot
+        safe_by_slot = {left: judgement.a_safe, right: judgement.b_safe}
+        time_spent_ms = judgement.time_spent_ms
+        if time_spent_ms is None:
+            time_spent_ms = int((now - assignment.leased_at).total_seconds() * 1000)
+        annotation = Annotation.objects.create(
+            comparison=comparison,
+            annotator=annotator,
+            assignment=assignment,
+            preferred_slot=left if judgement.preferred_side == "A" else right,
+            strength=judgement.strength,
+            slot1_safe=safe_by_slot[1],
+            slot2_safe=safe_by_slot[2],
+            safety_bin=safety_bin(safe_by_slot[1], safe_by_slot[2]) or "",
+            rationale=judgement.rationale.strip(),
+            left_slot=left,
+            time_spent_ms=time_spent_ms,
+            is_gold_check=comparison.is_gold,
+            idempotency_key=idempotency_key,
+            created_at=now,
+        )
+        assignment.status = Assignment.Status.SUBMITTED
+        assignment.finished_at = now
+        assignment.save(update_fields=["status", "finished_at"])
+
+        # We hold the comparison's row lock, so a plain read-modify-write is exact.
+        comparison.annotation_count += 1
+        if comparison.annotation_count >= batch.overlap:
+            comparison.status = Comparison.Status.COMPLETE
+        comparison.save(update_fields=["annotation_count", "status"])
+    return annotation, True

@@ -1,0 +1,538 @@
+"""Importing prompts and ready-made comparisons into a batch, all or nothing.
+
+Four formats (``FORMATS``), detected from the first record or named explicitly:
+
+- ``prompts``: JSONL (a JSON string, or an object with ``prompt``, ``turns`` or ``messages``)
+  or CSV (a ``prompt`` column, or a known column of the public red-team sets); safety prompts
+  carry a ``risk_category`` (or ``category``) and optionally an ``attack_vector``.
+- ``canonical``: Pairwise's own format, ``conversation`` plus two ``responses`` (an export
+  line of the canonical annotation export is also accepted; its comparison is imported once).
+- ``trl``: ``prompt`` / ``chosen`` / ``rejected``, as strings or lists of messages, or without
+  ``prompt`` as two whole conversations sharing their beginning.
+- ``hh-rlhf``: Anthropic HH-RLHF ``chosen`` / ``rejected`` transcripts.
+
+The whole file is parsed and checked before anything is written; a bad record rejects the
+file with every problem listed by file, line and field, and the database is left untouched.
+Files may be gzip-compressed (``.gz``).
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from django.conf import settings
+from django.db import transaction
+
+from annotation_app.errors import Conflict, PairwiseError
+from annotation_app.models import Batch, Comparison, Conversation, Response, Turn
+
+FORMATS = ("prompts", "canonical", "trl", "hh-rlhf")
+MESSAGE_ROLES = {"system", "user", "assistant"}
+
+# Prompt and category columns of the public prompt sets (HarmBench, SimpleSafetyTests,
+# StrongREJECT, AdvBench, XSTest, Do-Not-Answer), tried in this order.
+PROMPT_KEYS = ("prompt", "Behavior", "prompts_final", "forbidden_prompt", "goal", "question")
+CATEGORY_KEYS = ("risk_category", "category", "SemanticCategory", "harm_area", "type")
+HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+
+
+@dataclass(frozen=True)
+class RowError:
+    filename: str
+    line: int
+    field: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.filename}, line {self.line}"
+        if self.field:
+            where += f", field '{self.field}'"
+        return f"{where}: {self.message}"
+
+
+class ImportFailed(PairwiseError):
+    """The file was rejected; ``errors`` lists every problem found (up to a limit)."""
+
+    def __init__(self, errors: list[RowError], more: int = 0):
+        self.errors = errors
+        self.more = more
+        lines = [str(error) for error in errors]
+        if more:
+            lines.append(f"... and {more} more problems")
+        super().__init__("nothing was imported:\n" + "\n".join(lines))
+
+
+class _RecordError(Exception):
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class ParsedResponse:
+    text: str
+    model_name: str = ""
+    sampling_params: dict = field(default_factory=dict)
+    seed: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int | None = None
+
+
+@dataclass
+class ParsedComparison:
+    """One record, checked: a context, and two responses unless it is a bare prompt."""
+
+    context: list[dict[str, str]]
+    responses: list[ParsedResponse] | None
+    preferred_index: int | None  # index into responses of the imported preference, if any
+    risk_category: str = ""
+    attack_vector: str = ""
+    source: str = ""
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    format: str
+    records: int
+    comparisons: int
+    waiting_for_generation: int
+
+
+# --- reading records --------------------------------------------------------------------
+
+
+def _text_stream(stream: IO[bytes], filename: str) -> io.TextIOBase:
+    if filename.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream)
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+
+
+def _read_records(stream: IO[bytes], filename: str) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, record) pairs; CSV rows are dicts, JSONL lines decoded JSON."""
+    text = _text_stream(stream, filename)
+    base = filename.removesuffix(".gz").lower()
+    if base.endswith(".csv"):
+        reader = csv.DictReader(text)
+        while True:
+            line = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                raise ImportFailed([RowError(filename, line, None, f"bad CSV: {error}")]) from None
+            yield line, row
+        return
+    for line_number, line in enumerate(text, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_number, json.loads(line)
+        except json.JSONDecodeError as error:
+            yield line_number, _RecordError(f"invalid JSON: {error.msg} (column {error.colno})")
+
+
+def detect_format(record: Any) -> str:
+    """Guess the format of a file from its first record."""
+    if isinstance(record, str):
+        return "prompts"
+    if not isinstance(record, dict):
+        raise _RecordError("each line must be a JSON object or string")
+    if "responses" in record:
+        return "canonical"
+    if "chosen" in record and "rejected" in record:
+        chosen = record["chosen"]
+        if "prompt" not in record and isinstance(chosen, str) and HH_ASSISTANT in chosen:
+            return "hh-rlhf"
+        return "trl"
+    return "prompts"
+
+
+# --- field helpers ------------------------------------------------------------------------
+
+
+def _text(record: dict, key: str, *, required: bool = True, allow_empty: bool = False) -> str:
+    value = record.get(key)
+    if value is None:
+        if required:
+            raise _RecordError("is missing", key)
+        return ""
+    if not isinstance(value, str):
+        raise _RecordError(f"must be a string, not {type(value).__name__}", key)
+    if required and not allow_empty and not value.strip():
+        raise _RecordError("is empty", key)
+    return value
+
+
+def _optional_int(record: dict, key: str) -> int | None:
+    value = record.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _RecordError("must be an integer", key)
+    return value
+
+
+def _messages(value: Any, key: str) -> list[dict[str, str]]:
+    """Check a list of ``{role, content}`` messages."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise _RecordError("is empty", key)
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list) or not value:
+        raise _RecordError("must be a non-empty list of {role, content} messages", key)
+    messages = []
+    for index, message in enumerate(value):
+        where = f"{key}[{index}]"
+        if not isinstance(message, dict):
+            raise _RecordError("must be an object with 'role' and 'content'", where)
+        role, content = message.get("role"), message.get("content")
+        if role not in MESSAGE_ROLES:
+            raise _RecordError(f"role must be one of {sorted(MESSAGE_ROLES)}, not {role!r}", where)
+        if not isinstance(content, str):
+            raise _RecordError("content must be a string", where)
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _context(value: Any, key: str) -> list[dict[str, str]]:
+    messages = _messages(value, key)
+    if messages[-1]["role"] != "user":
+        raise _RecordError("the context must end with a user turn", key)
+    if not messages[-1]["content"].strip():
+        raise _RecordError("the last user turn is empty", key)
+    return messages
+
+
+def _first_key(record: dict, keys: tuple[str, ...]) -> str | None:
+    return next((key for key in keys if record.get(key) not in (None, "")), None)
+
+
+# --- one parser per format ----------------------------------------------------------------
+
+
+def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
+    if isinstance(record, str):
+        record = {"prompt": record}
+    if not isinstance(record, dict):
+        raise _RecordError("each line must be a JSON object or string")
+    if "messages" in record or "conversation" in record:
+        key = "messages" if "messages" in record else "conversation"
+        context = _context(record[key], key)
+    elif isinstance(record.get("turns"), list):
+        # MT-Bench style: planned user turns; the first one opens the dialogue.
+        turns = record["turns"]
+        if not turns or not all(isinstance(turn, str) and turn.strip() for turn in turns):
+            raise _RecordError("must be a list of non-empty strings", "turns")
+        context = [{"role": "user", "content": turns[0]}]
+    else:
+        key = _first_key(record, PROMPT_KEYS)
+        if key is None:
+            raise _RecordError(
+                f"no prompt found; expected one of {', '.join(PROMPT_KEYS)}", "prompt"
+            )
+        context = _context(record[key], key)
+    category_key = _first_key(record, CATEGORY_KEYS)
+    risk_category = str(record[category_key]).strip() if category_key else ""
+    if batch.is_safety and not risk_category:
+        raise _RecordError("safety prompts need a risk category", "risk_category")
+    return ParsedComparison(
+        context=context,
+        responses=None,
+        preferred_index=None,
+        risk_category=risk_category,
+        attack_vector=str(record.get("attack_vector") or "").strip(),
+    )
+
+
+def _parse_canonical_response(value: Any, where: str) -> ParsedResponse:
+    if not isinstance(value, dict):
+        raise _RecordError("must be an object with 'text'", where)
+    try:
+        text = _text(value, "text", allow_empty=True)
+        sampling = value.get("sampling", value.get("sampling_params")) or {}
+        if not isinstance(sampling, dict):
+            raise _RecordError("must be an object", "sampling")
+        model = value.get("model_version") or value.get("model") or ""
+        return ParsedResponse(
+            text=text,
+            model_name=str(model),
+            sampling_params=sampling,
+            seed=_optional_int(value, "seed"),
+            prompt_tokens=_optional_int(value, "prompt_tokens"),
+            completion_tokens=_optional_int(value, "completion_tokens"),
+            latency_ms=_optional_int(value, "latency_ms"),
+        )
+    except _RecordError as error:
+        raise _RecordError(str(error), f"{where}.{error.field}") from None
+
+
+def _parse_canonical(record: Any, batch: Batch) -> ParsedComparison:
+    if not isinstance(record, dict):
+        raise _RecordError("each line must be a JSON object")
+    responses = record.get("responses")
+    if not isinstance(responses, list) or len(responses) != 2:
+        raise _RecordError("must be a list of exactly two responses", "responses")
+    parsed = [_parse_canonical_response(r, f"responses[{i}]") for i, r in enumerate(responses)]
+    comparison_id = record.get("comparison_id")
+    return ParsedComparison(
+        context=_context(record.get("conversation"), "conversation"),
+        responses=parsed,
+        preferred_index=None,
+        risk_category=str(record.get("risk_category") or ""),
+        attack_vector=str(record.get("attack_vector") or ""),
+        dedupe_key=None if comparison_id is None else str(comparison_id),
+    )
+
+
+def _completion(value: Any, key: str) -> str:
+    """A TRL completion: a string, or a list holding one assistant message."""
+    if isinstance(value, str):
+        return value
+    messages = _messages(value, key)
+    if len(messages) != 1 or messages[0]["role"] != "assistant":
+        raise _RecordError("must be a single assistant message", key)
+    return messages[0]["content"]
+
+
+def _parse_trl(record: Any, batch: Batch) -> ParsedComparison:
+    if not isinstance(record, dict):
+        raise _RecordError("each line must be a JSON object")
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            raise _RecordError("is missing", key)
+    if "prompt" in record:
+        context = _context(record["prompt"], "prompt")
+        chosen = _completion(record["chosen"], "chosen")
+        rejected = _completion(record["rejected"], "rejected")
+    else:
+        # Implicit prompt: two whole conversations that share everything but the last reply.
+        chosen_messages = _messages(record["chosen"], "chosen")
+        rejected_messages = _messages(record["rejected"], "rejected")
+        context = chosen_messages[:-1]
+        if rejected_messages[:-1] != context or not context:
+            raise _RecordError("chosen and rejected must share all turns but the last", "rejected")
+        context = _context(context, "chosen")
+        chosen = _completion(chosen_messages[-1:], "chosen")
+        rejected = _completion(rejected_messages[-1:], "rejected")
+    return ParsedComparison(
+        context=context,
+        responses=[ParsedResponse(text=chosen), ParsedResponse(text=rejected)],
+        preferred_index=0,
+    )
+
+
+def _hh_turns(transcript: str) -> list[dict[str, str]]:
+    """Split an HH-RLHF transcript ("\\n\\nHuman: … \\n\\nAssistant: …") into messages."""
+    messages: list[dict[str, str]] = []
+    position = 0
+    while position < len(transcript):
+        human = transcript.find(HH_HUMAN, position)
+        assistant = transcript.find(HH_ASSISTANT, position)
+        starts = [
+            (start, marker)
+            for start, marker in ((human, HH_HUMAN), (assistant, HH_ASSISTANT))
+            if start >= 0
+        ]
+        if not starts:
+            break
+        start, marker = min(starts)
+        if not messages and transcript[position:start].strip():
+            raise _RecordError("text before the first Human/Assistant marker", "chosen")
+        if messages:
+            messages[-1]["content"] = transcript[position:start].strip()
+        role = "user" if marker == HH_HUMAN else "assistant"
+        messages.append({"role": role, "content": ""})
+        position = start + len(marker)
+    if messages:
+        messages[-1]["content"] = transcript[position:].strip()
+    return messages
+
+
+def _parse_hh(record: Any, batch: Batch) -> ParsedComparison:
+    if not isinstance(record, dict):
+        raise _RecordError("each line must be a JSON object")
+    chosen = _text(record, "chosen")
+    rejected = _text(record, "rejected")
+    # The context is the shared beginning of both transcripts, up to its last Assistant
+    # marker; what follows that marker is each side's reply, taken as is.
+    shared_length = 0
+    for chosen_char, rejected_char in zip(chosen, rejected, strict=False):
+        if chosen_char != rejected_char:
+            break
+        shared_length += 1
+    cut = chosen.rfind(HH_ASSISTANT, 0, shared_length)  # the marker lies wholly in the prefix
+    if cut < 0:
+        raise _RecordError(
+            "chosen and rejected share no Human turn before their replies", "rejected"
+        )
+    context = _hh_turns(chosen[:cut])
+    if not context or context[0]["role"] != "user":
+        raise _RecordError("the transcript must start with a Human turn", "chosen")
+    reply_start = cut + len(HH_ASSISTANT)
+    return ParsedComparison(
+        context=context,
+        responses=[
+            ParsedResponse(text=chosen[reply_start:].strip()),
+            ParsedResponse(text=rejected[reply_start:].strip()),
+        ],
+        preferred_index=0,
+    )
+
+
+PARSERS = {
+    "prompts": _parse_prompt,
+    "canonical": _parse_canonical,
+    "trl": _parse_trl,
+    "hh-rlhf": _parse_hh,
+}
+
+
+# --- the import -----------------------------------------------------------------------------
+
+
+def parse_file(
+    stream: IO[bytes], filename: str, batch: Batch, file_format: str | None = None
+) -> tuple[str, list[ParsedComparison], int]:
+    """Parse and check a whole file; returns (format, comparisons, records read).
+
+    Raises :class:`ImportFailed` listing every bad record, up to a limit.
+    """
+    if file_format is not None and file_format not in FORMATS:
+        raise ImportFailed(
+            [
+                RowError(
+                    filename, 0, "format", f"unknown format {file_format!r}; use one of {FORMATS}"
+                )
+            ]
+        )
+    limit = settings.PAIRWISE_MAX_IMPORT_ERRORS
+    errors: list[RowError] = []
+    error_count = 0
+    parsed: list[ParsedComparison] = []
+    seen_keys: set[str] = set()
+    records = 0
+    try:
+        for line, record in _read_records(stream, filename):
+            records += 1
+            try:
+                if isinstance(record, _RecordError):
+                    raise record
+                if file_format is None:
+                    file_format = detect_format(record)
+                comparison = PARSERS[file_format](record, batch)
+            except _RecordError as error:
+                error_count += 1
+                if len(errors) < limit:
+                    errors.append(RowError(filename, line, error.field, str(error)))
+                continue
+            if comparison.dedupe_key is not None:
+                if comparison.dedupe_key in seen_keys:
+                    continue
+                seen_keys.add(comparison.dedupe_key)
+            comparison.source = f"{filename}:{line}"
+            parsed.append(comparison)
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
+        errors.append(RowError(filename, records + 1, None, f"unreadable file: {error}"))
+        error_count += 1
+    if records == 0 and not errors:
+        errors.append(RowError(filename, 0, None, "the file holds no records"))
+        error_count += 1
+    if errors:
+        raise ImportFailed(errors, more=error_count - len(errors))
+    return file_format or "prompts", parsed, records
+
+
+def import_comparisons(
+    batch: Batch,
+    stream: IO[bytes],
+    filename: str,
+    file_format: str | None = None,
+    rng: random.Random | None = None,
+) -> ImportReport:
+    """Import a file into ``batch``: every record, or (on any error) nothing.
+
+    The responses of each imported pair go to slots 1 and 2 in random order, so that the
+    order of the source file (chosen first, say) cannot leak.
+    """
+    if batch.status == Batch.Status.CLOSED:
+        raise Conflict(f"batch {batch.name!r} is closed; it takes no new comparisons")
+    rng = rng or random.Random()
+    file_format, parsed, records = parse_file(stream, filename, batch, file_format)
+
+    with transaction.atomic():
+        conversations = Conversation.objects.bulk_create(
+            Conversation(
+                batch=batch,
+                risk_category=item.risk_category[:100],
+                attack_vector=item.attack_vector[:100],
+                source=item.source[:200],
+            )
+            for item in parsed
+        )
+        Turn.objects.bulk_create(
+            Turn(
+                conversation=conversation,
+                index=index,
+                role=message["role"],
+                content=message["content"],
+            )
+            for conversation, item in zip(conversations, parsed, strict=True)
+            for index, message in enumerate(item.context)
+        )
+        comparisons = Comparison.objects.bulk_create(
+            Comparison(
+                batch=batch,
+                conversation=conversation,
+                context_length=len(item.context),
+                status=Comparison.Status.WAITING
+                if item.responses is None
+                else Comparison.Status.READY,
+            )
+            for conversation, item in zip(conversations, parsed, strict=True)
+        )
+        responses = []
+        for comparison, item in zip(comparisons, parsed, strict=True):
+            if item.responses is None:
+                continue
+            slots = [1, 2]
+            rng.shuffle(slots)
+            if item.preferred_index is not None:
+                comparison.reference_preferred_slot = slots[item.preferred_index]
+            for slot, response in zip(slots, item.responses, strict=True):
+                responses.append(
+                    Response(
+                        comparison=comparison,
+                        slot=slot,
+                        text=response.text,
+                        source=Response.Source.IMPORTED,
+                        model_name=response.model_name[:200],
+                        sampling_params=response.sampling_params,
+                        seed=response.seed,
+                        prompt_tokens=response.prompt_tokens,
+                        completion_tokens=response.completion_tokens,
+                        latency_ms=response.latency_ms,
+                    )
+                )
+        Response.objects.bulk_create(responses)
+        Comparison.objects.bulk_update(
+            [c for c in comparisons if c.reference_preferred_slot is not None],
+            ["reference_preferred_slot"],
+            batch_size=1000,
+        )
+    waiting = sum(1 for item in parsed if item.responses is None)
+    return ImportReport(
+        format=file_format,
+        records=records,
+        comparisons=len(comparisons),
+        waiting_for_generation=waiting,
+    )

@@ -1,0 +1,15 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from annotation_app import views
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("login/", auth_views.LoginView.as_view(), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("annotate/", views.annotate, name="annotate"),
+    path("tasks/<int:assignment_id>/", views.task, name="task"),
+    path("tasks/<int:assignment_id>/submit/", views.submit, name="submit"),
+    path("tasks/<int:assignment_id>/release/", views.release, name="release"),
+    path("batches/<int:batch_id>/progress/", views.progress, name="batch-progress"),
+]

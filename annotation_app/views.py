@@ -1,0 +1,181 @@
+"""The browser UI: server-rendered pages, each a thin wrapper around a service call."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from annotation_app.errors import Conflict, InvalidInput, NotFound
+from annotation_app.models import Assignment, Batch
+from annotation_app.roles import Role, user_roles
+from annotation_app.selectors import annotator_queue, batch_progress
+from annotation_app.services import assignment as assignment_service
+from annotation_app.services.annotations import Judgement, submit_annotation
+from rlhf.preferences import STRENGTH_LABELS, Strength
+
+annotator_required = permission_required("annotation_app.annotate", raise_exception=True)
+
+# The single rating control: A's strengths from strongest to weakest, then B's from weakest
+# to strongest, so the scale reads left (A much better) to right (B much better).
+RATING_SCALE = [("A", strength) for strength in Strength] + [
+    ("B", strength) for strength in reversed(Strength)
+]
+
+
+def _rating_options() -> list[dict]:
+    return [
+        {
+            "key": str(number),
+            "value": f"{side}:{strength.value}",
+            "side": side,
+            "label": STRENGTH_LABELS[strength],
+        }
+        for number, (side, strength) in enumerate(RATING_SCALE, start=1)
+    ]
+
+
+@login_required
+def home(request: HttpRequest) -> HttpResponse:
+    roles = user_roles(request.user)
+    context = {
+        "roles": {role.value for role in roles},
+        "queue": annotator_queue(request.user) if Role.ANNOTATOR in roles else [],
+        "batches": Batch.objects.order_by("-created_at")[:50]
+        if request.user.has_perm("annotation_app.view_batch")
+        else [],
+    }
+    return render(request, "annotation_app/home.html", context)
+
+
+def _next_url(batch_id: int | None) -> str:
+    url = reverse("annotate")
+    return f"{url}?batch={batch_id}" if batch_id else url
+
+
+@login_required
+@annotator_required
+def annotate(request: HttpRequest) -> HttpResponse:
+    """Lease the next comparison and show it; with ``?batch=`` only from that batch."""
+    batch = None
+    if request.GET.get("batch"):
+        batch = get_object_or_404(Batch, pk=request.GET["batch"])
+    assignment = assignment_service.next_assignment(request.user, batch=batch)
+    if assignment is None:
+        where = f" in {batch.name}" if batch else ""
+        messages.success(request, f"Nothing left to annotate{where}. Thank you!")
+        return redirect("home")
+    return redirect("task", assignment_id=assignment.pk)
+
+
+def _render_task(
+    request, assignment: Assignment, *, error: InvalidInput | None = None, status: int = 200
+) -> HttpResponse:
+    comparison = assignment.comparison
+    texts = {response.slot: response.text for response in comparison.responses.all()}
+    context = {
+        "assignment": assignment,
+        "batch": comparison.batch,
+        "conversation": comparison.context_messages(),
+        "response_a": texts[assignment.left_slot],
+        "response_b": texts[assignment.right_slot],
+        "rating_options": _rating_options(),
+        "idempotency_key": request.POST.get("idempotency_key") or uuid.uuid4(),
+        "form": request.POST if error else {},
+        "error": error,
+        "batch_done": comparison.batch.comparisons.filter(
+            annotations__annotator=request.user
+        ).count(),
+    }
+    return render(request, "annotation_app/task.html", context, status=status)
+
+
+def _own_assignment(request, assignment_id: int) -> Assignment:
+    try:
+        return assignment_service.get_assignment_for(request.user, assignment_id)
+    except NotFound:
+        raise Http404("No such task.") from None
+
+
+@login_required
+@annotator_required
+def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment = _own_assignment(request, assignment_id)
+    if assignment.status != Assignment.Status.LEASED:
+        messages.info(request, "That comparison is already done; here is the next one.")
+        return redirect(_next_url(assignment.comparison.batch_id))
+    return _render_task(request, assignment)
+
+
+def _judgement_from_form(data) -> Judgement:
+    rating = data.get("rating", "")
+    side, _, strength = rating.partition(":")
+    if not side:
+        raise InvalidInput("choose which response is better, and by how much", field="rating")
+
+    def safety(name: str) -> bool | None:
+        return {"safe": True, "unsafe": False}.get(data.get(name, ""))
+
+    time_spent = data.get("time_spent_ms", "")
+    return Judgement(
+        preferred_side=side,
+        strength=strength,
+        a_safe=safety("a_safety"),
+        b_safe=safety("b_safety"),
+        rationale=data.get("rationale", ""),
+        time_spent_ms=int(time_spent) if time_spent.isdigit() else None,
+    )
+
+
+@login_required
+@annotator_required
+@require_POST
+def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    assignment = _own_assignment(request, assignment_id)
+    try:
+        key = uuid.UUID(request.POST.get("idempotency_key", ""))
+    except ValueError:
+        key = uuid.uuid4()
+    try:
+        submit_annotation(request.user, assignment.pk, _judgement_from_form(request.POST), key)
+    except InvalidInput as error:
+        return _render_task(request, assignment, error=error, status=400)
+    except Conflict as error:
+        messages.warning(request, str(error))
+    else:
+        messages.success(request, "Saved.")
+    return redirect(_next_url(assignment.comparison.batch_id))
+
+
+@login_required
+@annotator_required
+@require_POST
+def release(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    """Skip the comparison, or flag it when a reason is posted."""
+    assignment = _own_assignment(request, assignment_id)
+    flagging = request.POST.get("action") == "flag"
+    try:
+        assignment_service.release_assignment(
+            request.user,
+            assignment.pk,
+            flag_reason=request.POST.get("reason", "") if flagging else None,
+        )
+    except Conflict as error:
+        messages.warning(request, str(error))
+    else:
+        messages.info(request, "Flagged for review." if flagging else "Skipped.")
+    return redirect(_next_url(assignment.comparison.batch_id))
+
+
+@login_required
+@permission_required("annotation_app.view_batch", raise_exception=True)
+def progress(request: HttpRequest, batch_id: int) -> HttpResponse:
+    batch = get_object_or_404(Batch, pk=batch_id)
+    return render(
+        request, "annotation_app/progress.html", {"batch": batch, "progress": batch_progress(batch)}
+    )
