@@ -27,6 +27,10 @@ from annotation_app.models import (
 from annotation_app.services.batches import activate_batch, close_batch
 from annotation_app.services.imports import FORMATS, import_comparisons
 
+admin.site.site_header = "Pairwise administration"
+admin.site.site_title = "Pairwise"
+admin.site.index_title = "Batches, data and models"
+
 
 class ImportForm(forms.Form):
     file = forms.FileField(help_text="JSONL, CSV, or either gzip-compressed.")

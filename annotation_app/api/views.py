@@ -18,7 +18,7 @@ from annotation_app.models import Annotation, Batch
 from annotation_app.selectors import batch_progress
 from annotation_app.services import assignment as assignment_service
 from annotation_app.services.annotations import Judgement, submit_annotation
-from annotation_app.services.batches import activate_batch, close_batch
+from annotation_app.services.batches import activate_batch, close_batch, delete_batch
 from annotation_app.services.exports import export_lines
 from annotation_app.services.imports import import_comparisons
 
@@ -66,6 +66,9 @@ class BatchViewSet(viewsets.ModelViewSet):
 
     def perform_create(self, serializer):
         serializer.save(created_by=self.request.user)
+
+    def perform_destroy(self, instance):
+        delete_batch(instance)
 
     @extend_schema(
         request={"multipart/form-data": s.ImportSerializer},

@@ -6,7 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation_app.errors import Conflict
-from annotation_app.models import Batch
+from annotation_app.models import Annotation, Batch
 
 
 def activate_batch(batch: Batch) -> Batch:
@@ -34,3 +34,15 @@ def close_batch(batch: Batch) -> Batch:
         batch.closed_at = timezone.now()
         batch.save(update_fields=["status", "closed_at"])
     return batch
+
+
+def delete_batch(batch: Batch) -> None:
+    """Delete a batch that holds no annotations; annotated batches can only be closed."""
+    with transaction.atomic():
+        annotations = Annotation.objects.filter(comparison__batch=batch).count()
+        if annotations:
+            raise Conflict(
+                f"batch {batch.name!r} holds {annotations} annotations and cannot be deleted; "
+                "close it instead"
+            )
+        batch.delete()

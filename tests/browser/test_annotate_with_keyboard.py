@@ -12,7 +12,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 def sign_in(page, base_url: str, username: str) -> None:
     page.goto(f"{base_url}/login/")
-    page.keyboard.type(username)  # the user name field has autofocus
+    page.locator("input[name=username]").focus()
+    page.keyboard.type(username)
     page.keyboard.press("Tab")
     page.keyboard.type(PASSWORD)
     page.keyboard.press("Enter")
@@ -21,8 +22,8 @@ def sign_in(page, base_url: str, username: str) -> None:
 
 def slot_shown_as(page, side: str) -> int:
     """Which stored response the page shows as A or B, found by its text."""
-    text = page.locator(f"#response-{side} .text").inner_text()
-    return Response.objects.get(text=text.strip()).slot
+    text = page.locator(f"#response-{side} .text.raw").text_content()
+    return Response.objects.get(text=text).slot
 
 
 def test_annotator_completes_three_comparisons_by_keyboard(
@@ -70,7 +71,7 @@ def test_annotator_completes_three_comparisons_by_keyboard(
         url = page.url
         shown = {"A": slot_shown_as(page, "A"), "B": slot_shown_as(page, "B")}
         comparison_id = Response.objects.get(
-            text=page.locator("#response-A .text").inner_text().strip()
+            text=page.locator("#response-A .text.raw").text_content()
         ).comparison_id
         for key in step["keys"]:
             page.keyboard.press(key)

@@ -56,6 +56,16 @@
   document.getElementById("cancel-flag").addEventListener("click", () => flagDialog.close());
   document.getElementById("open-guidelines").addEventListener("click", () => guidelines.showModal());
 
+  // Formatted (Markdown) or raw text: annotators may need to see exactly what the model wrote.
+  const rawToggle = document.getElementById("toggle-raw");
+  function toggleRaw() {
+    const showRaw = rawToggle.getAttribute("aria-pressed") !== "true";
+    rawToggle.setAttribute("aria-pressed", String(showRaw));
+    task.querySelectorAll(".text.raw").forEach((element) => { element.hidden = !showRaw; });
+    task.querySelectorAll(".text.rendered").forEach((element) => { element.hidden = showRaw; });
+  }
+  rawToggle.addEventListener("click", toggleRaw);
+
   document.addEventListener("keydown", (event) => {
     const target = event.target;
     const typing = target instanceof HTMLTextAreaElement || target instanceof HTMLInputElement && target.type === "text";
@@ -81,6 +91,7 @@
     else if (key === "p") check("b_safety", "unsafe");
     else if (key === "r") rationale.focus();
     else if (key === "g") guidelines.showModal();
+    else if (key === "m") toggleRaw();
     else if (key === "f") openFlag();
     else if (key === "s") skipForm.submit();
     else if (key === "Enter") submitJudgement();
