@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
@@ -110,6 +115,11 @@ class BatchViewSet(viewsets.ModelViewSet):
         return Response(batch_progress(self.get_object()))
 
 
+# The id in the assignment and annotation routes is an integer. Their querysets depend on the
+# requesting user, so the schema generator cannot derive the type from the model.
+_INTEGER_ID = extend_schema(parameters=[OpenApiParameter("id", int, OpenApiParameter.PATH)])
+
+
 class NextTaskView(APIView):
     """Lease the next comparison to the calling annotator."""
 
@@ -134,6 +144,7 @@ class NextTaskView(APIView):
         return Response(s.TaskSerializer(assignment).data)
 
 
+@extend_schema_view(retrieve=_INTEGER_ID, skip=_INTEGER_ID, flag=_INTEGER_ID, heartbeat=_INTEGER_ID)
 class AssignmentViewSet(viewsets.GenericViewSet):
     """An annotator's own leases: read one again, skip, flag, keep alive."""
 
@@ -171,6 +182,7 @@ class AssignmentViewSet(viewsets.GenericViewSet):
         return Response(s.TaskSerializer(assignment).data)
 
 
+@extend_schema_view(retrieve=_INTEGER_ID)
 class AnnotationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Submit annotations (idempotently) and read back one's own."""
 

@@ -39,8 +39,13 @@ MESSAGE_ROLES = {"system", "user", "assistant"}
 # Prompt and category columns of the public prompt sets (HarmBench, SimpleSafetyTests,
 # StrongREJECT, AdvBench, XSTest, Do-Not-Answer), tried in this order.
 PROMPT_KEYS = ("prompt", "Behavior", "prompts_final", "forbidden_prompt", "goal", "question")
-CATEGORY_KEYS = ("risk_category", "category", "SemanticCategory", "harm_area", "type")
+# SimpleSafetyTests has both ``harm_area`` (the risk) and ``category`` (the kind of request).
+CATEGORY_KEYS = ("risk_category", "harm_area", "SemanticCategory", "category", "type")
+# HarmBench's contextual behaviors refer to a text given in this column.
+CONTEXT_STRING_KEY = "ContextString"
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
+INT_MAX = 2**31 - 1  # token counts and latency are PostgreSQL integers; seeds are bigints
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -121,16 +126,7 @@ def _read_records(stream: IO[bytes], filename: str) -> Iterator[tuple[int, Any]]
     text = _text_stream(stream, filename)
     base = filename.removesuffix(".gz").lower()
     if base.endswith(".csv"):
-        reader = csv.DictReader(text)
-        while True:
-            line = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as error:
-                raise ImportFailed([RowError(filename, line, None, f"bad CSV: {error}")]) from None
-            yield line, row
+        yield from _read_csv(text)
         return
     for line_number, line in enumerate(text, start=1):
         if not line.strip():
@@ -139,6 +135,30 @@ def _read_records(stream: IO[bytes], filename: str) -> Iterator[tuple[int, Any]]
             yield line_number, json.loads(line)
         except json.JSONDecodeError as error:
             yield line_number, _RecordError(f"invalid JSON: {error.msg} (column {error.colno})")
+
+
+def _read_csv(text: io.TextIOBase) -> Iterator[tuple[int, Any]]:
+    """Yield (line on which the row starts, row as a dict keyed by the header) pairs.
+
+    Blank lines are skipped; missing trailing fields read as None, like ``csv.DictReader``.
+    """
+    reader = csv.reader(text)
+    header: list[str] | None = None
+    while True:
+        line = reader.line_num + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield line, _RecordError(f"bad CSV: {error}")
+            return
+        if not row:
+            continue
+        if header is None:
+            header = row
+            continue
+        yield line, {name: row[i] if i < len(row) else None for i, name in enumerate(header)}
 
 
 def detect_format(record: Any) -> str:
@@ -173,12 +193,15 @@ def _text(record: dict, key: str, *, required: bool = True, allow_empty: bool = 
     return value
 
 
-def _optional_int(record: dict, key: str) -> int | None:
+def _optional_int(record: dict, key: str, low: int = 0, high: int = INT_MAX) -> int | None:
+    """An optional integer, within the range its database column can hold."""
     value = record.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise _RecordError("must be an integer", key)
+    if not low <= value <= high:
+        raise _RecordError(f"must be between {low} and {high}", key)
     return value
 
 
@@ -220,6 +243,17 @@ def _first_key(record: dict, keys: tuple[str, ...]) -> str | None:
 # --- one parser per format ----------------------------------------------------------------
 
 
+def _prompt_with_context_string(record: dict, key: str) -> Any:
+    """The prompt under ``key``, preceded by its HarmBench context text when it has one.
+
+    HarmBench joins the two the same way for its direct-request test cases.
+    """
+    prompt, context_string = record[key], record.get(CONTEXT_STRING_KEY)
+    if isinstance(prompt, str) and isinstance(context_string, str) and context_string.strip():
+        return f"{context_string.strip()}\n\n---\n\n{prompt}"
+    return prompt
+
+
 def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
     if isinstance(record, str):
         record = {"prompt": record}
@@ -240,7 +274,7 @@ def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
             raise _RecordError(
                 f"no prompt found; expected one of {', '.join(PROMPT_KEYS)}", "prompt"
             )
-        context = _context(record[key], key)
+        context = _context(_prompt_with_context_string(record, key), key)
     category_key = _first_key(record, CATEGORY_KEYS)
     risk_category = str(record[category_key]).strip() if category_key else ""
     if batch.is_safety and not risk_category:
@@ -267,7 +301,7 @@ def _parse_canonical_response(value: Any, where: str) -> ParsedResponse:
             text=text,
             model_name=str(model),
             sampling_params=sampling,
-            seed=_optional_int(value, "seed"),
+            seed=_optional_int(value, "seed", BIGINT_MIN, BIGINT_MAX),
             prompt_tokens=_optional_int(value, "prompt_tokens"),
             completion_tokens=_optional_int(value, "completion_tokens"),
             latency_ms=_optional_int(value, "latency_ms"),
@@ -389,6 +423,38 @@ def _parse_hh(record: Any, batch: Batch) -> ParsedComparison:
     )
 
 
+def _joined_strings(value: Any) -> str:
+    """Every key and string inside a JSON value, joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "".join(str(key) + _joined_strings(item) for key, item in value.items())
+    if isinstance(value, list):
+        return "".join(_joined_strings(item) for item in value)
+    return ""
+
+
+def _check_storable(comparison: ParsedComparison) -> None:
+    """PostgreSQL text and JSON cannot hold NUL characters: name the culprit before writing."""
+    texts = [
+        (f"turn {i + 1} of the context", m["content"]) for i, m in enumerate(comparison.context)
+    ]
+    for index, response in enumerate(comparison.responses or [], start=1):
+        texts += [
+            (f"response {index}", response.text),
+            (f"the model name of response {index}", response.model_name),
+            (
+                f"the sampling parameters of response {index}",
+                _joined_strings(response.sampling_params),
+            ),
+        ]
+    texts += [("the risk category", comparison.risk_category)]
+    texts += [("the attack vector", comparison.attack_vector)]
+    for what, text in texts:
+        if "\x00" in text:
+            raise _RecordError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+
+
 PARSERS = {
     "prompts": _parse_prompt,
     "canonical": _parse_canonical,
@@ -421,6 +487,7 @@ def parse_file(
     parsed: list[ParsedComparison] = []
     seen_keys: set[str] = set()
     records = 0
+    detected = False  # True when the format comes from the first record
     try:
         for line, record in _read_records(stream, filename):
             records += 1
@@ -428,8 +495,16 @@ def parse_file(
                 if isinstance(record, _RecordError):
                     raise record
                 if file_format is None:
-                    file_format = detect_format(record)
+                    file_format, detected = detect_format(record), True
+                elif detected and file_format == "prompts" and detect_format(record) != file_format:
+                    # A comparison further down a prompts file would lose its responses
+                    # without a word; other formats fail on their missing fields.
+                    raise _RecordError(
+                        f"looks like {detect_format(record)} but the file's first record is "
+                        f"{file_format}; split the file or name its format"
+                    )
                 comparison = PARSERS[file_format](record, batch)
+                _check_storable(comparison)
             except _RecordError as error:
                 error_count += 1
                 if len(errors) < limit:
@@ -452,6 +527,16 @@ def parse_file(
     return file_format or "prompts", parsed, records
 
 
+def _check_open(batch: Batch) -> None:
+    if batch.status == Batch.Status.CLOSED:
+        raise Conflict(f"batch {batch.name!r} is closed; it takes no new comparisons")
+
+
+def _lock_open_batch(batch: Batch) -> None:
+    """Lock the batch row (as closing it does) and check, on fresh data, that it is open."""
+    _check_open(Batch.objects.select_for_update().get(pk=batch.pk))
+
+
 def import_comparisons(
     batch: Batch,
     stream: IO[bytes],
@@ -464,12 +549,12 @@ def import_comparisons(
     The responses of each imported pair go to slots 1 and 2 in random order, so that the
     order of the source file (chosen first, say) cannot leak.
     """
-    if batch.status == Batch.Status.CLOSED:
-        raise Conflict(f"batch {batch.name!r} is closed; it takes no new comparisons")
+    _check_open(batch)  # fail fast; checked again under a lock before writing
     rng = rng or random.Random()
     file_format, parsed, records = parse_file(stream, filename, batch, file_format)
 
     with transaction.atomic():
+        _lock_open_batch(batch)
         conversations = Conversation.objects.bulk_create(
             Conversation(
                 batch=batch,

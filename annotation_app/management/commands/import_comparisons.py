@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
 
 from annotation_app.errors import PairwiseError
 from annotation_app.models import Batch
@@ -29,15 +30,16 @@ class Command(BaseCommand):
     ):
         if not file.is_file():
             raise CommandError(f"{file}: no such file")
-        try:
-            target = Batch.objects.get(name=batch)
-        except Batch.DoesNotExist:
-            if create is None:
-                raise CommandError(
-                    f"no batch named {batch!r}; create it first or pass --create KIND"
-                ) from None
-            target = Batch.objects.create(name=batch, kind=create)
-        with file.open("rb") as stream:
+        # One transaction: a rejected file leaves no freshly created, empty batch behind.
+        with transaction.atomic(), file.open("rb") as stream:
+            try:
+                target = Batch.objects.get(name=batch)
+            except Batch.DoesNotExist:
+                if create is None:
+                    raise CommandError(
+                        f"no batch named {batch!r}; create it first or pass --create KIND"
+                    ) from None
+                target = Batch.objects.create(name=batch, kind=create)
             try:
                 report = import_comparisons(target, stream, str(file), format)
             except PairwiseError as error:
