@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 from django import forms
 from django.contrib import admin, messages
@@ -25,7 +26,9 @@ from annotation_app.models import (
     Turn,
 )
 from annotation_app.services.batches import activate_batch, close_batch
+from annotation_app.services.generation import retry_failed
 from annotation_app.services.imports import FORMATS, import_comparisons
+from annotation_app.services.registry import inspect_model, promote
 
 admin.site.site_header = "Pairwise administration"
 admin.site.site_title = "Pairwise"
@@ -203,8 +206,16 @@ class ComparisonAdmin(admin.ModelAdmin):
     list_filter = ["status", "batch__kind", FlaggedFilter, "is_gold", "batch"]
     search_fields = ["conversation__turns__content", "responses__text"]
     list_select_related = ["batch"]
-    readonly_fields = ["annotation_count", "flag_count", "flag_reasons"]
+    readonly_fields = ["annotation_count", "flag_count", "flag_reasons", "generation_error"]
     inlines = [ResponseInline]
+    actions = ["retry_generation"]
+
+    @admin.action(
+        description="Retry generation of the selected failed comparisons", permissions=["change"]
+    )
+    def retry_generation(self, request, queryset):
+        requests = retry_failed(comparisons=queryset)
+        self.message_user(request, f"Queued {requests} responses for generation.", messages.SUCCESS)
 
     @admin.display(description="Flag reasons")
     def flag_reasons(self, comparison):
@@ -263,9 +274,34 @@ class AnnotationAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ["name", "role", "is_current", "parent", "created_at"]
+    list_display = ["name", "role", "is_current", "parent", "parameters", "created_at"]
     list_filter = ["role", "is_current"]
     search_fields = ["name", "path"]
+    readonly_fields = ["is_current", "summary"]
+    actions = ["promote_selected"]
+
+    @admin.display(description="Parameters")
+    def parameters(self, version):
+        count = inspect_model(version)["parameter_count"]
+        return f"{count:,}" if count is not None else "—"
+
+    @admin.display(description="Config, parameters and lineage")
+    def summary(self, version):
+        if version.pk is None:
+            return "—"
+        return format_html("<pre>{}</pre>", json.dumps(inspect_model(version), indent=2))
+
+    @admin.action(
+        description="Make the selected version current for its role", permissions=["change"]
+    )
+    def promote_selected(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one version to promote.", messages.WARNING)
+            return
+        version = promote(queryset.get())
+        self.message_user(
+            request, f"{version.name} is now the current {version.role}.", messages.SUCCESS
+        )
 
 
 @admin.register(TrainingRun)

@@ -76,6 +76,13 @@ class Batch(models.Model):
         help_text="Which policy versions and sampling parameters produce the two responses.",
     )
     lease_minutes = models.PositiveSmallIntegerField(default=30)
+    allow_annotator_prompts = models.BooleanField(
+        default=False, help_text="Annotators may write their own prompts in this batch."
+    )
+    max_turns = models.PositiveSmallIntegerField(
+        default=1,
+        help_text="How many user turns an annotator-written dialogue may reach (1: no follow-ups).",
+    )
     assigned_annotators = models.ManyToManyField(
         settings.AUTH_USER_MODEL,
         blank=True,
@@ -108,6 +115,7 @@ class Batch(models.Model):
             models.CheckConstraint(
                 condition=Q(lease_minutes__gte=1), name="batch_lease_minutes_positive"
             ),
+            models.CheckConstraint(condition=Q(max_turns__gte=1), name="batch_max_turns_positive"),
         ]
 
     def __str__(self) -> str:
@@ -125,6 +133,10 @@ class Conversation(models.Model):
     risk_category = models.CharField(max_length=100, blank=True)
     attack_vector = models.CharField(max_length=100, blank=True)
     source = models.CharField(max_length=200, blank=True, help_text="File and line it came from.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="written_conversations", help_text="The annotator who wrote it, if any.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
@@ -160,6 +172,7 @@ class Comparison(models.Model):
 
     class Status(models.TextChoices):
         WAITING = "waiting", "Waiting for generation"
+        FAILED = "failed", "Generation failed"
         READY = "ready", "Ready"
         COMPLETE = "complete", "Complete"
         CLOSED = "closed", "Closed"
@@ -183,6 +196,10 @@ class Comparison(models.Model):
         "annotator accuracy.",
     )
     generation_error = models.TextField(blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="continuations",
+        help_text="The comparison whose chosen reply this one's dialogue continues.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -11,5 +11,7 @@ urlpatterns = [
     path("tasks/<int:assignment_id>/", views.task, name="task"),
     path("tasks/<int:assignment_id>/submit/", views.submit, name="submit"),
     path("tasks/<int:assignment_id>/release/", views.release, name="release"),
+    path("tasks/<int:assignment_id>/continue/", views.continue_dialogue, name="continue"),
+    path("batches/<int:batch_id>/write/", views.write_prompt, name="write-prompt"),
     path("batches/<int:batch_id>/progress/", views.progress, name="batch-progress"),
 ]

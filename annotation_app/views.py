@@ -12,10 +12,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from annotation_app.errors import Conflict, InvalidInput, NotFound
-from annotation_app.models import Assignment, Batch
+from annotation_app.models import Assignment, Batch, Comparison
 from annotation_app.roles import Role, user_roles
 from annotation_app.selectors import annotator_queue, batch_progress
 from annotation_app.services import assignment as assignment_service
+from annotation_app.services import dialogues
 from annotation_app.services.annotations import Judgement, submit_annotation
 from rlhf.preferences import STRENGTH_LABELS, Strength
 
@@ -109,6 +110,17 @@ def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
     if assignment.status != Assignment.Status.LEASED:
         messages.info(request, "That comparison is already done; here is the next one.")
         return redirect(_next_url(assignment.comparison.batch_id))
+    if assignment.comparison.status in (Comparison.Status.WAITING, Comparison.Status.FAILED):
+        # An annotator-written prompt whose responses are still being generated.
+        return render(
+            request,
+            "annotation_app/generating.html",
+            {
+                "assignment": assignment,
+                "batch": assignment.comparison.batch,
+                "conversation": assignment.comparison.context_messages(),
+            },
+        )
     return _render_task(request, assignment)
 
 
@@ -149,6 +161,9 @@ def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
         messages.warning(request, str(error))
     else:
         messages.success(request, "Saved.")
+        assignment.refresh_from_db()
+        if dialogues.can_continue(assignment):
+            return redirect("continue", assignment_id=assignment.pk)
     return redirect(_next_url(assignment.comparison.batch_id))
 
 
@@ -178,4 +193,80 @@ def progress(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(Batch, pk=batch_id)
     return render(
         request, "annotation_app/progress.html", {"batch": batch, "progress": batch_progress(batch)}
+    )
+
+
+@login_required
+@annotator_required
+def write_prompt(request: HttpRequest, batch_id: int) -> HttpResponse:
+    """Write a prompt; two responses are generated for it while the next page waits."""
+    batch = get_object_or_404(Batch, pk=batch_id)
+    error = None
+    if request.method == "POST":
+        try:
+            assignment = dialogues.write_prompt(
+                request.user,
+                batch,
+                request.POST.get("prompt", ""),
+                risk_category=request.POST.get("risk_category", ""),
+                attack_vector=request.POST.get("attack_vector", ""),
+            )
+        except InvalidInput as invalid:
+            error = invalid
+        except (Conflict, NotFound) as refused:
+            messages.warning(request, str(refused))
+            return redirect("home")
+        else:
+            return redirect("task", assignment_id=assignment.pk)
+    return render(
+        request,
+        "annotation_app/write_prompt.html",
+        {
+            "batch": batch,
+            "error": error,
+            "form": request.POST,
+            "risk_categories": dialogues.RISK_CATEGORIES,
+            "attack_vectors": dialogues.ATTACK_VECTORS,
+        },
+        status=400 if error else 200,
+    )
+
+
+@login_required
+@annotator_required
+def continue_dialogue(request: HttpRequest, assignment_id: int) -> HttpResponse:
+    """After a comparison of their own dialogue: write the next user turn, or finish."""
+    assignment = _own_assignment(request, assignment_id)
+    if not dialogues.can_continue(assignment):
+        return redirect(_next_url(assignment.comparison.batch_id))
+    error = None
+    if request.method == "POST":
+        try:
+            follow_up = dialogues.continue_dialogue(
+                request.user, assignment.pk, request.POST.get("text", "")
+            )
+        except InvalidInput as invalid:
+            error = invalid
+        except Conflict as refused:
+            messages.warning(request, str(refused))
+            return redirect(_next_url(assignment.comparison.batch_id))
+        else:
+            return redirect("task", assignment_id=follow_up.pk)
+    comparison = assignment.comparison
+    chosen = comparison.responses.get(slot=assignment.annotation.preferred_slot)
+    return render(
+        request,
+        "annotation_app/continue.html",
+        {
+            "assignment": assignment,
+            "batch": comparison.batch,
+            "conversation": [
+                *comparison.context_messages(),
+                {"role": "assistant", "content": chosen.text},
+            ],
+            "turns_left": comparison.batch.max_turns - dialogues.user_turns(comparison),
+            "error": error,
+            "form": request.POST,
+        },
+        status=400 if error else 200,
     )

@@ -8,4 +8,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("pairwise")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["model_worker"])
+app.autodiscover_tasks(["model_worker", "annotation_app"])

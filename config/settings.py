@@ -83,6 +83,9 @@ DATABASES = {
         conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")),
     )
 }
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # The demo writes from a generation thread too: wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -141,6 +144,11 @@ CELERY_TASK_ROUTES = {
     "model_worker.tasks.generate_*": {"queue": "generation"},
     "model_worker.tasks.train_*": {"queue": "training"},
 }
+
+# Without a broker, generation runs in a background thread of the web process (the demo).
+PAIRWISE_EAGER_IN_THREAD = env_bool("PAIRWISE_EAGER_IN_THREAD", True)
+# The policy to sample from when none is registered: a model directory or a hub id.
+PAIRWISE_POLICY = os.environ.get("PAIRWISE_POLICY", "")
 
 # Annotation defaults.
 PAIRWISE_LEASE_MINUTES = int(os.environ.get("PAIRWISE_LEASE_MINUTES", "30"))

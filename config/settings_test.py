@@ -12,3 +12,4 @@ from .settings import *  # noqa: E402,F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 DATABASES["default"]["CONN_MAX_AGE"] = 0  # noqa: F405
+PAIRWISE_EAGER_IN_THREAD = False  # eager generation runs inline, so tests can assert at once

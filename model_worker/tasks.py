@@ -1,12 +1,79 @@
-"""Celery tasks. Generation and training tasks are routed to their own queues (see settings)."""
+"""Celery tasks of the model workers. They never touch the database: requests carry all they
+need (model path, messages, sampling parameters, seed) and results go back as plain data, which
+the platform's own callback stores. Generation tasks run on the ``generation`` queue.
+"""
+
+from __future__ import annotations
 
 import os
 import socket
+from collections import defaultdict
 
 from celery import shared_task
+from rlhf.sampling import SamplingParams
+
+from model_worker.generation import GenerationRequest, load_backend
+
+MAX_RETRIES = 3
 
 
 @shared_task(name="model_worker.tasks.ping")
 def ping() -> dict:
     """Health check: proves a worker consumes the ``default`` queue, and which process it is."""
     return {"ok": True, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def run_generation(requests: list[dict]) -> list[dict]:
+    """Generate one response per request, batching the requests that share a model."""
+    # Imported here so that web processes and non-generation workers never load torch.
+    from model_worker.generation import GenerationRequest, load_backend
+    from rlhf.sampling import SamplingParams
+
+    by_model: dict[str, list[dict]] = defaultdict(list)
+    for request in requests:
+        by_model[request["model_path"]].append(request)
+    results = []
+    for model_path, group in by_model.items():
+        backend = load_backend(model_path)
+        outputs = backend.generate(
+            [
+                GenerationRequest(messages=r["messages"], params=SamplingParams(**r["params"]))
+                for r in group
+            ]
+        )
+        for request, output in zip(group, outputs, strict=True):
+            results.append(
+                {
+                    "comparison": request["comparison"],
+                    "slot": request["slot"],
+                    "model_version": request["model_version"],
+                    "params": request["params"],
+                    "text": output.text,
+                    "seed": output.seed,
+                    "prompt_tokens": output.prompt_tokens,
+                    "completion_tokens": output.completion_tokens,
+                    "latency_ms": output.latency_ms,
+                    "finish_reason": output.finish_reason,
+                }
+            )
+    return results
+
+
+@shared_task(
+    bind=True,
+    name="model_worker.tasks.generate_responses",
+    acks_late=True,  # a worker that dies mid-task leaves the message to be delivered again
+    reject_on_worker_lost=True,
+    max_retries=MAX_RETRIES,
+)
+def generate_responses(self, requests: list[dict]) -> list[dict]:
+    """Generate responses; after the last retry, report the error per request instead."""
+    try:
+        return run_generation(requests)
+    except Exception as error:
+        if self.request.retries < MAX_RETRIES:
+            raise self.retry(exc=error, countdown=2 ** (self.request.retries + 1)) from error
+        message = f"{type(error).__name__}: {error}"
+        return [
+            {"comparison": r["comparison"], "slot": r["slot"], "error": message} for r in requests
+        ]

@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from rest_framework import serializers
 
-from annotation_app.models import Annotation, Assignment, Batch
+from annotation_app.models import Annotation, Assignment, Batch, ModelVersion
 from annotation_app.services.exports import EXPORT_FORMATS
 from annotation_app.services.imports import FORMATS
 from rlhf.preferences import MARGIN_TABLES, Strength
@@ -73,6 +73,8 @@ class TaskSerializer(serializers.Serializer):
     responses = serializers.SerializerMethodField()
     safety_labels_required = serializers.BooleanField(source="comparison.batch.is_safety")
     status = serializers.CharField()
+    comparison_status = serializers.CharField(source="comparison.status")
+    generation_error = serializers.CharField(source="comparison.generation_error")
     expires_at = serializers.DateTimeField()
 
     def get_batch(self, assignment: Assignment) -> dict:
@@ -87,8 +89,11 @@ class TaskSerializer(serializers.Serializer):
     def get_context(self, assignment: Assignment) -> list[dict]:
         return assignment.comparison.context_messages()
 
-    def get_responses(self, assignment: Assignment) -> dict[str, str]:
+    def get_responses(self, assignment: Assignment) -> dict[str, str] | None:
+        """A is shown left, B right; None while the responses are still being generated."""
         texts = {r.slot: r.text for r in assignment.comparison.responses.all()}
+        if len(texts) < 2:
+            return None
         return {"A": texts[assignment.left_slot], "B": texts[assignment.right_slot]}
 
 
@@ -150,3 +155,37 @@ class ExportQuerySerializer(serializers.Serializer):
     format = serializers.ChoiceField(choices=EXPORT_FORMATS, default="canonical")
     batch = serializers.ListField(child=serializers.IntegerField(), required=False)
     margin = serializers.ChoiceField(choices=sorted(MARGIN_TABLES), default="small")
+
+
+class WritePromptSerializer(serializers.Serializer):
+    prompt = serializers.CharField(max_length=10_000)
+    risk_category = serializers.CharField(required=False, allow_blank=True, default="")
+    attack_vector = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ContinueSerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=10_000)
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(
+        slug_field="name", queryset=ModelVersion.objects.all(), required=False, allow_null=True
+    )
+    make_current = serializers.BooleanField(write_only=True, required=False, default=False)
+
+    class Meta:
+        model = ModelVersion
+        fields = [
+            "id",
+            "name",
+            "role",
+            "path",
+            "parent",
+            "training_run",
+            "metrics",
+            "is_current",
+            "created_at",
+            "make_current",
+        ]
+        read_only_fields = ["training_run", "is_current", "created_at"]
+        extra_kwargs = {"name": {"required": False}}

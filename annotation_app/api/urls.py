@@ -9,6 +9,7 @@ router = DefaultRouter()
 router.register("batches", views.BatchViewSet, basename="batch")
 router.register("assignments", views.AssignmentViewSet, basename="assignment")
 router.register("annotations", views.AnnotationViewSet, basename="annotation")
+router.register("models", views.ModelVersionViewSet, basename="modelversion")
 
 urlpatterns = [
     path("tasks/next/", views.NextTaskView.as_view(), name="next-task"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -19,12 +20,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation_app.api import serializers as s
-from annotation_app.models import Annotation, Batch
+from annotation_app.models import Annotation, Batch, ModelVersion
 from annotation_app.selectors import batch_progress
 from annotation_app.services import assignment as assignment_service
+from annotation_app.services import dialogues, registry
 from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.batches import activate_batch, close_batch, delete_batch
 from annotation_app.services.exports import export_lines
+from annotation_app.services.generation import retry_failed
 from annotation_app.services.imports import import_comparisons
 
 
@@ -65,9 +68,17 @@ class BatchViewSet(viewsets.ModelViewSet):
     filterset_fields = None
 
     def get_permissions(self):
-        if self.action in {"import_file", "activate", "close"}:
+        if self.action in {"import_file", "activate", "close", "retry_generation"}:
             return [CanManageBatches()]
+        if self.action == "write_prompt":
+            return [CanAnnotate()]
         return super().get_permissions()
+
+    def get_object(self):
+        if self.action == "write_prompt":
+            # Annotators hold no batch permissions; the service checks the batch is open to them.
+            return get_object_or_404(Batch, pk=self.kwargs["pk"])
+        return super().get_object()
 
     def perform_create(self, serializer):
         serializer.save(created_by=self.request.user)
@@ -107,6 +118,21 @@ class BatchViewSet(viewsets.ModelViewSet):
     def close(self, request, pk=None):
         batch = close_batch(self.get_object())
         return Response(self.get_serializer(batch).data)
+
+    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @action(detail=True, methods=["post"], url_path="retry-generation")
+    def retry_generation(self, request, pk=None):
+        """Queue generation again for the batch's comparisons whose generation failed."""
+        return Response({"requests": retry_failed(batch=self.get_object())})
+
+    @extend_schema(request=s.WritePromptSerializer, responses={201: s.TaskSerializer})
+    @action(detail=True, methods=["post"], url_path="prompts")
+    def write_prompt(self, request, pk=None):
+        """An annotator's own prompt: responses are generated, then it is theirs to compare."""
+        form = s.WritePromptSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        assignment = dialogues.write_prompt(request.user, self.get_object(), **form.validated_data)
+        return Response(s.TaskSerializer(assignment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["get"])
@@ -173,6 +199,17 @@ class AssignmentViewSet(viewsets.GenericViewSet):
             request.user, self._own(pk), flag_reason=form.validated_data["reason"]
         )
         return Response(s.TaskSerializer(assignment).data)
+
+    @extend_schema(request=s.ContinueSerializer, responses={201: s.TaskSerializer})
+    @action(detail=True, methods=["post"], url_path="continue")
+    def continue_dialogue(self, request, pk=None):
+        """Continue one's own dialogue: the chosen reply joins the context, then this turn."""
+        form = s.ContinueSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        follow_up = dialogues.continue_dialogue(
+            request.user, self._own(pk), form.validated_data["text"]
+        )
+        return Response(s.TaskSerializer(follow_up).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=s.TaskSerializer)
     @action(detail=True, methods=["post"])
@@ -251,3 +288,43 @@ class ExportView(APIView):
         filename = f"pairwise-{query['format']}.jsonl"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
+
+
+class ModelVersionViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """The model registry: register, inspect (config, parameters, lineage) and promote."""
+
+    queryset = ModelVersion.objects.select_related("parent")
+    serializer_class = s.ModelVersionSerializer
+    permission_classes = [ModelPermissionsWithView]
+
+    def get_permissions(self):
+        if self.action == "promote":
+            return [HasPermission.of("annotation_app.change_modelversion")()]
+        return super().get_permissions()
+
+    def perform_create(self, serializer):
+        data = serializer.validated_data
+        serializer.instance = registry.register_model(
+            data["path"],
+            data["role"],
+            name=data.get("name"),
+            parent=data.get("parent"),
+            metrics=data.get("metrics"),
+            make_current=data.get("make_current", False),
+        )
+
+    @extend_schema(responses=OpenApiTypes.OBJECT)
+    def retrieve(self, request, *args, **kwargs):
+        version = self.get_object()
+        return Response({**self.get_serializer(version).data, **registry.inspect_model(version)})
+
+    @extend_schema(request=None, responses=s.ModelVersionSerializer)
+    @action(detail=True, methods=["post"])
+    def promote(self, request, pk=None):
+        """Make this version the current one of its role."""
+        return Response(self.get_serializer(registry.promote(self.get_object())).data)

@@ -6,7 +6,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation_app.errors import Conflict
-from annotation_app.models import Annotation, Batch
+from annotation_app.models import Annotation, Batch, Comparison
+from annotation_app.services.generation import request_generation
 
 
 def activate_batch(batch: Batch) -> Batch:
@@ -21,6 +22,8 @@ def activate_batch(batch: Batch) -> Batch:
         batch.activated_at = timezone.now()
         batch.closed_at = None
         batch.save(update_fields=["status", "activated_at", "closed_at"])
+        # Prompts without responses yet: fan out their generation to the model workers.
+        request_generation(batch.comparisons.filter(status=Comparison.Status.WAITING))
     return batch
 
 

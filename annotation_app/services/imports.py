@@ -32,6 +32,7 @@ from django.db import transaction
 
 from annotation_app.errors import Conflict, PairwiseError
 from annotation_app.models import Batch, Comparison, Conversation, Response, Turn
+from annotation_app.services.generation import request_generation
 
 FORMATS = ("prompts", "canonical", "trl", "hh-rlhf")
 MESSAGE_ROLES = {"system", "user", "assistant"}
@@ -614,6 +615,12 @@ def import_comparisons(
             ["reference_preferred_slot"],
             batch_size=1000,
         )
+        batch.refresh_from_db(fields=["status"])
+        if batch.status == Batch.Status.ACTIVE:
+            # An active batch takes new prompts straight to the model workers.
+            request_generation(
+                [c for c, item in zip(comparisons, parsed, strict=True) if item.responses is None]
+            )
     waiting = sum(1 for item in parsed if item.responses is None)
     return ImportReport(
         format=file_format,

@@ -1,0 +1,41 @@
+"""Command line of the rlhf library: ``python -m rlhf COMMAND ...``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def import_llama2c(args: argparse.Namespace) -> int:
+    from rlhf.llama2c import convert
+
+    for path in (args.checkpoint, args.tokenizer):
+        if not path.is_file():
+            print(f"error: {path}: no such file", file=sys.stderr)
+            return 2
+    try:
+        out = convert(args.checkpoint, args.tokenizer, args.out_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote a Hugging Face LlamaForCausalLM to {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    llama2c = commands.add_parser(
+        "import-llama2c", help="convert a llama2.c checkpoint and tokenizer to Hugging Face"
+    )
+    llama2c.add_argument("checkpoint", type=Path, help="llama2.c .bin checkpoint")
+    llama2c.add_argument("tokenizer", type=Path, help="SentencePiece .model file")
+    llama2c.add_argument("out_dir", type=Path)
+    llama2c.set_defaults(run=import_llama2c)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

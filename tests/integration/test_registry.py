@@ -1,0 +1,126 @@
+"""The model registry: register, inspect, promote; from the API, the admin and the CLI."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import IntegrityError, transaction
+
+from annotation_app.errors import Conflict, InvalidInput
+from annotation_app.models import ModelVersion
+from annotation_app.services.registry import inspect_model, promote, register_model
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=96,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    out = tmp_path_factory.mktemp("registry-model")
+    model.save_pretrained(out)
+    unique = {id(p): p.numel() for p in model.parameters()}
+    return out, sum(unique.values())
+
+
+def test_inspect_reads_config_and_counts_parameters_without_loading(model_dir):
+    path, parameters = model_dir
+    version = register_model(str(path), "policy", name="tiny-v1")
+    summary = inspect_model(version)
+    assert summary["parameter_count"] == parameters
+    assert summary["config"]["num_key_value_heads"] == 2
+    assert summary["location"] == "directory"
+
+
+def test_one_current_version_per_role(model_dir):
+    path, _ = model_dir
+    first = register_model(str(path), "policy", name="p1", make_current=True)
+    second = register_model(str(path), "policy", name="p2", parent=first)
+    reward = register_model(str(path), "reward_safety", name="r1", make_current=True)
+    promote(second)
+    current = set(ModelVersion.objects.filter(is_current=True).values_list("name", flat=True))
+    assert current == {"p2", "r1"}
+    assert [step["name"] for step in inspect_model(second)["lineage"]] == ["p2", "p1"]
+    # The database itself refuses a second current version of a role.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        ModelVersion.objects.filter(pk=first.pk).update(is_current=True)
+    assert reward.is_current
+
+
+def test_bad_registrations_name_the_problem(tmp_path, model_dir):
+    with pytest.raises(InvalidInput, match="no config.json"):
+        register_model(str(tmp_path), "policy")
+    with pytest.raises(InvalidInput, match="neither a model directory nor a hub id"):
+        register_model("/no/such/dir", "policy")
+    with pytest.raises(InvalidInput, match="unknown role"):
+        register_model(str(model_dir[0]), "critic")
+    register_model("meta-llama/Llama-2-7b-hf", "policy", name="hub")
+    with pytest.raises(Conflict, match="already exists"):
+        register_model("meta-llama/Llama-2-7b-hf", "policy", name="hub")
+    assert inspect_model(ModelVersion.objects.get(name="hub"))["location"] == "hub"
+
+
+def test_register_model_command(model_dir):
+    out = io.StringIO()
+    call_command(
+        "register_model",
+        str(model_dir[0]),
+        "--role",
+        "policy",
+        "--name",
+        "cli",
+        "--current",
+        stdout=out,
+    )
+    assert f"{model_dir[1]:,} parameters" in out.getvalue()
+    assert ModelVersion.objects.get(name="cli").is_current
+    with pytest.raises(CommandError, match="no model version named 'nope'"):
+        call_command("register_model", str(model_dir[0]), "--role", "policy", "--parent", "nope")
+
+
+def test_api_registers_inspects_and_promotes(model_dir, ml_staff, annotator, api_client):
+    api_client.force_authenticate(ml_staff)
+    created = api_client.post(
+        "/api/v1/models/",
+        {"path": str(model_dir[0]), "role": "policy", "name": "api-v1"},
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    version_id = created.json()["id"]
+    detail = api_client.get(f"/api/v1/models/{version_id}/").json()
+    assert detail["parameter_count"] == model_dir[1] and detail["is_current"] is False
+    promoted = api_client.post(f"/api/v1/models/{version_id}/promote/")
+    assert promoted.status_code == 200 and promoted.json()["is_current"] is True
+    bad = api_client.post("/api/v1/models/", {"path": "/nowhere", "role": "policy"}, format="json")
+    assert bad.status_code == 400 and bad.json()["field"] == "path"
+    api_client.force_authenticate(annotator)
+    assert api_client.get("/api/v1/models/").status_code == 403
+    assert api_client.post(f"/api/v1/models/{version_id}/promote/").status_code == 403
+
+
+def test_admin_promote_action(model_dir, ml_staff, client):
+    version = register_model(str(model_dir[0]), "policy", name="admin-v1")
+    client.force_login(ml_staff)
+    response = client.post(
+        "/admin/annotation_app/modelversion/",
+        {"action": "promote_selected", "_selected_action": [version.pk]},
+    )
+    assert response.status_code == 302
+    version.refresh_from_db()
+    assert version.is_current
+    page = client.get(f"/admin/annotation_app/modelversion/{version.pk}/change/")
+    assert "num_key_value_heads" in page.content.decode()
