@@ -13,7 +13,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from annotation_app.errors import PairwiseError
+from annotation_app.errors import InvalidInput, PairwiseError
 from annotation_app.models import (
     Annotation,
     Assignment,
@@ -26,7 +26,7 @@ from annotation_app.models import (
     Turn,
 )
 from annotation_app.services.batches import activate_batch, close_batch
-from annotation_app.services.generation import retry_failed
+from annotation_app.services.generation import retry_failed, validate_sampling_plan
 from annotation_app.services.imports import FORMATS, import_comparisons
 from annotation_app.services.registry import inspect_model, promote
 
@@ -43,8 +43,35 @@ class ImportForm(forms.Form):
     )
 
 
+class BatchForm(forms.ModelForm):
+    class Meta:
+        model = Batch
+        fields = [
+            "name",
+            "kind",
+            "guidelines",
+            "overlap",
+            "sampling_plan",
+            "lease_minutes",
+            "allow_annotator_prompts",
+            "max_turns",
+            "assigned_annotators",
+            "assigned_groups",
+            "deadline",
+        ]
+
+    def clean_sampling_plan(self):
+        plan = self.cleaned_data["sampling_plan"]
+        try:
+            validate_sampling_plan(plan)
+        except InvalidInput as error:
+            raise forms.ValidationError(f"{error.field}: {error}") from None
+        return plan
+
+
 @admin.register(Batch)
 class BatchAdmin(admin.ModelAdmin):
+    form = BatchForm
     list_display = [
         "name",
         "kind",

@@ -134,8 +134,12 @@ class Conversation(models.Model):
     attack_vector = models.CharField(max_length=100, blank=True)
     source = models.CharField(max_length=200, blank=True, help_text="File and line it came from.")
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
-        related_name="written_conversations", help_text="The annotator who wrote it, if any.",
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="written_conversations",
+        help_text="The annotator who wrote it, if any.",
     )
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -197,7 +201,11 @@ class Comparison(models.Model):
     )
     generation_error = models.TextField(blank=True)
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="continuations",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="continuations",
         help_text="The comparison whose chosen reply this one's dialogue continues.",
     )
     created_at = models.DateTimeField(default=timezone.now)

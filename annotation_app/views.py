@@ -65,7 +65,10 @@ def annotate(request: HttpRequest) -> HttpResponse:
     """Lease the next comparison and show it; with ``?batch=`` only from that batch."""
     batch = None
     if request.GET.get("batch"):
-        batch = get_object_or_404(Batch, pk=request.GET["batch"])
+        # A batch not open to the annotator is as unknown to them as a missing one.
+        batch = get_object_or_404(
+            assignment_service.batches_open_to(request.user), pk=request.GET["batch"]
+        )
     assignment = assignment_service.next_assignment(request.user, batch=batch)
     if assignment is None:
         where = f" in {batch.name}" if batch else ""
@@ -200,7 +203,7 @@ def progress(request: HttpRequest, batch_id: int) -> HttpResponse:
 @annotator_required
 def write_prompt(request: HttpRequest, batch_id: int) -> HttpResponse:
     """Write a prompt; two responses are generated for it while the next page waits."""
-    batch = get_object_or_404(Batch, pk=batch_id)
+    batch = get_object_or_404(assignment_service.batches_open_to(request.user), pk=batch_id)
     error = None
     if request.method == "POST":
         try:

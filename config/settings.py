@@ -5,6 +5,7 @@ platform starts with no PostgreSQL and no Redis. Production sets ``DATABASE_URL`
 ``CELERY_BROKER_URL``, ``SECRET_KEY``, ``DEBUG=0`` and ``ALLOWED_HOSTS``.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -136,6 +137,11 @@ SPECTACULAR_SETTINGS = {
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
+# A message a worker took but never acknowledged (it died) is delivered again after the
+# visibility timeout; keep it above the longest task. JSON, e.g. {"visibility_timeout": 7200}.
+CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(
+    os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS", "") or '{"visibility_timeout": 3600}'
+)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

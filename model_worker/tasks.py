@@ -10,9 +10,6 @@ import socket
 from collections import defaultdict
 
 from celery import shared_task
-from rlhf.sampling import SamplingParams
-
-from model_worker.generation import GenerationRequest, load_backend
 
 MAX_RETRIES = 3
 

@@ -117,3 +117,41 @@ def api_client():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory):
+    """A tiny random Llama (grouped-query attention, two layers) with its own tokenizer."""
+    from rlhf.tiny import build_tiny_llama
+
+    return build_tiny_llama(
+        tmp_path_factory.mktemp("tiny-policy"),
+        hidden_size=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        seed=0,
+    )
+
+
+@pytest.fixture
+def tiny_policy(tiny_policy_dir, db):
+    from annotation_app.services.registry import register_model
+
+    return register_model(str(tiny_policy_dir), "policy", name="tiny-policy", make_current=True)
+
+
+# Short responses keep generation tests fast; the two sides differ in temperature, as in Llama 2.
+FAST_PLAN = {
+    "sides": [
+        {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 12},
+        {"temperature": 1.0, "top_p": 0.9, "max_new_tokens": 12},
+    ]
+}
+
+
+def prompt_lines(count: int) -> bytes:
+    return "".join(
+        json.dumps({"prompt": f"Tell me a story about the number {i}."}) + "\n"
+        for i in range(count)
+    ).encode()

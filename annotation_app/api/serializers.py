@@ -4,8 +4,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from rest_framework import serializers
 
+from annotation_app.errors import InvalidInput
 from annotation_app.models import Annotation, Assignment, Batch, ModelVersion
 from annotation_app.services.exports import EXPORT_FORMATS
+from annotation_app.services.generation import validate_sampling_plan
 from annotation_app.services.imports import FORMATS
 from rlhf.preferences import MARGIN_TABLES, Strength
 
@@ -39,6 +41,13 @@ class BatchSerializer(serializers.ModelSerializer):
             "closed_at",
         ]
         read_only_fields = ["status", "created_at", "activated_at", "closed_at"]
+
+    def validate_sampling_plan(self, plan: dict) -> dict:
+        try:
+            validate_sampling_plan(plan)
+        except InvalidInput as error:
+            raise serializers.ValidationError(f"{error.field}: {error}") from None
+        return plan
 
 
 class ImportSerializer(serializers.Serializer):

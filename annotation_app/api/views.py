@@ -161,7 +161,9 @@ class NextTaskView(APIView):
         form.is_valid(raise_exception=True)
         batch = None
         if form.validated_data.get("batch") is not None:
-            batch = Batch.objects.filter(pk=form.validated_data["batch"]).first()
+            # A batch not open to the caller is as unknown to them as a missing one.
+            open_batches = assignment_service.batches_open_to(request.user)
+            batch = open_batches.filter(pk=form.validated_data["batch"]).first()
             if batch is None:
                 raise ValidationError({"batch": "no such batch"})
         assignment = assignment_service.next_assignment(request.user, batch=batch)
@@ -170,12 +172,19 @@ class NextTaskView(APIView):
         return Response(s.TaskSerializer(assignment).data)
 
 
-@extend_schema_view(retrieve=_INTEGER_ID, skip=_INTEGER_ID, flag=_INTEGER_ID, heartbeat=_INTEGER_ID)
+@extend_schema_view(
+    retrieve=_INTEGER_ID,
+    skip=_INTEGER_ID,
+    flag=_INTEGER_ID,
+    continue_dialogue=_INTEGER_ID,
+    heartbeat=_INTEGER_ID,
+)
 class AssignmentViewSet(viewsets.GenericViewSet):
     """An annotator's own leases: read one again, skip, flag, keep alive."""
 
     permission_classes = [CanAnnotate]
     serializer_class = s.TaskSerializer
+    lookup_value_regex = r"\d+"
 
     def _own(self, pk) -> int:
         return assignment_service.get_assignment_for(self.request.user, int(pk)).pk

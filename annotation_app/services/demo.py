@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.db import transaction
 
-from annotation_app.models import Batch
+from annotation_app.models import Batch, ModelVersion
 from annotation_app.roles import Role
 from annotation_app.services.batches import activate_batch
+from annotation_app.services.generation import default_policy
 from annotation_app.services.imports import import_comparisons
+from annotation_app.services.registry import register_model
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_PASSWORD = "pairwise-demo"
@@ -39,6 +42,18 @@ DEMO_BATCHES = [
         ),
     },
     {
+        "name": "Demo dialogues",
+        "kind": Batch.Kind.HELPFULNESS,
+        "file": "prompts.jsonl",
+        "allow_annotator_prompts": True,
+        "max_turns": 3,
+        "guidelines": (
+            "Responses here are sampled live from the current policy, at two temperatures. "
+            "Compare them as usual, or write your own prompt and continue the dialogue with "
+            "the reply you chose, up to three turns."
+        ),
+    },
+    {
         "name": "Demo safety",
         "kind": Batch.Kind.SAFETY,
         "file": "safety.jsonl",
@@ -50,6 +65,30 @@ DEMO_BATCHES = [
         ),
     },
 ]
+
+
+TINY_POLICY_NOTICE = (
+    "No policy model is configured, so the demo built a tiny, untrained Llama in {path}: its "
+    "responses are gibberish. For real text, restart with "
+    "PAIRWISE_POLICY=../shared/models/stories260K-hf (or any Hugging Face model directory or "
+    "hub id)."
+)
+
+
+def ensure_demo_policy() -> tuple[ModelVersion, str | None]:
+    """The policy the demo samples from, and a notice when it had to build a tiny one."""
+    policy = default_policy()
+    if policy is not None:
+        return policy, None
+    from rlhf.tiny import build_tiny_llama
+
+    path = Path(settings.VAR_DIR) / "models" / "tiny-demo-policy"
+    if not (path / "config.json").exists():
+        build_tiny_llama(path)
+    policy = register_model(
+        str(path), ModelVersion.Role.POLICY, name="tiny demo policy", make_current=True
+    )
+    return policy, TINY_POLICY_NOTICE.format(path=path)
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ def dispatch_generation(requests: list[dict]) -> None:
     from model_worker.tasks import generate_responses
 
     work = generate_responses.s(requests) | store_generated_responses.s()
-    if not settings.CELERY_TASK_ALWAYS_EAGER or not settings.PAIRWISE_EAGER_IN_THREAD:
+    if not generate_responses.app.conf.task_always_eager or not settings.PAIRWISE_EAGER_IN_THREAD:
         work.apply_async()
         return
 

@@ -1,11 +1,14 @@
-"""Fixtures for the integration suite: a real Celery worker consuming from Redis."""
+"""Fixtures for the integration suite: real Celery workers consuming from Redis."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -14,21 +17,27 @@ from tests.conftest import ROOT
 # One Redis database per xdist worker, so that parallel test processes never share a broker.
 _WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 REDIS_URL = os.environ.get(
-    "PAIRWISE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - _WORKER_INDEX % 16}"
+    "PAIRWISE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - 2 * (_WORKER_INDEX % 8)}"
 )
+# A second database for tests that need a broker of their own (killing a worker, say).
+SCRATCH_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{14 - 2 * (_WORKER_INDEX % 8)}"
+
+
+def _flushed(url: str) -> str:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.ping()
+    except redis.ConnectionError as error:
+        pytest.fail(f"Redis is not reachable at {url}: {error}")
+    client.flushdb()
+    return url
 
 
 @pytest.fixture(scope="session")
 def redis_url():
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError as error:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {error}")
-    client.flushdb()
-    return REDIS_URL
+    return _flushed(REDIS_URL)
 
 
 def _database_url() -> str:
@@ -41,26 +50,29 @@ def _database_url() -> str:
     return f"postgres://{user}{password}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-@pytest.fixture(scope="session")
-def celery_worker_process(redis_url, django_db_setup, django_db_blocker):
-    """A `celery worker` subprocess on every queue, and the test process's app pointed at it.
-
-    The worker uses the test database: tasks it runs are visible to transactional tests.
-    """
-    from config.celery import app
-
+def start_worker(
+    broker_url: str,
+    *,
+    module: str = "celery",
+    name: str = "worker",
+    transport_options: dict | None = None,
+    extra_env: dict | None = None,
+) -> subprocess.Popen:
+    """Start `celery worker` (or a wrapper module that ends by running it) on every queue."""
     env = {
         **os.environ,
-        "CELERY_BROKER_URL": redis_url,
-        "CELERY_RESULT_BACKEND": redis_url,
+        "CELERY_BROKER_URL": broker_url,
+        "CELERY_RESULT_BACKEND": broker_url,
+        "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps(transport_options or {}),
         "DJANGO_SETTINGS_MODULE": "config.settings_test",
         "DATABASE_URL": _database_url(),
+        **(extra_env or {}),
     }
-    worker = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
-            "celery",
+            module,
             "-A",
             "config",
             "worker",
@@ -71,29 +83,83 @@ def celery_worker_process(redis_url, django_db_setup, django_db_blocker):
             "--loglevel",
             "WARNING",
             "--hostname",
-            f"pytest-worker-{os.getpid()}@%h",
+            f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
             "--without-gossip",
             "--without-mingle",
         ],
         cwd=ROOT,
         env=env,
     )
-    previous = {
-        key: app.conf.get(key) for key in ("broker_url", "result_backend", "task_always_eager")
-    }
-    app.conf.update(broker_url=redis_url, result_backend=redis_url, task_always_eager=False)
+
+
+@contextlib.contextmanager
+def app_using(broker_url: str) -> Iterator:
+    """Point this process's Celery app at ``broker_url`` and turn eager execution off."""
+    from config.celery import app
+
+    keys = ("broker_url", "result_backend", "task_always_eager")
+    previous = {key: app.conf.get(key) for key in keys}
+    _drop_connections(app)
+    app.conf.update(broker_url=broker_url, result_backend=broker_url, task_always_eager=False)
     try:
-        deadline = time.monotonic() + 60
-        while not app.control.inspect(timeout=1).ping():
-            if worker.poll() is not None:
-                pytest.fail(f"the Celery worker exited with code {worker.returncode}")
-            if time.monotonic() > deadline:
-                pytest.fail("the Celery worker did not answer within 60 s")
-        yield worker
+        yield app
     finally:
+        _drop_connections(app)
         app.conf.update(previous)
+
+
+def _drop_connections(app) -> None:
+    # The producer pool is bound to the broker URL it was made with; Celery makes new ones
+    # on demand once these are gone (there is no public API to re-point a running app).
+    if app._pool is not None:
+        app._pool.force_close_all()
+        app._pool = None
+    app.amqp._producer_pool = None
+    app._backend_cache = None  # the result backend, made again from the new URL
+    app._local.__dict__.pop("backend", None)
+
+
+def wait_until_answering(app, worker: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not app.control.inspect(timeout=1).ping():
+        if worker.poll() is not None:
+            pytest.fail(f"the Celery worker exited with code {worker.returncode}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"the Celery worker did not answer within {timeout} s")
+
+
+def stop(worker: subprocess.Popen) -> None:
+    if worker.poll() is None:
         worker.terminate()
         try:
             worker.wait(timeout=20)
         except subprocess.TimeoutExpired:
             worker.kill()
+            worker.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(redis_url, django_db_setup, django_db_blocker):
+    """A `celery worker` subprocess on every queue, and the test process's app pointed at it.
+
+    The worker uses the test database: what its tasks write, transactional tests can read.
+    """
+    worker = start_worker(redis_url)
+    try:
+        with app_using(redis_url) as app:
+            wait_until_answering(app, worker)
+            yield worker
+    finally:
+        stop(worker)
+
+
+def wait_for(condition, timeout: float = 90, interval: float = 0.2, message: str = ""):
+    """Poll ``condition()`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(message or f"condition not met within {timeout} s")
+        time.sleep(interval)

@@ -627,6 +627,8 @@ def test_imported_order_and_metadata_do_not_leak_to_annotators(api_client, make_
         assert set(payload) == {
             "assignment",
             "batch",
+            "comparison_status",
+            "generation_error",
             "context",
             "responses",
             "safety_labels_required",

@@ -1,7 +1,8 @@
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
+from django.test.utils import override_settings
 
-from annotation_app.services.demo import DEMO_PASSWORD, load_demo
+from annotation_app.services.demo import DEMO_PASSWORD, ensure_demo_policy, load_demo
 
 
 class Command(BaseCommand):
@@ -13,9 +14,16 @@ class Command(BaseCommand):
 
     def handle(self, *args, addrport: str, no_serve: bool, **options):
         call_command("migrate", interactive=False, verbosity=0)
-        accounts = load_demo()
+        policy, notice = ensure_demo_policy()
+        # Served: generation runs in a background thread. Set up only: run it now, as the
+        # process ends right after.
+        with override_settings(PAIRWISE_EAGER_IN_THREAD=not no_serve):
+            accounts = load_demo()
         url = f"http://{addrport}/"
         self.stdout.write(self.style.SUCCESS("\nPairwise demo is ready."))
+        self.stdout.write(f"  Policy: {policy.name} ({policy.path})")
+        if notice:
+            self.stdout.write(self.style.WARNING(f"  {notice}"))
         self.stdout.write(f"  Open {url} and sign in as one of (password: {DEMO_PASSWORD}):")
         for account in accounts:
             self.stdout.write(f"    {account.username:<12} {account.role}")
