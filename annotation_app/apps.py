@@ -1,5 +1,5 @@
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import m2m_changed, post_migrate
 
 
 def _sync_roles(sender, **kwargs) -> None:
@@ -12,10 +12,25 @@ def _sync_roles(sender, **kwargs) -> None:
     sync_role_groups(Group, Permission)
 
 
+def _sync_staff_flag(sender, instance, action, reverse, pk_set, **kwargs) -> None:
+    if action not in {"post_add", "post_remove", "post_clear"}:
+        return
+    from django.contrib.auth import get_user_model
+
+    from annotation_app.roles import sync_staff_flag
+
+    users = get_user_model().objects.filter(pk__in=pk_set or []) if reverse else [instance]
+    for user in users:
+        sync_staff_flag(user)
+
+
 class AnnotationAppConfig(AppConfig):
     name = "annotation_app"
     verbose_name = "Pairwise annotation"
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.contrib.auth import get_user_model
+
         post_migrate.connect(_sync_roles, sender=self)
+        m2m_changed.connect(_sync_staff_flag, sender=get_user_model().groups.through)

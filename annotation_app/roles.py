@@ -75,3 +75,17 @@ def user_roles(user) -> set[Role]:
         return set()
     names = set(user.groups.values_list("name", flat=True))
     return {role for role in Role if role.value in names}
+
+
+STAFF_ROLES = {Role.BATCH_ADMIN, Role.ML_STAFF}
+
+
+def sync_staff_flag(user) -> None:
+    """Batch admins and ML staff work in the Django admin: their role grants ``is_staff``.
+
+    Losing the role takes the flag away again, except from superusers.
+    """
+    is_staff = user.is_superuser or bool(user_roles(user) & STAFF_ROLES)
+    if user.is_staff != is_staff:
+        user.is_staff = is_staff
+        user.save(update_fields=["is_staff"])

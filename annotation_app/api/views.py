@@ -131,7 +131,14 @@ class BatchViewSet(viewsets.ModelViewSet):
         """An annotator's own prompt: responses are generated, then it is theirs to compare."""
         form = s.WritePromptSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        assignment = dialogues.write_prompt(request.user, self.get_object(), **form.validated_data)
+        data = form.validated_data
+        assignment = dialogues.write_prompt(
+            request.user,
+            self.get_object(),
+            data["prompt"],
+            risk_category=data["risk_category"],
+            attack_vector=data["attack_vector"],
+        )
         return Response(s.TaskSerializer(assignment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses=OpenApiTypes.OBJECT)

@@ -154,6 +154,9 @@ def extend_lease(annotator, assignment_id: int, now: datetime | None = None) -> 
         assignment = _locked_assignment(assignment_id, annotator)
         if assignment.status != Assignment.Status.LEASED:
             raise Conflict(f"assignment {assignment_id} is already {assignment.status}")
+        batch = assignment.comparison.batch
+        if batch.status != Batch.Status.ACTIVE:
+            raise Conflict(f"batch {batch.name!r} is {batch.status}; it takes no annotations")
         if not assignment.is_live(now):
             comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
             comparison.batch = assignment.comparison.batch
