@@ -23,7 +23,7 @@ import gzip
 import io
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -468,10 +468,15 @@ PARSERS = {
 
 
 def parse_file(
-    stream: IO[bytes], filename: str, batch: Batch, file_format: str | None = None
+    stream: IO[bytes],
+    filename: str,
+    batch: Batch,
+    file_format: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[str, list[ParsedComparison], int]:
     """Parse and check a whole file; returns (format, comparisons, records read).
 
+    ``progress`` is called with the number of records read so far, every 100 records.
     Raises :class:`ImportFailed` listing every bad record, up to a limit.
     """
     if file_format is not None and file_format not in FORMATS:
@@ -492,6 +497,8 @@ def parse_file(
     try:
         for line, record in _read_records(stream, filename):
             records += 1
+            if progress is not None and records % 100 == 0:
+                progress(records)
             try:
                 if isinstance(record, _RecordError):
                     raise record
@@ -544,6 +551,7 @@ def import_comparisons(
     filename: str,
     file_format: str | None = None,
     rng: random.Random | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Import a file into ``batch``: every record, or (on any error) nothing.
 
@@ -552,7 +560,7 @@ def import_comparisons(
     """
     _check_open(batch)  # fail fast; checked again under a lock before writing
     rng = rng or random.Random()
-    file_format, parsed, records = parse_file(stream, filename, batch, file_format)
+    file_format, parsed, records = parse_file(stream, filename, batch, file_format, progress)
 
     with transaction.atomic():
         _lock_open_batch(batch)

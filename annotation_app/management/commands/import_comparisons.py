@@ -4,6 +4,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from annotation_app.errors import PairwiseError
+from annotation_app.management.progress import ProgressBar
 from annotation_app.models import Batch
 from annotation_app.services.imports import FORMATS, import_comparisons
 
@@ -40,10 +41,19 @@ class Command(BaseCommand):
                         f"no batch named {batch!r}; create it first or pass --create KIND"
                     ) from None
                 target = Batch.objects.create(name=batch, kind=create)
+            bar = ProgressBar(self.stderr, total=file.stat().st_size, unit="bytes")
             try:
-                report = import_comparisons(target, stream, str(file), format)
+                report = import_comparisons(
+                    target,
+                    stream,
+                    str(file),
+                    format,
+                    progress=lambda records: bar.update(stream.tell(), f"{records:,} records"),
+                )
             except PairwiseError as error:
                 raise CommandError(str(error)) from None
+            finally:
+                bar.close()
         self.stdout.write(
             self.style.SUCCESS(
                 f"Imported {report.comparisons} comparisons from {report.records} records "
