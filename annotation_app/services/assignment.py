@@ -112,15 +112,21 @@ def next_assignment(annotator, batch: Batch | None = None, now: datetime | None 
             if comparison is None:
                 return None
             if free_slots(comparison, now) > 0:
-                return Assignment.objects.create(
-                    comparison=comparison,
-                    annotator=annotator,
-                    left_slot=random.choice((1, 2)),
-                    leased_at=now,
-                    expires_at=now + timedelta(minutes=comparison.batch.lease_minutes),
-                )
+                return create_lease(comparison, annotator, now)
             tried.append(comparison.pk)
     return None
+
+
+def create_lease(comparison: Comparison, annotator, now: datetime | None = None) -> Assignment:
+    """A new lease, with the side shown on the left drawn at random."""
+    now = now or timezone.now()
+    return Assignment.objects.create(
+        comparison=comparison,
+        annotator=annotator,
+        left_slot=random.choice((1, 2)),
+        leased_at=now,
+        expires_at=now + timedelta(minutes=comparison.batch.lease_minutes),
+    )
 
 
 def _locked_assignment(assignment_id: int, annotator) -> Assignment:

@@ -9,15 +9,11 @@ plus the new turns), so dialogues that fork never rewrite each other's history.
 
 from __future__ import annotations
 
-import random
-from datetime import timedelta
-
 from django.db import transaction
-from django.utils import timezone
 
 from annotation_app.errors import Conflict, InvalidInput, NotFound
 from annotation_app.models import Assignment, Batch, Comparison, Conversation, Turn
-from annotation_app.services.assignment import batches_open_to
+from annotation_app.services.assignment import batches_open_to, create_lease
 from annotation_app.services.generation import request_generation
 
 MAX_TURN_CHARS = 10_000
@@ -48,17 +44,6 @@ def _check_text(text: str, field: str) -> str:
     return text
 
 
-def _lease_to_author(comparison: Comparison, author) -> Assignment:
-    now = timezone.now()
-    return Assignment.objects.create(
-        comparison=comparison,
-        annotator=author,
-        left_slot=random.choice((1, 2)),
-        leased_at=now,
-        expires_at=now + timedelta(minutes=comparison.batch.lease_minutes),
-    )
-
-
 def _new_comparison(
     batch: Batch,
     author,
@@ -87,7 +72,7 @@ def _new_comparison(
         status=Comparison.Status.WAITING,
     )
     # The author compares the responses to their own prompt: reserve one slot for them now.
-    assignment = _lease_to_author(comparison, author)
+    assignment = create_lease(comparison, author)
     request_generation([comparison])
     return assignment
 
