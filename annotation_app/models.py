@@ -212,7 +212,15 @@ class Comparison(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["batch", "status"])]
+        indexes = [
+            models.Index(fields=["batch", "status"]),
+            # The order in which next-task walks a batch's ready comparisons.
+            models.Index(
+                fields=["batch", "-annotation_count", "id"],
+                condition=Q(status="ready"),
+                name="ready_comparisons_queue",
+            ),
+        ]
         constraints = [
             models.CheckConstraint(
                 condition=Q(reference_preferred_slot__in=[1, 2])

@@ -18,15 +18,16 @@ import random
 from datetime import datetime, timedelta
 
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from annotation_app.errors import Conflict, NotFound
 from annotation_app.models import Assignment, Batch, Comparison
 
-# How many locked-then-found-full candidates one request tries before giving up; only reached
-# when many annotators race for the last slots of a batch.
-MAX_LEASE_ATTEMPTS = 20
+# Candidates are pre-filtered on free slots, so a candidate found full under its lock means
+# another request leased it in between; this bounds such retries when many race at once.
+MAX_LEASE_ATTEMPTS = 50
 
 
 def batches_open_to(annotator) -> QuerySet[Batch]:
@@ -59,15 +60,30 @@ def free_slots(comparison: Comparison, now: datetime, excluding: Assignment | No
     return comparison.batch.overlap - comparison.annotation_count - leases.count()
 
 
-def _candidates(annotator, batches: QuerySet[Batch]) -> QuerySet[Comparison]:
-    # Comparisons that already have annotations come first, so that finished comparisons
-    # accumulate instead of every comparison being a third done.
+def _candidates(annotator, batches: QuerySet[Batch], now: datetime) -> QuerySet[Comparison]:
+    """Ready comparisons with a free slot that the annotator has never been given.
+
+    The slot test here reads a snapshot, so a caller re-checks it under the row lock; but it
+    keeps comparisons filled by live leases out of the way, however many there are.
+    Comparisons that already have annotations come first, so that finished comparisons
+    accumulate instead of every comparison being a third done.
+    """
+    leases = (
+        Assignment.objects.filter(
+            comparison=OuterRef("pk"), status=Assignment.Status.LEASED, expires_at__gt=now
+        )
+        .order_by()
+        .values("comparison")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
     return (
         Comparison.objects.filter(
             batch__in=batches.values("pk"),
             status=Comparison.Status.READY,
-            annotation_count__lt=F("batch__overlap"),
         )
+        .alias(live_leases=Coalesce(Subquery(leases), 0))
+        .filter(annotation_count__lt=F("batch__overlap") - F("live_leases"))
         .exclude(assignments__annotator=annotator)
         .order_by("-annotation_count", "id")
     )
@@ -103,7 +119,7 @@ def next_assignment(annotator, batch: Batch | None = None, now: datetime | None 
         tried: list[int] = []
         for _ in range(MAX_LEASE_ATTEMPTS):
             comparison = (
-                _candidates(annotator, batches)
+                _candidates(annotator, batches, now)
                 .exclude(pk__in=tried)
                 .select_related("batch")
                 .select_for_update(skip_locked=True, of=("self",))

@@ -156,3 +156,17 @@ def test_role_without_annotate_permission_is_refused_by_the_api(make_batch, make
     make_batch(comparisons=1)
     api_client.force_authenticate(make_user(Role.ML_STAFF))
     assert api_client.post("/api/v1/tasks/next/").status_code == 403
+
+
+def test_many_comparisons_full_of_live_leases_do_not_hide_free_ones(make_batch, make_user):
+    # Found by bench/annotation_loop.py: once more than a handful of comparisons at the head of
+    # the queue were held by live leases, next-task answered "nothing left" with work open.
+    make_batch(comparisons=60, overlap=1)
+    holders = [make_user() for _ in range(55)]
+    for holder in holders:
+        assert next_assignment(holder) is not None
+    late = make_user()
+    lease = next_assignment(late)
+    assert lease is not None
+    held = set(Assignment.objects.exclude(pk=lease.pk).values_list("comparison_id", flat=True))
+    assert lease.comparison_id not in held
