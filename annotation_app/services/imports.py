@@ -33,6 +33,7 @@ from django.db import transaction
 from annotation_app.errors import Conflict, PairwiseError
 from annotation_app.models import Batch, Comparison, Conversation, Response, Turn
 from annotation_app.services.generation import request_generation
+from rlhf import hh_rlhf
 
 FORMATS = ("prompts", "canonical", "trl", "hh-rlhf")
 MESSAGE_ROLES = {"system", "user", "assistant"}
@@ -44,7 +45,6 @@ PROMPT_KEYS = ("prompt", "Behavior", "prompts_final", "forbidden_prompt", "goal"
 CATEGORY_KEYS = ("risk_category", "harm_area", "SemanticCategory", "category", "type")
 # HarmBench's contextual behaviors refer to a text given in this column.
 CONTEXT_STRING_KEY = "ContextString"
-HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 INT_MAX = 2**31 - 1  # token counts and latency are PostgreSQL integers; seeds are bigints
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
@@ -172,7 +172,7 @@ def detect_format(record: Any) -> str:
         return "canonical"
     if "chosen" in record and "rejected" in record:
         chosen = record["chosen"]
-        if "prompt" not in record and isinstance(chosen, str) and HH_ASSISTANT in chosen:
+        if "prompt" not in record and isinstance(chosen, str) and hh_rlhf.HH_ASSISTANT in chosen:
             return "hh-rlhf"
         return "trl"
     return "prompts"
@@ -366,60 +366,19 @@ def _parse_trl(record: Any, batch: Batch) -> ParsedComparison:
     )
 
 
-def _hh_turns(transcript: str) -> list[dict[str, str]]:
-    """Split an HH-RLHF transcript ("\\n\\nHuman: … \\n\\nAssistant: …") into messages."""
-    messages: list[dict[str, str]] = []
-    position = 0
-    while position < len(transcript):
-        human = transcript.find(HH_HUMAN, position)
-        assistant = transcript.find(HH_ASSISTANT, position)
-        starts = [
-            (start, marker)
-            for start, marker in ((human, HH_HUMAN), (assistant, HH_ASSISTANT))
-            if start >= 0
-        ]
-        if not starts:
-            break
-        start, marker = min(starts)
-        if not messages and transcript[position:start].strip():
-            raise _RecordError("text before the first Human/Assistant marker", "chosen")
-        if messages:
-            messages[-1]["content"] = transcript[position:start].strip()
-        role = "user" if marker == HH_HUMAN else "assistant"
-        messages.append({"role": role, "content": ""})
-        position = start + len(marker)
-    if messages:
-        messages[-1]["content"] = transcript[position:].strip()
-    return messages
-
-
 def _parse_hh(record: Any, batch: Batch) -> ParsedComparison:
     if not isinstance(record, dict):
         raise _RecordError("each line must be a JSON object")
-    chosen = _text(record, "chosen")
-    rejected = _text(record, "rejected")
     # The context is the shared beginning of both transcripts, up to its last Assistant
-    # marker; what follows that marker is each side's reply, taken as is.
-    shared_length = 0
-    for chosen_char, rejected_char in zip(chosen, rejected, strict=False):
-        if chosen_char != rejected_char:
-            break
-        shared_length += 1
-    cut = chosen.rfind(HH_ASSISTANT, 0, shared_length)  # the marker lies wholly in the prefix
-    if cut < 0:
-        raise _RecordError(
-            "chosen and rejected share no Human turn before their replies", "rejected"
-        )
-    context = _hh_turns(chosen[:cut])
-    if not context or context[0]["role"] != "user":
-        raise _RecordError("the transcript must start with a Human turn", "chosen")
-    reply_start = cut + len(HH_ASSISTANT)
+    # marker; what follows that marker is each side's reply, taken as is (rlhf.hh_rlhf).
+    chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
+    try:
+        context, chosen_reply, rejected_reply = hh_rlhf.context_and_replies(chosen, rejected)
+    except hh_rlhf.TranscriptError as error:
+        raise _RecordError(str(error), error.field) from None
     return ParsedComparison(
         context=context,
-        responses=[
-            ParsedResponse(text=chosen[reply_start:].strip()),
-            ParsedResponse(text=rejected[reply_start:].strip()),
-        ],
+        responses=[ParsedResponse(text=chosen_reply), ParsedResponse(text=rejected_reply)],
         preferred_index=0,
     )
 
