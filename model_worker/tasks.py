@@ -64,11 +64,15 @@ def run_generation(requests: list[dict]) -> list[dict]:
     max_retries=MAX_RETRIES,
 )
 def generate_responses(self, requests: list[dict]) -> list[dict]:
-    """Generate responses; after the last retry, report the error per request instead."""
+    """Generate responses; after the last retry, report the error per request instead.
+
+    Retries (with exponential backoff) need a broker; run in-process (the embedded demo), a
+    failure is reported at once, and an admin can retry it.
+    """
     try:
         return run_generation(requests)
     except Exception as error:
-        if self.request.retries < MAX_RETRIES:
+        if self.request.retries < MAX_RETRIES and not self.request.is_eager:
             raise self.retry(exc=error, countdown=2 ** (self.request.retries + 1)) from error
         message = f"{type(error).__name__}: {error}"
         return [

@@ -115,9 +115,14 @@ def load_demo(overlap: int = 2) -> list[DemoAccount]:
         if Batch.objects.filter(name=spec["name"]).exists():
             continue
         batch = Batch.objects.create(
-            name=spec["name"], kind=spec["kind"], guidelines=spec["guidelines"], overlap=overlap
+            name=spec["name"],
+            kind=spec["kind"],
+            guidelines=spec["guidelines"],
+            overlap=overlap,
+            allow_annotator_prompts=spec.get("allow_annotator_prompts", False),
+            max_turns=spec.get("max_turns", 1),
         )
         with (DEMO_DIR / spec["file"]).open("rb") as stream:
-            import_comparisons(batch, stream, spec["file"], "canonical")
+            import_comparisons(batch, stream, spec["file"])
         activate_batch(batch)
     return accounts

@@ -216,13 +216,15 @@ def store_results(results: list[dict]) -> dict[str, int]:
     )
     ids = {r["comparison"] for r in results}
     with transaction.atomic():
-        comparisons = (
-            Comparison.objects.select_for_update()
-            .filter(pk__in=ids)
-            .annotate(response_count=Count("responses"))
+        comparisons = list(Comparison.objects.select_for_update().filter(pk__in=ids))
+        response_counts = dict(
+            Response.objects.filter(comparison_id__in=ids)
+            .values_list("comparison_id")
+            .annotate(count=Count("id"))
+            .order_by()
         )
         for comparison in comparisons:
-            if comparison.response_count == 2:
+            if response_counts.get(comparison.pk, 0) == 2:
                 if comparison.status in (Comparison.Status.WAITING, Comparison.Status.FAILED):
                     comparison.status = Comparison.Status.READY
                     comparison.generation_error = ""

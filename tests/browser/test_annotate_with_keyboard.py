@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from annotation_app.models import Annotation, Response
 from tests.conftest import PASSWORD
@@ -20,6 +21,17 @@ def sign_in(page, base_url: str, username: str) -> None:
     page.wait_for_url(f"{base_url}/")
 
 
+def wait_for_task(page, timeout: float = 15_000) -> None:
+    """Wait until a comparison page is shown and its keyboard shortcuts are live."""
+    page.locator("#task[data-ready='true']").wait_for(timeout=timeout)
+
+
+def press_rating(page, key: str) -> None:
+    """Press a rating key and wait until the page shows the choice."""
+    page.keyboard.press(key)
+    expect(page.locator(f'input[name="rating"][data-key="{key}"]')).to_be_checked()
+
+
 def slot_shown_as(page, side: str) -> int:
     """Which stored response the page shows as A or B, found by its text."""
     text = page.locator(f"#response-{side} .text.raw").text_content()
@@ -35,7 +47,7 @@ def test_annotator_completes_three_comparisons_by_keyboard(
 
     page.keyboard.press("Enter")  # "Start annotating" from the home page
     page.wait_for_url("**/tasks/*/")
-    page.locator("#response-A").wait_for()
+    wait_for_task(page)
     page.screenshot(path=artifacts / "comparison-page-laptop.png", full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=artifacts / "comparison-page-phone.png", full_page=True)
@@ -67,14 +79,17 @@ def test_annotator_completes_three_comparisons_by_keyboard(
     ]
     expected = []
     for step in plan:
-        page.locator("#response-A").wait_for()
+        wait_for_task(page)
         url = page.url
         shown = {"A": slot_shown_as(page, "A"), "B": slot_shown_as(page, "B")}
         comparison_id = Response.objects.get(
             text=page.locator("#response-A .text.raw").text_content()
         ).comparison_id
         for key in step["keys"]:
-            page.keyboard.press(key)
+            if key.isdigit():
+                press_rating(page, key)
+            else:
+                page.keyboard.press(key)
         if step["rationale"]:
             page.keyboard.press("r")
             page.keyboard.type(step["rationale"])
@@ -107,8 +122,8 @@ def test_missing_safety_label_is_refused_and_keeps_the_choice(
     make_user(username="sam")
     sign_in(page, live_server.url, "sam")
     page.keyboard.press("Enter")
-    page.locator("#response-A").wait_for()
-    page.keyboard.press("2")
+    wait_for_task(page)
+    press_rating(page, "2")
     page.keyboard.press("q")  # B left unlabelled
     page.keyboard.press("Enter")
     page.locator("#form-error").wait_for()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from annotation_app.models import Annotation, Batch, Response
-from tests.browser.test_annotate_with_keyboard import sign_in
+from tests.browser.test_annotate_with_keyboard import press_rating, sign_in, wait_for_task
 from tests.conftest import FAST_PLAN
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -35,22 +35,22 @@ def test_write_a_prompt_then_continue_the_dialogue(
     page.keyboard.type("Tell me about the sea.")
     page.keyboard.press("Control+Enter")
     page.wait_for_url("**/tasks/*/")
-    page.locator("#response-A").wait_for(timeout=90_000)  # the generating page opens it
+    wait_for_task(page, timeout=90_000)  # the generating page opens it
     page.screenshot(path=artifacts / "written-prompt-comparison.png", full_page=True)
     chosen_text = page.locator("#response-A .text.raw").text_content()
 
-    page.keyboard.press("2")  # A is better
+    press_rating(page, "2")  # A is better
     page.keyboard.press("Enter")
     page.wait_for_url("**/continue/")
     page.locator("#next-turn").focus()
     page.keyboard.type("And about the mountains?")
     page.keyboard.press("Control+Enter")
-    page.locator("#response-A").wait_for(timeout=90_000)
+    wait_for_task(page, timeout=90_000)
     turns = page.locator(".context .turn")
     assert turns.count() == 3
     assert turns.nth(1).locator(".text.raw").text_content() == chosen_text
     assert "And about the mountains?" in turns.nth(2).inner_text()
-    page.keyboard.press("7")  # B is better
+    press_rating(page, "7")  # B is better
     page.keyboard.press("Enter")
     page.wait_for_url(lambda url: "/tasks/" not in url)  # turn limit reached: no continue page
 

@@ -111,9 +111,8 @@ def app_using(broker_url: str) -> Iterator:
 def _drop_connections(app) -> None:
     # The producer pool is bound to the broker URL it was made with; Celery makes new ones
     # on demand once these are gone (there is no public API to re-point a running app).
-    if app._pool is not None:
-        app._pool.force_close_all()
-        app._pool = None
+    # They are not closed: kombu keeps producer pools per URL and would hand a closed one back.
+    app._pool = None
     app.amqp._producer_pool = None
     app._backend_cache = None  # the result backend, made again from the new URL
     app._local.__dict__.pop("backend", None)

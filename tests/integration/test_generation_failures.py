@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from django.utils.html import escape
 
 from annotation_app.models import Batch, Comparison, ModelVersion
 from annotation_app.services.batches import activate_batch
@@ -50,7 +51,7 @@ def test_a_broken_model_fails_after_retries_and_an_admin_retries_it(
     listing = client.get("/admin/annotation_app/comparison/", {"status__exact": "failed"})
     assert listing.status_code == 200 and "Generation failed" in listing.content.decode()
     page = client.get(f"/admin/annotation_app/comparison/{failed[0].pk}/change/")
-    assert failed[0].generation_error.splitlines()[0][:40] in page.content.decode()
+    assert escape(failed[0].generation_error.splitlines()[0][:40]) in page.content.decode()
 
     ModelVersion.objects.filter(pk=broken.pk).update(path=str(tiny_policy_dir))  # fixed
     with django_capture_on_commit_callbacks(execute=True):

@@ -121,4 +121,5 @@
     }
   }
   setInterval(heartbeat, 60 * 1000);
+  task.dataset.ready = "true";  // shortcuts are live (browser tests wait for this)
 })();

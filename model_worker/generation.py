@@ -1,0 +1,247 @@
+"""Generation backends: turn conversations into sampled responses, many at a time.
+
+A worker gets :class:`GenerationRequest` s (a conversation and its :class:`SamplingParams`) and
+returns one :class:`GenerationResult` per request, in the same order. The default backend,
+:class:`HuggingFaceBackend`, runs any Hugging Face causal language model with the batched
+sampler of :mod:`rlhf.sampling`; :func:`load_backend` keeps one loaded per worker process.
+
+Prompt format
+-------------
+A tokenizer with a chat template formats the conversation itself
+(``apply_chat_template(messages, add_generation_prompt=True, tokenize=False)``). Without one
+(small base models such as stories260K, the tiny test models) the plain format is used: each
+turn on its own as ``"System: …"``, ``"User: …"`` or ``"Assistant: …"`` (content stripped),
+turns separated by a blank line, ending with the cue for the model's turn::
+
+    System: You are concise.
+
+    User: What is the capital of France?
+
+    Assistant: Paris.
+
+    User: And of Italy?
+
+    Assistant:
+
+A base model continues that text and may go on to write the next "User:" turn itself;
+:func:`response_text` keeps what comes before it.
+
+This module imports neither Django nor the database: requests carry all they need.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from rlhf.sampling import SamplingParams, sample
+
+ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+TURN_SEPARATOR = "\n\n"
+NEXT_USER_TURN = "\nUser:"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A conversation (``{"role", "content"}`` dicts, last one the user's) to respond to."""
+
+    messages: list[dict[str, str]]
+    params: SamplingParams
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    prompt_tokens: int  # tokens the model was given (after any truncation)
+    completion_tokens: int  # tokens generated, the EOS that ended the response included
+    latency_ms: int
+    finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens reached)
+    seed: int  # the seed actually used: rerunning with it gives the same response
+
+
+@runtime_checkable
+class GenerationBackend(Protocol):
+    """What the generation tasks need from an engine.
+
+    ``generate`` gets a whole group of requests for one model at once and returns their results
+    in order; how it batches them is its own business. A faster engine plugs in by implementing
+    this protocol, e.g. a ``VLLMBackend`` wrapping ``vllm.LLM(model_path)`` whose ``generate``
+    formats prompts with :func:`format_prompt`, maps each :class:`SamplingParams` to
+    ``vllm.SamplingParams(temperature=…, top_p=…, max_tokens=…, seed=…)`` and reads text, token
+    counts and finish reasons from the ``RequestOutput`` s; then :func:`load_backend` (or the
+    worker's configuration) returns it instead of :class:`HuggingFaceBackend` on GPU workers.
+    Seeds must be honoured and reported, since responses record them.
+    """
+
+    name: str
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]: ...
+
+
+# --- prompt text ---------------------------------------------------------------------------------
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
+    """The prompt text: the tokenizer's chat template if it has one, else the plain format."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(
+            [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
+        )
+    return plain_prompt(messages)
+
+
+def plain_prompt(messages: Sequence[dict[str, str]]) -> str:
+    """The plain format described in the module docstring."""
+    turns = [f"{role_label(m['role'])}: {m['content'].strip()}" for m in messages]
+    return TURN_SEPARATOR.join([*turns, f"{ROLE_LABELS['assistant']}:"])
+
+
+def role_label(role: str) -> str:
+    return ROLE_LABELS.get(role, role.capitalize())
+
+
+def response_text(raw: str) -> str:
+    """A plain-format completion up to the next "User:" turn the model wrote, if any, stripped."""
+    cut = raw.find(NEXT_USER_TURN)
+    return (raw if cut < 0 else raw[:cut]).strip()
+
+
+# --- the Hugging Face backend --------------------------------------------------------------------
+
+
+class HuggingFaceBackend:
+    """Any ``AutoModelForCausalLM`` directory or hub id, sampled in batches by rlhf.sampling.
+
+    The tokenizer and model are loaded once, in eval mode: bfloat16 on a CUDA device that
+    supports it, float32 otherwise. ``generate`` tokenizes all prompts, sorts them by length
+    (so that each batch pads little), runs batches of at most ``max_batch_size`` and returns the
+    results in the requests' order. A prompt longer than ``max_position_embeddings -
+    max_new_tokens`` loses its oldest tokens (BOS is kept); ``prompt_tokens`` counts what the
+    model was given. ``latency_ms`` is the wall time of the whole batch the request was part of
+    (sampling and detokenising), attributed in full to each request of that batch: in a batch,
+    every response arrives when the batch ends.
+    """
+
+    name = "huggingface"
+
+    def __init__(self, model_path: str, *, device: str | None = None, max_batch_size: int = 64):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.model_path = str(model_path)
+        self.max_batch_size = max_batch_size
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        dtype = torch.float32
+        if self.device.type == "cuda" and torch.cuda.is_bf16_supported():
+            dtype = torch.bfloat16
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        self.model = model.to(self.device).eval()
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        prompts = [self.prompt_token_ids(r) for r in requests]
+        by_length = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
+        results: list[GenerationResult | None] = [None] * len(requests)
+        for start in range(0, len(by_length), self.max_batch_size):
+            chunk = by_length[start : start + self.max_batch_size]
+            for i, result in zip(chunk, self.run_batch(requests, prompts, chunk), strict=True):
+                results[i] = result
+        return results
+
+    def run_batch(self, requests, prompts, chunk: list[int]) -> list[GenerationResult]:
+        began = time.perf_counter()
+        completions = sample(
+            self.model,
+            self.tokenizer,
+            [prompts[i] for i in chunk],
+            [requests[i].params for i in chunk],
+        )
+        texts = [self.completion_text(c.token_ids) for c in completions]
+        latency_ms = round((time.perf_counter() - began) * 1000)
+        return [
+            GenerationResult(
+                text=text,
+                prompt_tokens=len(prompts[i]),
+                completion_tokens=len(completion.token_ids),
+                latency_ms=latency_ms,
+                finish_reason=completion.finish_reason,
+                seed=completion.seed,
+            )
+            for i, completion, text in zip(chunk, completions, texts, strict=True)
+        ]
+
+    def prompt_token_ids(self, request: GenerationRequest) -> list[int]:
+        """The request's prompt as token ids, cut from the left to leave room for the answer."""
+        text = format_prompt(self.tokenizer, request.messages)
+        # A chat template writes its own BOS; the plain format relies on the tokenizer's.
+        add_special = not has_chat_template(self.tokenizer)
+        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
+        if self.max_positions is None:
+            return ids
+        room = self.max_positions - request.params.max_new_tokens
+        if room < 1:
+            raise ValueError(
+                f"max_new_tokens={request.params.max_new_tokens} leaves no room for a prompt "
+                f"in {self.max_positions} positions"
+            )
+        return truncate_left(ids, room, self.tokenizer.bos_token_id)
+
+    def completion_text(self, token_ids: list[int]) -> str:
+        """The response text. NUL characters are dropped: byte-level tokens (tiny models, Llama's
+        ``<0x00>``) can produce them, and PostgreSQL text cannot hold them."""
+        raw = self.tokenizer.decode(token_ids, skip_special_tokens=True).replace("\x00", "")
+        return raw.strip() if has_chat_template(self.tokenizer) else response_text(raw)
+
+
+def truncate_left(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
+    """The last ``limit`` tokens of ``ids``, keeping a leading BOS in front."""
+    if len(ids) <= limit:
+        return ids
+    if bos_id is not None and ids[0] == bos_id and limit > 1:
+        return [bos_id, *ids[len(ids) - limit + 1 :]]
+    return ids[len(ids) - limit :]
+
+
+# --- one loaded model per process ----------------------------------------------------------------
+
+_loaded: dict[str, HuggingFaceBackend] = {}
+_loading = threading.Lock()
+
+
+def load_backend(model_path: str) -> HuggingFaceBackend:
+    """The backend for ``model_path``, loaded once per process and kept while it is asked for.
+
+    Only the most recently used model stays loaded: asking for another path drops the current
+    one before loading the new one, so that a worker's memory holds one model at a time.
+    """
+    key = str(model_path)
+    with _loading:
+        backend = _loaded.get(key)
+        if backend is None:
+            release_loaded()
+            backend = HuggingFaceBackend(key)
+            _loaded[key] = backend
+        return backend
+
+
+def release_loaded() -> None:
+    """Drop the loaded model, returning its memory (and its GPU memory) before another loads."""
+    _loaded.clear()
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
