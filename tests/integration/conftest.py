@@ -19,6 +19,9 @@ _WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("g
 REDIS_URL = os.environ.get(
     "PAIRWISE_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{15 - 2 * (_WORKER_INDEX % 8)}"
 )
+# Every key of this test session carries its own prefix, so that two test runs sharing a Redis
+# server (two checkouts, say) never consume each other's tasks.
+KEY_PREFIX = {"global_keyprefix": f"pairwise-test-{os.getpid()}:"}
 # A second database for tests that need a broker of their own (killing a worker, say).
 SCRATCH_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{14 - 2 * (_WORKER_INDEX % 8)}"
 
@@ -63,7 +66,7 @@ def start_worker(
         **os.environ,
         "CELERY_BROKER_URL": broker_url,
         "CELERY_RESULT_BACKEND": broker_url,
-        "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps(transport_options or {}),
+        "CELERY_BROKER_TRANSPORT_OPTIONS": json.dumps({**KEY_PREFIX, **(transport_options or {})}),
         "DJANGO_SETTINGS_MODULE": "config.settings_test",
         "DATABASE_URL": _database_url(),
         **(extra_env or {}),
@@ -97,10 +100,15 @@ def app_using(broker_url: str) -> Iterator:
     """Point this process's Celery app at ``broker_url`` and turn eager execution off."""
     from config.celery import app
 
-    keys = ("broker_url", "result_backend", "task_always_eager")
+    keys = ("broker_url", "result_backend", "task_always_eager", "broker_transport_options")
     previous = {key: app.conf.get(key) for key in keys}
     _drop_connections(app)
-    app.conf.update(broker_url=broker_url, result_backend=broker_url, task_always_eager=False)
+    app.conf.update(
+        broker_url=broker_url,
+        result_backend=broker_url,
+        task_always_eager=False,
+        broker_transport_options=KEY_PREFIX,
+    )
     try:
         yield app
     finally:
