@@ -20,6 +20,14 @@ SHARED = Path(os.environ.get("PAIRWISE_ASSETS", ROOT.parent / "shared"))
 ARTIFACTS = Path(os.environ.get("PAIRWISE_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 PASSWORD = "test-password-123"
 
+# ../shared/README.md: stories260K, greedy, prompt "Once upon a time", llama2.c's `-n 64`.
+# llama2.c counts the prompt's 4 tokens in its 64 steps (BOS excluded): 60 new tokens.
+GOLDEN_STORY = (
+    "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
+    "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high."
+    "\nLily"
+)
+
 
 def shared_path(relative: str) -> Path:
     """A file under ../shared, or a skip naming what is missing."""

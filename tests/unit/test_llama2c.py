@@ -9,15 +9,8 @@ import torch
 
 from rlhf.__main__ import main
 from rlhf.llama2c import interleaved_to_halves, read_header
+from tests.conftest import GOLDEN_STORY as GOLDEN
 from tests.conftest import shared_path
-
-# ../shared/README.md: greedy, prompt "Once upon a time", llama2.c `-n 64`. llama2.c counts the
-# prompt's 4 tokens in its 64 steps (BOS excluded), so that is 60 new tokens.
-GOLDEN = (
-    "Once upon a time, there was a little girl named Lily. She loved to play outside in the "
-    "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high."
-    "\nLily"
-)
 
 
 @pytest.fixture(scope="module")

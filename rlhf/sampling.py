@@ -1,0 +1,344 @@
+"""Batched sampling from a causal language model: many prompts, one decoding loop.
+
+``sample(model, tokenizer, prompt_token_ids, params)`` completes B prompts of different lengths
+together, each with its own temperature, top-p, length limit and seed:
+
+- the prompts are left-padded to a common length P (attention mask 0 on the padding, position
+  ids counting from 0 at each row's first real token), so that every row's next token sits in
+  the last column;
+- one forward pass over the (B, P) prompts fills the KV cache (prefill), then one forward pass
+  per step feeds the (B, 1) tokens just chosen, reusing the cache;
+- temperature and top-p are applied to all rows at once; a row with temperature 0 is greedy;
+- randomness is per row: each row's uniforms come from its own ``torch.Generator`` seeded with
+  the row's seed, drawn on the CPU before decoding starts. A row's tokens therefore depend on its
+  prompt, parameters and seed only, not on the other rows of the batch nor on the device's RNG;
+- a row that emits EOS is finished ("stop"), one that reaches its ``max_new_tokens`` too
+  ("length"); finished rows are fed padding, their extra tokens are not reported, and the loop
+  ends when every row is finished.
+
+Completions include the EOS token that ended them (it was generated, and counts as a token).
+
+The KV cache is preallocated for P + max_new_tokens positions (:class:`PreallocatedLayer`) for
+models with plain full-attention caches, so that a step does not copy the whole cache; other
+models keep the cache their forward creates.
+
+Batch independence holds exactly in exact arithmetic. In floating point the kernels reduce in
+an order that depends on the shapes (BLAS picks other code paths for few rows; attention sums
+over the padded key range), so a row's logits alone and in a batch agree to about 1e-7 of their
+size (float32), not bit for bit. The chosen tokens agree unless two candidates, or a uniform
+and a cumulative probability, are that close: the tests see identical tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
+
+SEED_BOUND = 2**63  # seeds are drawn in [0, 2**31) and accepted in [0, 2**63)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample one completion. ``temperature`` 0 means greedy (then top-p is unused)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be a finite number, got {self.temperature!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not (isinstance(self.top_p, int | float) and 0 < self.top_p <= 1):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ValueError(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < SEED_BOUND
+        ):
+            raise ValueError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The new tokens of one row (EOS included when it ended the row), why it ended, its seed."""
+
+    token_ids: list[int]
+    finish_reason: str  # "stop": emitted EOS; "length": reached max_new_tokens
+    seed: int
+
+
+def sample(
+    model,
+    tokenizer,
+    prompt_token_ids: Sequence[Sequence[int]],
+    params: Sequence[SamplingParams],
+) -> list[Completion]:
+    """Complete every prompt (token ids, BOS included if the model wants one) in one batch."""
+    if len(prompt_token_ids) != len(params):
+        raise ValueError(f"{len(prompt_token_ids)} prompts but {len(params)} SamplingParams")
+    if not prompt_token_ids:
+        return []
+    if any(len(ids) == 0 for ids in prompt_token_ids):
+        raise ValueError("every prompt needs at least one token")
+    seeds = [p.seed if p.seed is not None else secrets.randbelow(2**31) for p in params]
+    eos_ids = eos_token_ids(model, tokenizer)
+    with torch.inference_mode():
+        rows = RowSettings.build(params, seeds, model_device(model))
+        tokens = decode(model, prompt_token_ids, rows, pad_token_id(model, tokenizer), eos_ids)
+    return [
+        Completion(ids, "stop" if ids[-1] in eos_ids else "length", seed)
+        for ids, seed in zip(tokens, seeds, strict=True)
+    ]
+
+
+# --- per-row settings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RowSettings:
+    """The sampling parameters of B rows as tensors on the model's device."""
+
+    temperature: torch.Tensor  # (B,) float32, 0 for greedy rows
+    top_p: torch.Tensor  # (B,) float32
+    max_new_tokens: torch.Tensor  # (B,) int64
+    uniforms: torch.Tensor  # (B, N) float64, N = the largest max_new_tokens; row i's own draws
+    steps: int  # N
+
+    @classmethod
+    def build(cls, params: Sequence[SamplingParams], seeds: list[int], device) -> RowSettings:
+        steps = max(p.max_new_tokens for p in params)
+        uniforms = torch.zeros(len(params), steps, dtype=torch.float64)
+        for i, (p, seed) in enumerate(zip(params, seeds, strict=True)):
+            generator = torch.Generator().manual_seed(seed)
+            # Exactly max_new_tokens draws per row, whatever the batch: the row's own stream.
+            uniforms[i, : p.max_new_tokens] = torch.rand(
+                p.max_new_tokens, generator=generator, dtype=torch.float64
+            )
+        return cls(
+            temperature=torch.tensor([float(p.temperature) for p in params], device=device),
+            top_p=torch.tensor([float(p.top_p) for p in params], device=device),
+            max_new_tokens=torch.tensor([p.max_new_tokens for p in params], device=device),
+            uniforms=uniforms.to(device),
+            steps=steps,
+        )
+
+
+# --- the decoding loop ---------------------------------------------------------------------------
+
+
+def decode(model, prompt_token_ids, rows: RowSettings, pad_id: int, eos_ids: list[int]):
+    """Run prefill and the decoding steps; return each row's own new tokens."""
+    input_ids, mask = left_pad(prompt_token_ids, pad_id, rows.temperature.device)  # (B, P)
+    batch, prompt_len = input_ids.shape
+    # The attention mask of the whole run, preallocated: (B, P + N), each step sets its column.
+    full_mask = torch.cat([mask, mask.new_ones(batch, rows.steps)], dim=1)
+    positions = mask.sum(dim=1)  # (B,) position id of each row's next token
+    eos = torch.tensor(eos_ids, device=input_ids.device)  # (E,)
+    out = torch.full((batch, rows.steps), pad_id, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)  # (B,)
+    lengths = torch.full((batch,), rows.steps, dtype=torch.long, device=input_ids.device)
+
+    cache, logits = prefill(model, input_ids, mask, prompt_len + rows.steps)  # logits (B, V)
+    for step in range(rows.steps):
+        chosen = choose_tokens(logits, rows, step)  # (B,)
+        chosen = torch.where(done, pad_id, chosen)
+        out[:, step] = chosen
+        ends = ~done & (torch.isin(chosen, eos) | (rows.max_new_tokens <= step + 1))  # (B,)
+        lengths = torch.where(ends, step + 1, lengths)
+        done = done | ends
+        if step + 1 == rows.steps or bool(done.all()):
+            break
+        attention = full_mask[:, : prompt_len + step + 1]  # (B, P + step + 1)
+        cache, logits = forward_step(
+            model, chosen[:, None], attention, positions[:, None] + step, cache
+        )
+    return [row[:length] for row, length in zip(out.tolist(), lengths.tolist(), strict=True)]
+
+
+def left_pad(prompt_token_ids, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, P) token ids padded on the left with ``pad_id``, and the (B, P) mask of real tokens."""
+    width = max(len(ids) for ids in prompt_token_ids)
+    input_ids = torch.full((len(prompt_token_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompt_token_ids), width), dtype=torch.long)
+    for i, ids in enumerate(prompt_token_ids):
+        input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+        mask[i, width - len(ids) :] = 1
+    return input_ids.to(device), mask.to(device)
+
+
+def prefill(model, input_ids: torch.Tensor, mask: torch.Tensor, capacity: int):
+    """Run the (B, P) prompts once; return the filled KV cache and the (B, V) next-token logits."""
+    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)  # (B, P), 0 at each first real token
+    cache = preallocated_cache(model, capacity)
+    outputs = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        **({} if cache is None else {cache_argument(model): cache}),
+        **last_logits_only(model),
+    )
+    return cache_of(outputs), outputs.logits[:, -1, :].float()
+
+
+def forward_step(model, tokens, attention, positions, cache):
+    """Feed (B, 1) tokens at (B, 1) positions; return the grown cache and (B, V) next logits."""
+    outputs = model(
+        input_ids=tokens,
+        attention_mask=attention,
+        position_ids=positions,
+        use_cache=True,
+        **{cache_argument(model): cache},
+    )
+    return cache_of(outputs), outputs.logits[:, -1, :].float()
+
+
+# --- choosing tokens -----------------------------------------------------------------------------
+
+
+def choose_tokens(logits: torch.Tensor, rows: RowSettings, step: int) -> torch.Tensor:
+    """The next (B,) tokens: argmax for greedy rows, top-p sampling at temperature for others."""
+    greedy = rows.temperature == 0  # (B,)
+    temperature = torch.where(greedy, 1.0, rows.temperature)[:, None]  # (B, 1)
+    sampled = sample_top_p(logits / temperature, rows.top_p, rows.uniforms[:, step])
+    return torch.where(greedy, logits.argmax(dim=-1), sampled)
+
+
+def sample_top_p(logits: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor):
+    """Inverse-CDF sampling from the smallest set of tokens whose probability reaches top_p.
+
+    logits (B, V), top_p (B,), uniform (B,) in [0, 1): one draw per row, so the token a row gets
+    is a function of that row's logits and uniform only.
+    """
+    probs = torch.softmax(logits, dim=-1)  # (B, V)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)  # (B, V)
+    before = sorted_probs.cumsum(dim=-1) - sorted_probs  # (B, V) mass of the tokens ranked above
+    outside = (before >= top_p[:, None]) & (top_p[:, None] < 1)  # (B, V), never the top token
+    kept = sorted_probs.masked_fill(outside, 0.0)  # (B, V)
+    cumulative = kept.cumsum(dim=-1)  # (B, V)
+    target = uniform.to(cumulative.dtype) * cumulative[:, -1]  # (B,)
+    rank = torch.searchsorted(cumulative, target[:, None], right=True)  # (B, 1)
+    last_kept = (kept > 0).sum(dim=-1, keepdim=True) - 1  # (B, 1)
+    rank = torch.minimum(rank, last_kept.clamp(min=0))
+    return order.gather(dim=-1, index=rank).squeeze(-1)  # (B,)
+
+
+# --- the KV cache --------------------------------------------------------------------------------
+
+
+class PreallocatedLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose keys and values live in tensors allocated once for the whole run.
+
+    ``DynamicLayer`` concatenates each step's keys to the cache, copying the whole cache every
+    step (most of a step's time on a CPU at batch 64). This layer writes them into place and
+    hands attention a view of the filled part, (B, H, length, D), so nothing is copied.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        batch, heads, _, _ = key_states.shape  # (B, H, T, D)
+        shape = (batch, heads, self.capacity)
+        self.device = key_states.device
+        self.key_store = key_states.new_zeros(*shape, key_states.shape[-1])  # (B, H, C, D)
+        self.value_store = value_states.new_zeros(*shape, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV cache full: {end} positions for {self.capacity}")
+        self.key_store[:, :, self.length : end] = key_states
+        self.value_store[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys = self.key_store[:, :, :end]  # (B, H, end, D) views, no copy
+        self.values = self.value_store[:, :, :end]
+        return self.keys, self.values
+
+
+def preallocated_cache(model, capacity: int):
+    """A cache of :class:`PreallocatedLayer` s holding ``capacity`` positions, for models whose
+    cache is made of plain ``DynamicLayer`` s (full attention); None, the model's own, otherwise.
+    """
+    if cache_argument(model) != "cache":
+        return None
+    cache = DynamicCache(config=model.config)
+    if cache.layers:
+        if any(type(layer) is not DynamicLayer for layer in cache.layers):
+            return None
+        cache.layers = [PreallocatedLayer(capacity) for _ in cache.layers]
+    elif cache.layer_class_to_replicate is DynamicLayer:
+        cache.layer_class_to_replicate = lambda: PreallocatedLayer(capacity)
+    else:
+        return None
+    return cache
+
+
+# --- what differs between models -----------------------------------------------------------------
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def forward_parameters(model) -> frozenset[str]:
+    return parameters_of(getattr(model.forward, "__func__", model.forward))
+
+
+@functools.cache
+def parameters_of(function) -> frozenset[str]:
+    return frozenset(inspect.signature(function).parameters)
+
+
+def cache_argument(model) -> str:
+    """Transformers 5 calls the KV cache ``cache``; older models call it ``past_key_values``."""
+    return "cache" if "cache" in forward_parameters(model) else "past_key_values"
+
+
+def cache_of(outputs):
+    cache = getattr(outputs, "cache", None)
+    return cache if cache is not None else outputs.past_key_values
+
+
+def last_logits_only(model) -> dict:
+    """Ask for the last position's logits only, where the model supports it (saves B·P·V)."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in forward_parameters(model) else {}
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends a completion: the tokenizer's EOS and the generation config's."""
+    ids = set()
+    config = getattr(model, "generation_config", None)
+    for value in (getattr(config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value is not None:
+            ids.update(int(v) for v in value)
+    return sorted(ids) or [-1]  # -1: no EOS known, rows then stop at max_new_tokens
+
+
+def pad_token_id(model, tokenizer) -> int:
+    """Any id works (padding is masked out); prefer the pad token, then EOS, then 0."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if isinstance(value, int):
+            return value
+    return 0
