@@ -42,7 +42,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from rlhf import messages as checks
 from rlhf.hh_rlhf import HH_ASSISTANT, context_and_replies
+from rlhf.messages import FieldError
 from rlhf.preferences import (
     DEFAULT_MARGIN_TABLE,
     SafetyBin,
@@ -53,7 +55,6 @@ from rlhf.preferences import (
 
 KINDS = ("helpfulness", "safety")
 FORMATS = ("trl", "hh-rlhf", "canonical")
-MESSAGE_ROLES = {"system", "user", "assistant"}
 
 # Source names of the two Llama 2 recipes (keys of the ``sources`` given to :func:`mix`).
 HELPFULNESS = "helpfulness"  # the platform's helpfulness annotations ("Meta Helpfulness")
@@ -128,60 +129,13 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
 
 
-class _FieldError(ValueError):
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
-
-
 # --- record checks (the same rules as the platform's importer) ---------------------------------
-
-
-def _messages(value: Any, key: str) -> list[dict[str, str]]:
-    """A list of ``{role, content}`` messages; a string is one user message."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise _FieldError("is empty", key)
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise _FieldError("must be a non-empty list of {role, content} messages", key)
-    messages = []
-    for index, message in enumerate(value):
-        where = f"{key}[{index}]"
-        if not isinstance(message, dict):
-            raise _FieldError("must be an object with 'role' and 'content'", where)
-        role, content = message.get("role"), message.get("content")
-        if role not in MESSAGE_ROLES:
-            raise _FieldError(f"role must be one of {sorted(MESSAGE_ROLES)}, not {role!r}", where)
-        if not isinstance(content, str):
-            raise _FieldError("content must be a string", where)
-        messages.append({"role": role, "content": content})
-    return messages
-
-
-def _context(value: Any, key: str) -> list[dict[str, str]]:
-    messages = _messages(value, key)
-    if messages[-1]["role"] != "user":
-        raise _FieldError("the context must end with a user turn", key)
-    if not messages[-1]["content"].strip():
-        raise _FieldError("the last user turn is empty", key)
-    return messages
-
-
-def _completion(value: Any, key: str) -> str:
-    """A completion: a string, or a list holding one assistant message."""
-    if isinstance(value, str):
-        return value
-    messages = _messages(value, key)
-    if len(messages) != 1 or messages[0]["role"] != "assistant":
-        raise _FieldError("must be a single assistant message", key)
-    return messages[0]["content"]
 
 
 def _require(record: dict, *keys: str) -> None:
     for key in keys:
         if record.get(key) is None:
-            raise _FieldError("is missing", key)
+            raise FieldError("is missing", key)
 
 
 def _choice(value: Any, key: str, choices: Iterable[str]) -> str | None:
@@ -189,21 +143,21 @@ def _choice(value: Any, key: str, choices: Iterable[str]) -> str | None:
         return None
     choices = list(choices)
     if value not in choices:
-        raise _FieldError(f"must be one of {choices}, not {value!r}", key)
+        raise FieldError(f"must be one of {choices}, not {value!r}", key)
     return str(value)
 
 
 def _optional_bool(value: Any, key: str) -> bool | None:
     if value is None or isinstance(value, bool):
         return value
-    raise _FieldError("must be true, false or null", key)
+    raise FieldError("must be true, false or null", key)
 
 
 def _optional_id(value: Any, key: str) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
-        raise _FieldError("must be an integer or a non-empty string", key)
+        raise FieldError("must be an integer or a non-empty string", key)
     return str(value)
 
 
@@ -214,7 +168,7 @@ def _margin(record: dict, strength: str | None, margin_table: str) -> float:
     if value is None:
         return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _FieldError("must be a finite number", "margin")
+        raise FieldError("must be a finite number", "margin")
     return float(value)
 
 
@@ -223,7 +177,7 @@ def _kind(value: Any, key: str, default: str | None) -> str | None:
     if kind is None:
         return default
     if default is not None and kind != default:
-        raise _FieldError(f"is {kind!r}, but the file was loaded as {default!r} data", key)
+        raise FieldError(f"is {kind!r}, but the file was loaded as {default!r} data", key)
     return kind
 
 
@@ -239,19 +193,19 @@ class _Options:
 def _parse_trl(record: dict, options: _Options) -> dict:
     _require(record, "chosen", "rejected")
     if "prompt" in record:
-        context = _context(record["prompt"], "prompt")
-        chosen = _completion(record["chosen"], "chosen")
-        rejected = _completion(record["rejected"], "rejected")
+        context = checks.context(record["prompt"], "prompt")
+        chosen = checks.completion(record["chosen"], "chosen")
+        rejected = checks.completion(record["rejected"], "rejected")
     else:
         # Implicit prompt: two whole conversations that share everything but the last reply.
-        chosen_messages = _messages(record["chosen"], "chosen")
-        rejected_messages = _messages(record["rejected"], "rejected")
+        chosen_messages = checks.messages(record["chosen"], "chosen")
+        rejected_messages = checks.messages(record["rejected"], "rejected")
         context = chosen_messages[:-1]
         if rejected_messages[:-1] != context or not context:
-            raise _FieldError("chosen and rejected must share all turns but the last", "rejected")
-        context = _context(context, "chosen")
-        chosen = _completion(chosen_messages[-1:], "chosen")
-        rejected = _completion(rejected_messages[-1:], "rejected")
+            raise FieldError("chosen and rejected must share all turns but the last", "rejected")
+        context = checks.context(context, "chosen")
+        chosen = checks.completion(chosen_messages[-1:], "chosen")
+        rejected = checks.completion(rejected_messages[-1:], "rejected")
     strength = _choice(record.get("strength"), "strength", [s.value for s in Strength])
     return {
         "context": context,
@@ -282,19 +236,19 @@ def _parse_hh(record: dict, options: _Options) -> dict:
 def _parse_canonical(record: dict, options: _Options) -> dict:
     responses = record.get("responses")
     if not isinstance(responses, list) or len(responses) != 2:
-        raise _FieldError("must be a list of exactly two responses", "responses")
+        raise FieldError("must be a list of exactly two responses", "responses")
     texts, slots = [], []
     for index, response in enumerate(responses):
         where = f"responses[{index}]"
         if not isinstance(response, dict) or not isinstance(response.get("text"), str):
-            raise _FieldError("must be an object with a string 'text'", where)
+            raise FieldError("must be an object with a string 'text'", where)
         texts.append(response["text"])
         slots.append(response.get("slot", index + 1))
     if any(type(slot) is not int for slot in slots) or sorted(slots) != [1, 2]:
-        raise _FieldError("the two responses must be slots 1 and 2", "responses")
+        raise FieldError("the two responses must be slots 1 and 2", "responses")
     preferred = record.get("preferred")
     if preferred not in (1, 2) or isinstance(preferred, bool):
-        raise _FieldError(
+        raise FieldError(
             "must be the preferred slot, 1 or 2 (a comparison without a preference is no pair)",
             "preferred",
         )
@@ -302,13 +256,13 @@ def _parse_canonical(record: dict, options: _Options) -> dict:
     text_of = dict(zip(slots, texts, strict=True))
     safe = record.get("safe") or {}
     if not isinstance(safe, dict):
-        raise _FieldError("must be an object {'1': bool, '2': bool}", "safe")
+        raise FieldError("must be an object {'1': bool, '2': bool}", "safe")
     batch = record.get("batch") or {}
     if not isinstance(batch, dict):
-        raise _FieldError("must be an object with 'name' and 'kind'", "batch")
+        raise FieldError("must be an object with 'name' and 'kind'", "batch")
     strength = _choice(record.get("strength"), "strength", [s.value for s in Strength])
     return {
-        "context": _context(record.get("conversation"), "conversation"),
+        "context": checks.context(record.get("conversation"), "conversation"),
         "chosen": text_of[preferred],
         "rejected": text_of[rejected_slot],
         "strength": strength,
@@ -332,7 +286,7 @@ PARSERS: dict[str, Callable[[dict, _Options], dict]] = {
 def detect_format(record: Any) -> str:
     """The format of a file, from its first record (see the module docstring)."""
     if not isinstance(record, dict):
-        raise _FieldError("each line must be a JSON object")
+        raise FieldError("each line must be a JSON object")
     if "responses" in record:
         return "canonical"
     chosen = record.get("chosen")
@@ -394,9 +348,9 @@ def load_pairs(
             if file_format is None:
                 file_format = detect_format(record)
             if not isinstance(record, dict):
-                raise _FieldError("each line must be a JSON object")
+                raise FieldError("each line must be a JSON object")
             fields = PARSERS[file_format](record, options)
-        except ValueError as error:  # _FieldError, TranscriptError
+        except ValueError as error:  # FieldError, TranscriptError
             raise DataError(name, line, getattr(error, "field", None), str(error)) from None
         pairs.append(PreferencePair(source=f"{name}:{line}", **fields))
     if not pairs:

@@ -34,9 +34,10 @@ from annotation_app.errors import Conflict, PairwiseError
 from annotation_app.models import Batch, Comparison, Conversation, Response, Turn
 from annotation_app.services.generation import request_generation
 from rlhf import hh_rlhf
+from rlhf import messages as checks
+from rlhf.messages import FieldError
 
 FORMATS = ("prompts", "canonical", "trl", "hh-rlhf")
-MESSAGE_ROLES = {"system", "user", "assistant"}
 
 # Prompt and category columns of the public prompt sets (HarmBench, SimpleSafetyTests,
 # StrongREJECT, AdvBench, XSTest, Do-Not-Answer), tried in this order.
@@ -75,10 +76,8 @@ class ImportFailed(PairwiseError):
         super().__init__("nothing was imported:\n" + "\n".join(lines))
 
 
-class _RecordError(Exception):
-    def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.field = field
+# A record's error, naming its field; the rules for messages come from rlhf.messages.
+_RecordError = FieldError
 
 
 @dataclass
@@ -206,37 +205,6 @@ def _optional_int(record: dict, key: str, low: int = 0, high: int = INT_MAX) -> 
     return value
 
 
-def _messages(value: Any, key: str) -> list[dict[str, str]]:
-    """Check a list of ``{role, content}`` messages."""
-    if isinstance(value, str):
-        if not value.strip():
-            raise _RecordError("is empty", key)
-        return [{"role": "user", "content": value}]
-    if not isinstance(value, list) or not value:
-        raise _RecordError("must be a non-empty list of {role, content} messages", key)
-    messages = []
-    for index, message in enumerate(value):
-        where = f"{key}[{index}]"
-        if not isinstance(message, dict):
-            raise _RecordError("must be an object with 'role' and 'content'", where)
-        role, content = message.get("role"), message.get("content")
-        if role not in MESSAGE_ROLES:
-            raise _RecordError(f"role must be one of {sorted(MESSAGE_ROLES)}, not {role!r}", where)
-        if not isinstance(content, str):
-            raise _RecordError("content must be a string", where)
-        messages.append({"role": role, "content": content})
-    return messages
-
-
-def _context(value: Any, key: str) -> list[dict[str, str]]:
-    messages = _messages(value, key)
-    if messages[-1]["role"] != "user":
-        raise _RecordError("the context must end with a user turn", key)
-    if not messages[-1]["content"].strip():
-        raise _RecordError("the last user turn is empty", key)
-    return messages
-
-
 def _first_key(record: dict, keys: tuple[str, ...]) -> str | None:
     return next((key for key in keys if record.get(key) not in (None, "")), None)
 
@@ -262,7 +230,7 @@ def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
         raise _RecordError("each line must be a JSON object or string")
     if "messages" in record or "conversation" in record:
         key = "messages" if "messages" in record else "conversation"
-        context = _context(record[key], key)
+        context = checks.context(record[key], key)
     elif isinstance(record.get("turns"), list):
         # MT-Bench style: planned user turns; the first one opens the dialogue.
         turns = record["turns"]
@@ -275,7 +243,7 @@ def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
             raise _RecordError(
                 f"no prompt found; expected one of {', '.join(PROMPT_KEYS)}", "prompt"
             )
-        context = _context(_prompt_with_context_string(record, key), key)
+        context = checks.context(_prompt_with_context_string(record, key), key)
     category_key = _first_key(record, CATEGORY_KEYS)
     risk_category = str(record[category_key]).strip() if category_key else ""
     if batch.is_safety and not risk_category:
@@ -320,23 +288,13 @@ def _parse_canonical(record: Any, batch: Batch) -> ParsedComparison:
     parsed = [_parse_canonical_response(r, f"responses[{i}]") for i, r in enumerate(responses)]
     comparison_id = record.get("comparison_id")
     return ParsedComparison(
-        context=_context(record.get("conversation"), "conversation"),
+        context=checks.context(record.get("conversation"), "conversation"),
         responses=parsed,
         preferred_index=None,
         risk_category=str(record.get("risk_category") or ""),
         attack_vector=str(record.get("attack_vector") or ""),
         dedupe_key=None if comparison_id is None else str(comparison_id),
     )
-
-
-def _completion(value: Any, key: str) -> str:
-    """A TRL completion: a string, or a list holding one assistant message."""
-    if isinstance(value, str):
-        return value
-    messages = _messages(value, key)
-    if len(messages) != 1 or messages[0]["role"] != "assistant":
-        raise _RecordError("must be a single assistant message", key)
-    return messages[0]["content"]
 
 
 def _parse_trl(record: Any, batch: Batch) -> ParsedComparison:
@@ -346,19 +304,19 @@ def _parse_trl(record: Any, batch: Batch) -> ParsedComparison:
         if key not in record:
             raise _RecordError("is missing", key)
     if "prompt" in record:
-        context = _context(record["prompt"], "prompt")
-        chosen = _completion(record["chosen"], "chosen")
-        rejected = _completion(record["rejected"], "rejected")
+        context = checks.context(record["prompt"], "prompt")
+        chosen = checks.completion(record["chosen"], "chosen")
+        rejected = checks.completion(record["rejected"], "rejected")
     else:
         # Implicit prompt: two whole conversations that share everything but the last reply.
-        chosen_messages = _messages(record["chosen"], "chosen")
-        rejected_messages = _messages(record["rejected"], "rejected")
+        chosen_messages = checks.messages(record["chosen"], "chosen")
+        rejected_messages = checks.messages(record["rejected"], "rejected")
         context = chosen_messages[:-1]
         if rejected_messages[:-1] != context or not context:
             raise _RecordError("chosen and rejected must share all turns but the last", "rejected")
-        context = _context(context, "chosen")
-        chosen = _completion(chosen_messages[-1:], "chosen")
-        rejected = _completion(rejected_messages[-1:], "rejected")
+        context = checks.context(context, "chosen")
+        chosen = checks.completion(chosen_messages[-1:], "chosen")
+        rejected = checks.completion(rejected_messages[-1:], "rejected")
     return ParsedComparison(
         context=context,
         responses=[ParsedResponse(text=chosen), ParsedResponse(text=rejected)],
