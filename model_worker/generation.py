@@ -201,8 +201,10 @@ class HuggingFaceBackend:
 
     def completion_text(self, token_ids: list[int]) -> str:
         """The response text. NUL characters are dropped: byte-level tokens (tiny models, Llama's
-        ``<0x00>``) can produce them, and PostgreSQL text cannot hold them."""
+        ``<0x00>``) can produce them, and PostgreSQL text cannot hold them. Line breaks become
+        ``\n``, as browsers show them, so what annotators see is what is stored."""
         raw = self.tokenizer.decode(token_ids, skip_special_tokens=True).replace("\x00", "")
+        raw = raw.replace("\r\n", "\n").replace("\r", "\n")
         return raw.strip() if has_chat_template(self.tokenizer) else response_text(raw)
 
 

@@ -48,7 +48,7 @@ def test_write_a_prompt_then_continue_the_dialogue(
     wait_for_task(page, timeout=90_000)
     turns = page.locator(".context .turn")
     assert turns.count() == 3
-    assert turns.nth(1).locator(".text.raw").text_content() == chosen_text
+    assert turns.nth(1).locator(".text.raw").text_content() == chosen_text  # as shown before
     assert "And about the mountains?" in turns.nth(2).inner_text()
     press_rating(page, "7")  # B is better
     page.keyboard.press("Enter")

@@ -198,3 +198,8 @@ def test_load_backend_keeps_the_most_recent_model_only(tiny_policy_dir, chat_mod
     (result,) = again.generate([ask("Hello", max_new_tokens=3)])
     assert result.completion_tokens >= 1
     generation.release_loaded()
+
+
+def test_carriage_returns_become_newlines(backend):
+    ids = backend.tokenizer("one\r\ntwo\rthree", add_special_tokens=False)["input_ids"]
+    assert backend.completion_text(ids) == "one\ntwo\nthree"
