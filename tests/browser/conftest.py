@@ -8,7 +8,6 @@ import shutil
 import pytest
 
 from tests.conftest import ARTIFACTS
-from tests.integration.conftest import celery_worker_process, redis_url  # noqa: F401 (fixtures)
 
 CHROMIUM = os.environ.get("PAIRWISE_CHROMIUM", "/usr/bin/chromium")
 

@@ -8,7 +8,7 @@ import pytest
 
 from annotation_app.models import Assignment, Batch, Comparison
 from tests.conftest import FAST_PLAN
-from tests.integration.conftest import wait_for
+from tests.workers import wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 

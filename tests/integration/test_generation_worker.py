@@ -17,7 +17,7 @@ from annotation_app.services.imports import import_comparisons
 from annotation_app.tasks import store_generated_responses
 from model_worker.tasks import generate_responses
 from tests.conftest import FAST_PLAN, prompt_lines
-from tests.integration.conftest import (
+from tests.workers import (
     SCRATCH_REDIS_URL,
     _flushed,
     app_using,

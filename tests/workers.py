@@ -1,4 +1,4 @@
-"""Fixtures for the integration suite: real Celery workers consuming from Redis."""
+"""Real Celery workers consuming from Redis: fixtures (registered in tests/conftest.py), helpers."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+ROOT = Path(__file__).resolve().parent.parent
 
 # One Redis database per xdist worker, so that parallel test processes never share a broker.
 _WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
