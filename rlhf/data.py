@@ -191,21 +191,7 @@ class _Options:
 
 
 def _parse_trl(record: dict, options: _Options) -> dict:
-    _require(record, "chosen", "rejected")
-    if "prompt" in record:
-        context = checks.context(record["prompt"], "prompt")
-        chosen = checks.completion(record["chosen"], "chosen")
-        rejected = checks.completion(record["rejected"], "rejected")
-    else:
-        # Implicit prompt: two whole conversations that share everything but the last reply.
-        chosen_messages = checks.messages(record["chosen"], "chosen")
-        rejected_messages = checks.messages(record["rejected"], "rejected")
-        context = chosen_messages[:-1]
-        if rejected_messages[:-1] != context or not context:
-            raise FieldError("chosen and rejected must share all turns but the last", "rejected")
-        context = checks.context(context, "chosen")
-        chosen = checks.completion(chosen_messages[-1:], "chosen")
-        rejected = checks.completion(rejected_messages[-1:], "rejected")
+    context, chosen, rejected = checks.trl_pair(record)
     strength = _choice(record.get("strength"), "strength", [s.value for s in Strength])
     return {
         "context": context,

@@ -60,3 +60,30 @@ def completion(value: Any, key: str) -> str:
     if len(checked) != 1 or checked[0]["role"] != "assistant":
         raise FieldError("must be a single assistant message", key)
     return checked[0]["content"]
+
+
+def trl_pair(record: dict) -> tuple[list[dict[str, str]], str, str]:
+    """(context, chosen, rejected) of a TRL preference record.
+
+    Either ``prompt`` with two completions, or (implicit prompt) two whole conversations that
+    share every turn but the last.
+    """
+    for key in ("chosen", "rejected"):
+        if key not in record:
+            raise FieldError("is missing", key)
+    if "prompt" in record:
+        return (
+            context(record["prompt"], "prompt"),
+            completion(record["chosen"], "chosen"),
+            completion(record["rejected"], "rejected"),
+        )
+    chosen_messages = messages(record["chosen"], "chosen")
+    rejected_messages = messages(record["rejected"], "rejected")
+    shared = chosen_messages[:-1]
+    if rejected_messages[:-1] != shared or not shared:
+        raise FieldError("chosen and rejected must share all turns but the last", "rejected")
+    return (
+        context(shared, "chosen"),
+        completion(chosen_messages[-1:], "chosen"),
+        completion(rejected_messages[-1:], "rejected"),
+    )

@@ -300,23 +300,7 @@ def _parse_canonical(record: Any, batch: Batch) -> ParsedComparison:
 def _parse_trl(record: Any, batch: Batch) -> ParsedComparison:
     if not isinstance(record, dict):
         raise _RecordError("each line must be a JSON object")
-    for key in ("chosen", "rejected"):
-        if key not in record:
-            raise _RecordError("is missing", key)
-    if "prompt" in record:
-        context = checks.context(record["prompt"], "prompt")
-        chosen = checks.completion(record["chosen"], "chosen")
-        rejected = checks.completion(record["rejected"], "rejected")
-    else:
-        # Implicit prompt: two whole conversations that share everything but the last reply.
-        chosen_messages = checks.messages(record["chosen"], "chosen")
-        rejected_messages = checks.messages(record["rejected"], "rejected")
-        context = chosen_messages[:-1]
-        if rejected_messages[:-1] != context or not context:
-            raise _RecordError("chosen and rejected must share all turns but the last", "rejected")
-        context = checks.context(context, "chosen")
-        chosen = checks.completion(chosen_messages[-1:], "chosen")
-        rejected = checks.completion(rejected_messages[-1:], "rejected")
+    context, chosen, rejected = checks.trl_pair(record)
     return ParsedComparison(
         context=context,
         responses=[ParsedResponse(text=chosen), ParsedResponse(text=rejected)],
