@@ -1,0 +1,232 @@
+"""Reward models: a scalar head on any Hugging Face backbone, text scoring, saving and loading.
+
+    load_reward_backbone(path, dtype=None)            -> (model, tokenizer)
+    score_texts(model, tokenizer, contexts, responses) -> tensor of shape (n,)
+    save_reward_model(model, tokenizer, out_dir, metadata={...})
+    load_reward_model(out_dir)                         -> (model, tokenizer, metadata)
+
+Backbones
+---------
+Any directory (or hub name, where a hub can be reached) that ``AutoModelForSequenceClassification``
+loads with ``num_labels=1``: a decoder (``LlamaForCausalLM`` -> ``LlamaForSequenceClassification``,
+whose reward is the score of the last non-pad token) or an encoder (BERT-like, e.g. MiniLM: the
+score of the pooled ``[CLS]`` token). The new linear head is initialised under a fixed seed, so the
+same backbone always gives the same untrained reward model (torch's global random state is left
+as it was). The tokenizer gets a pad token if it lacks one (its EOS, else its UNK, else a new
+``<pad>`` token with the embeddings resized) and ``config.pad_token_id`` is set from it, which the
+decoder's pooling needs. Padding is on the right, truncation on the left (see below).
+
+Text format
+-----------
+Scoring takes text, so the policy and the reward model may use different tokenizers. Each
+(context, response) pair is written as one text:
+
+- with the tokenizer's chat template, when it has one: the whole conversation, the response as
+  the last assistant turn (``apply_chat_template(context + [assistant], tokenize=False)``); the
+  template writes its own special tokens, so the tokenizer adds none;
+- else in the plain format of ``model_worker.generation`` (reimplemented here by
+  :func:`plain_text`, since this library imports nothing from the platform): each turn on its
+  own as ``"System: …"``, ``"User: …"`` or ``"Assistant: …"`` (content stripped), turns separated
+  by a blank line, the response as the last ``"Assistant: …"`` turn; i.e. the generation prompt
+  followed by the response. The tokenizer adds its usual special tokens (BOS, or CLS/SEP).
+
+A text longer than ``max_length`` tokens is cut from the left (the oldest context goes first,
+the response is kept); the special tokens the tokenizer adds (BOS, CLS/SEP) are kept too. A
+chat-template text cut this way loses the template's own leading BOS.
+
+If the pad token is also the EOS token (a tokenizer that had no pad token) and a chat template
+ends the response with EOS, the decoder's reward is read at the token before that EOS, since
+pooling takes the last token that is not the pad token.
+
+Saved reward models
+-------------------
+:func:`save_reward_model` writes ``save_pretrained`` output (model and tokenizer), which
+``transformers`` loads back by itself, plus ``pairwise_reward.json``: the metadata given (data
+snapshot hash, training config, metrics, …) with ``library_version`` (this package's) and
+``base_model`` (the backbone it was built on, unless the metadata names one) added.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+METADATA_FILE = "pairwise_reward.json"
+HEAD_INIT_SEED = 0  # the new score head is initialised under this seed
+
+# The plain chat format of model_worker.generation (kept in step with it by hand).
+ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+TURN_SEPARATOR = "\n\n"
+
+
+def library_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pairwise")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "unknown"
+
+
+# --- loading ------------------------------------------------------------------------------------
+
+
+def _ensure_pad_token(model, tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        elif tokenizer.unk_token is not None:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    text_config = model.config.get_text_config()
+    if text_config is not model.config:
+        text_config.pad_token_id = tokenizer.pad_token_id
+
+
+def load_reward_backbone(path_or_model_dir: str | Path, *, dtype=None):
+    """A ``AutoModelForSequenceClassification`` with one output, and its tokenizer.
+
+    Works on a decoder or an encoder directory, or on a saved reward model (whose head is then
+    loaded, not initialised). ``dtype`` (e.g. ``torch.bfloat16``) is passed to
+    ``from_pretrained``; the model is returned in eval mode on the CPU.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = str(path_or_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    kwargs: dict[str, Any] = {"num_labels": 1}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(HEAD_INIT_SEED)
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    _ensure_pad_token(model, tokenizer)
+    tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"
+    model.pairwise_base_model = source
+    model.eval()
+    return model, tokenizer
+
+
+# --- formatting and scoring ---------------------------------------------------------------------
+
+
+def role_label(role: str) -> str:
+    return ROLE_LABELS.get(role, role.capitalize())
+
+
+def plain_text(context: Sequence[Mapping[str, str]], response: str) -> str:
+    """The plain format: the context's turns, then the response as the last assistant turn."""
+    turns = [f"{role_label(m['role'])}: {m['content'].strip()}" for m in context]
+    turns.append(f"{ROLE_LABELS['assistant']}: {response.strip()}")
+    return TURN_SEPARATOR.join(turns)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def format_text(tokenizer, context: Sequence[Mapping[str, str]], response: str) -> str:
+    """The text a (context, response) pair is scored as (see the module docstring)."""
+    if has_chat_template(tokenizer):
+        conversation = [dict(m) for m in context]
+        conversation.append({"role": "assistant", "content": response})
+        return tokenizer.apply_chat_template(conversation, tokenize=False)
+    return plain_text(context, response)
+
+
+def score_texts(
+    model,
+    tokenizer,
+    contexts: Sequence[Sequence[Mapping[str, str]]],
+    responses: Sequence[str],
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+):
+    """One scalar reward per (context, response) pair, as a float32 CPU tensor of shape (n,).
+
+    Runs in eval mode without gradients (the model's training mode is restored afterwards).
+    Texts are grouped by length into batches of ``batch_size``, so padding is small; the rewards
+    come back in the order of the inputs and do not depend on ``batch_size``.
+    """
+    import torch
+
+    if len(contexts) != len(responses):
+        raise ValueError(f"{len(contexts)} contexts but {len(responses)} responses")
+    if batch_size < 1 or max_length < 1:
+        raise ValueError("batch_size and max_length must be positive")
+    if not responses:
+        return torch.zeros(0)
+    add_special = not has_chat_template(tokenizer)
+    texts = [format_text(tokenizer, c, r) for c, r in zip(contexts, responses, strict=True)]
+    tokenizer.truncation_side = "left"
+    encoded = tokenizer(
+        texts, add_special_tokens=add_special, truncation=True, max_length=max_length
+    )["input_ids"]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    rewards = torch.empty(len(encoded), dtype=torch.float32)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                batch = tokenizer.pad(
+                    {"input_ids": [encoded[i] for i in chunk]},
+                    padding=True,
+                    padding_side="right",
+                    return_tensors="pt",
+                )
+                logits = model(
+                    input_ids=batch["input_ids"].to(device),
+                    attention_mask=batch["attention_mask"].to(device),
+                ).logits
+                rewards[chunk] = logits[:, 0].float().cpu()
+    finally:
+        model.train(was_training)
+    return rewards
+
+
+# --- saving and loading -------------------------------------------------------------------------
+
+
+def save_reward_model(
+    model, tokenizer, out_dir: str | Path, *, metadata: Mapping[str, Any]
+) -> Path:
+    """Write the model and tokenizer (``save_pretrained``) and ``pairwise_reward.json``.
+
+    ``metadata`` must be JSON-serialisable; ``library_version`` and ``base_model`` are added.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record = dict(metadata)
+    record.setdefault(
+        "base_model", getattr(model, "pairwise_base_model", None) or model.name_or_path
+    )
+    record["library_version"] = library_version()
+    text = json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False)  # fails before writing
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+    return out
+
+
+def read_metadata(out_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / METADATA_FILE).read_text(encoding="utf-8"))
+
+
+def load_reward_model(out_dir: str | Path, *, dtype=None):
+    """A saved reward model: ``(model, tokenizer, metadata)``."""
+    metadata = read_metadata(out_dir)
+    model, tokenizer = load_reward_backbone(out_dir, dtype=dtype)
+    if metadata.get("base_model"):
+        model.pairwise_base_model = metadata["base_model"]
+    return model, tokenizer, metadata
