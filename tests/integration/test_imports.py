@@ -18,6 +18,7 @@ from annotation_app.roles import Role
 from annotation_app.services.batches import activate_batch, close_batch
 from annotation_app.services.imports import ImportFailed, import_comparisons
 from tests.conftest import shared_path
+from tests.messages import assistant, hh, user
 
 pytestmark = pytest.mark.django_db
 
@@ -34,19 +35,6 @@ def run_import(batch: Batch, data: bytes, filename: str = "data.jsonl", **kwargs
 
 def row_counts() -> dict[str, int]:
     return {model.__name__: model.objects.count() for model in MODELS}
-
-
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
-
-def hh(*turns: str) -> str:
-    markers = ("\n\nHuman: ", "\n\nAssistant: ")
-    return "".join(markers[index % 2] + text for index, text in enumerate(turns))
 
 
 def trl_pairs(count: int) -> bytes:

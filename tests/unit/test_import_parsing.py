@@ -20,6 +20,7 @@ from annotation_app.services.imports import (
     detect_format,
     parse_file,
 )
+from tests.messages import assistant, hh, user
 
 HELPFULNESS, SAFETY = Batch.Kind.HELPFULNESS, Batch.Kind.SAFETY
 
@@ -57,22 +58,8 @@ def where(error: RowError) -> tuple[str, int, str | None]:
     return error.filename, error.line, error.field
 
 
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
-
 def texts(item) -> list[str]:
     return [response.text for response in item.responses]
-
-
-def hh(*turns: str) -> str:
-    """An HH-RLHF transcript from alternating Human / Assistant texts."""
-    markers = ("\n\nHuman: ", "\n\nAssistant: ")
-    return "".join(markers[index % 2] + text for index, text in enumerate(turns))
 
 
 CANONICAL = {

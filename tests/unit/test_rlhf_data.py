@@ -32,26 +32,13 @@ from rlhf.data import (
 from rlhf.hh_rlhf import TranscriptError, context_and_replies, split_transcript
 from rlhf.preferences import MARGIN_TABLES, Strength, margin_for_rating
 from tests.conftest import shared_path
+from tests.messages import assistant, hh, user
 
 HH_FILES = {
     "harmless-base": 2312,
     "helpful-online": 1137,
     "helpful-rejection-sampled": 2749,
 }
-
-
-def user(text: str) -> dict:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict:
-    return {"role": "assistant", "content": text}
-
-
-def hh(*turns: str) -> str:
-    """An HH-RLHF transcript from alternating Human / Assistant texts."""
-    markers = ("\n\nHuman: ", "\n\nAssistant: ")
-    return "".join(markers[index % 2] + text for index, text in enumerate(turns))
 
 
 def write_jsonl(path: Path, *records) -> Path:
