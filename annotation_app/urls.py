@@ -14,4 +14,11 @@ urlpatterns = [
     path("tasks/<int:assignment_id>/continue/", views.continue_dialogue, name="continue"),
     path("batches/<int:batch_id>/write/", views.write_prompt, name="write-prompt"),
     path("batches/<int:batch_id>/progress/", views.progress, name="batch-progress"),
+    path("training/", views.training_page, name="training"),
+    path("training/runs/<int:run_id>/", views.training_run, name="training-run"),
+    path(
+        "training/runs/<int:run_id>/promote/",
+        views.promote_training_output,
+        name="training-promote",
+    ),
 ]

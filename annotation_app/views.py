@@ -11,16 +11,20 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
+from annotation_app import charts
 from annotation_app.errors import Conflict, InvalidInput, NotFound
-from annotation_app.models import Assignment, Batch, Comparison
+from annotation_app.models import Assignment, Batch, Comparison, ModelVersion, TrainingRun
 from annotation_app.roles import Role, user_roles
 from annotation_app.selectors import annotator_queue, batch_progress
 from annotation_app.services import assignment as assignment_service
-from annotation_app.services import dialogues
+from annotation_app.services import dialogues, training
 from annotation_app.services.annotations import Judgement, submit_annotation
+from annotation_app.services.registry import current_version
 from rlhf.preferences import STRENGTH_LABELS, Strength
 
 annotator_required = permission_required("annotation_app.annotate", raise_exception=True)
+# Training pages are ML staff's: batch admins can read runs in the admin, not start them.
+trainer_required = permission_required("annotation_app.add_trainingrun", raise_exception=True)
 
 # The single rating control: A's strengths from strongest to weakest, then B's from weakest
 # to strongest, so the scale reads left (A much better) to right (B much better).
@@ -273,3 +277,134 @@ def continue_dialogue(request: HttpRequest, assignment_id: int) -> HttpResponse:
         },
         status=400 if error else 200,
     )
+
+
+def _ids(values: list[str], field: str) -> list[int]:
+    try:
+        return [int(value) for value in values]
+    except ValueError:
+        raise InvalidInput("not a valid choice", field) from None
+
+
+def _start_training_from_form(request: HttpRequest) -> TrainingRun:
+    data = request.POST
+    batch_ids = _ids(data.getlist("batches"), "batches")
+    batches = list(Batch.objects.filter(pk__in=batch_ids))
+    base_model = None
+    if data.get("base_model"):
+        (base_id,) = _ids([data["base_model"]], "base_model")
+        base_model = ModelVersion.objects.filter(pk=base_id).first()
+        if base_model is None:
+            raise InvalidInput("no such model version", "base_model")
+    return training.start_reward_training(
+        request.user,
+        data.get("kind", ""),
+        batches,
+        base_model=base_model,
+        config=training.config_from_form(data),
+    )
+
+
+def _form_value(value) -> str:
+    """A default as the form shows it: ``1e-05`` stays Python's repr, never localised."""
+    return "" if value is None else str(value)
+
+
+@login_required
+@trainer_required
+def training_page(request: HttpRequest) -> HttpResponse:
+    """Start a reward-model run (kind, batches, base model, hyperparameters); list the runs."""
+    error = None
+    if request.method == "POST":
+        try:
+            run = _start_training_from_form(request)
+        except InvalidInput as invalid:
+            error = invalid
+        else:
+            messages.success(request, f"Training run {run.pk} is queued.")
+            return redirect("training-run", run_id=run.pk)
+    form = request.POST if error else {}
+    defaults = training.hyperparameter_defaults()
+    policy = current_version(ModelVersion.Role.POLICY)
+    context = {
+        "error": error,
+        "form": form,
+        "kinds": training.KINDS,
+        "kind": form.get("kind", "helpfulness"),
+        "batches": training.batches_for_training(),
+        "selected_batches": set(form.getlist("batches")) if form else set(),
+        "base_models": training.base_model_choices(),
+        "base_model": form.get("base_model") if form else str(policy.pk) if policy else "",
+        "hyperparameters": [
+            {
+                "hp": hp,
+                "value": form.get(hp.name, "") if form else _form_value(defaults.get(hp.name)),
+            }
+            for hp in training.HYPERPARAMETERS
+        ],
+        "runs": TrainingRun.objects.filter(kind__in=training.RUN_KIND.values())
+        .select_related("base_model", "created_by")
+        .prefetch_related("batches")[:50],
+    }
+    return render(request, "annotation_app/training.html", context, status=400 if error else 200)
+
+
+def _run_charts(report: dict) -> dict:
+    history = report["history"]
+    loss = charts.line_chart(
+        [(row["step"], row["loss"]) for row in history if row.get("loss") is not None],
+        title="Training loss",
+        x_label="step",
+        y_label="loss",
+    )
+    rows = report["rows"]
+    buckets = ""
+    if rows:
+        labels = dict(report["columns"])
+        buckets = charts.bar_chart(
+            [
+                (labels[key], cell["accuracy"], f"n={cell['pairs']}")
+                for key, cell in rows[0]["cells"].items()
+                if cell and key in labels
+            ],
+            title=f"Accuracy by rating: {rows[0]['label']}",
+            y_label="accuracy",
+        )
+    return {"loss": loss, "buckets": buckets}
+
+
+@login_required
+@trainer_required
+def training_run(request: HttpRequest, run_id: int) -> HttpResponse:
+    """A run: live status and logs, then its metrics (Table 8 layout), plots and promotion."""
+    run = get_object_or_404(
+        TrainingRun.objects.select_related("base_model", "created_by"), pk=run_id
+    )
+    report = training.metrics_report(run)
+    context = {
+        "run": run,
+        "batches": run.batches.order_by("created_at", "pk"),
+        "outputs": run.outputs.order_by("-created_at"),
+        "report": report,
+        "charts": _run_charts(report),
+        "finished": run.status in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED),
+        "log_tail": training.log_tail(run),
+    }
+    return render(request, "annotation_app/training_run.html", context)
+
+
+@login_required
+@permission_required("annotation_app.change_modelversion", raise_exception=True)
+@require_POST
+def promote_training_output(request: HttpRequest, run_id: int) -> HttpResponse:
+    """Make the run's model the current one of its role."""
+    run = get_object_or_404(TrainingRun, pk=run_id)
+    try:
+        version = training.promote_run_output(run)
+    except Conflict as refused:
+        messages.warning(request, str(refused))
+    else:
+        messages.success(
+            request, f"{version.name} is now the current {version.get_role_display().lower()}."
+        )
+    return redirect("training-run", run_id=run.pk)

@@ -132,6 +132,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Batches and training runs both have a kind and a status, with different choices.
+    "ENUM_NAME_OVERRIDES": {
+        "TrainingRunKindEnum": "annotation_app.models.TrainingRun.Kind",
+        "TrainingRunStatusEnum": "annotation_app.models.TrainingRun.Status",
+    },
 }
 
 # Celery: an empty broker URL means the embedded default, tasks run in the calling process.
@@ -150,12 +155,17 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "model_worker.tasks.generate_*": {"queue": "generation"},
     "model_worker.tasks.train_*": {"queue": "training"},
+    "annotation_app.tasks.train_*": {"queue": "training"},
 }
 
 # Without a broker, generation runs in a background thread of the web process (the demo).
 PAIRWISE_EAGER_IN_THREAD = env_bool("PAIRWISE_EAGER_IN_THREAD", True)
 # The policy to sample from when none is registered: a model directory or a hub id.
 PAIRWISE_POLICY = os.environ.get("PAIRWISE_POLICY", "")
+# Training runs write here: each run's frozen data export and the model it trains
+# (``run-<id>/``). Workers on the ``training`` queue write it and generation workers read the
+# models from it, so on several machines it must be shared storage mounted at the same path.
+PAIRWISE_TRAINING_DIR = Path(os.environ.get("PAIRWISE_TRAINING_DIR", VAR_DIR / "training"))
 
 # Annotation defaults.
 PAIRWISE_LEASE_MINUTES = int(os.environ.get("PAIRWISE_LEASE_MINUTES", "30"))

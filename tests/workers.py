@@ -147,12 +147,14 @@ def stop(worker: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def celery_worker_process(redis_url, django_db_setup, django_db_blocker):
+def celery_worker_process(redis_url, django_db_setup, django_db_blocker, tmp_path_factory):
     """A `celery worker` subprocess on every queue, and the test process's app pointed at it.
 
     The worker uses the test database: what its tasks write, transactional tests can read.
+    Training runs write their data snapshots and models under a folder of this session.
     """
-    worker = start_worker(redis_url)
+    training_dir = tmp_path_factory.mktemp("training-runs")
+    worker = start_worker(redis_url, extra_env={"PAIRWISE_TRAINING_DIR": str(training_dir)})
     try:
         with app_using(redis_url) as app:
             wait_until_answering(app, worker)

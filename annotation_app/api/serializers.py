@@ -5,7 +5,7 @@ from django.contrib.auth.models import Group
 from rest_framework import serializers
 
 from annotation_app.errors import InvalidInput
-from annotation_app.models import Annotation, Assignment, Batch, ModelVersion
+from annotation_app.models import Annotation, Assignment, Batch, ModelVersion, TrainingRun
 from annotation_app.services.exports import EXPORT_FORMATS
 from annotation_app.services.generation import validate_sampling_plan
 from annotation_app.services.imports import FORMATS
@@ -198,3 +198,92 @@ class ModelVersionSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = ["training_run", "is_current", "created_at"]
         extra_kwargs = {"name": {"required": False}}
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    """A training run: its config, data snapshot, state, logs and metrics."""
+
+    batches = serializers.SerializerMethodField()
+    base_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    output_models = serializers.SerializerMethodField(
+        help_text="Model versions the run registered (not current: promote one with "
+        "POST /api/v1/models/{id}/promote/)."
+    )
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id",
+            "kind",
+            "status",
+            "config",
+            "batches",
+            "base_model",
+            "export_path",
+            "export_sha256",
+            "progress",
+            "logs",
+            "metrics",
+            "error",
+            "output_models",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+    def get_batches(self, run: TrainingRun) -> list[dict]:
+        return [{"id": b.pk, "name": b.name, "kind": b.kind} for b in run.batches.all()]
+
+    def get_output_models(self, run: TrainingRun) -> list[dict]:
+        return [
+            {"id": v.pk, "name": v.name, "role": v.role, "is_current": v.is_current}
+            for v in run.outputs.all()
+        ]
+
+
+class TrainingRunSummarySerializer(TrainingRunSerializer):
+    """A run in a list: everything but the logs and the metrics."""
+
+    class Meta(TrainingRunSerializer.Meta):
+        fields = [f for f in TrainingRunSerializer.Meta.fields if f not in {"logs", "metrics"}]
+        read_only_fields = fields
+
+
+class TrainingRunStatusSerializer(serializers.Serializer):
+    """What a page polls while a run is going: small, the logs' last lines only."""
+
+    id = serializers.IntegerField()
+    status = serializers.CharField()
+    progress = serializers.FloatField()
+    error = serializers.CharField()
+    log_tail = serializers.CharField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class StartTrainingSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(
+        choices=["helpfulness", "safety"], help_text="Which reward model to train."
+    )
+    batches = serializers.PrimaryKeyRelatedField(
+        many=True,
+        queryset=Batch.objects.all(),
+        help_text="Batch ids: annotated batches and imported datasets alike.",
+    )
+    base_model = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.all(),
+        required=False,
+        allow_null=True,
+        help_text="Model version to start from: a policy (default: the current one, as in "
+        "Llama 2) or a reward model of the same kind to continue.",
+    )
+    config = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="Hyperparameters, fields of rlhf.reward_training.RewardTrainingConfig "
+        "(learning_rate, micro_batch_size, max_length, epochs, max_steps, margin_table, "
+        "eval_fraction, seed, ...); the others take the library's defaults.",
+    )

@@ -10,6 +10,7 @@ router.register("batches", views.BatchViewSet, basename="batch")
 router.register("assignments", views.AssignmentViewSet, basename="assignment")
 router.register("annotations", views.AnnotationViewSet, basename="annotation")
 router.register("models", views.ModelVersionViewSet, basename="modelversion")
+router.register("training-runs", views.TrainingRunViewSet, basename="trainingrun")
 
 urlpatterns = [
     path("tasks/next/", views.NextTaskView.as_view(), name="next-task"),

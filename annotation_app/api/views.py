@@ -20,10 +20,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation_app.api import serializers as s
-from annotation_app.models import Annotation, Batch, ModelVersion
+from annotation_app.models import Annotation, Batch, ModelVersion, TrainingRun
 from annotation_app.selectors import batch_progress
 from annotation_app.services import assignment as assignment_service
-from annotation_app.services import dialogues, registry
+from annotation_app.services import dialogues, registry, training
 from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.batches import activate_batch, close_batch, delete_batch
 from annotation_app.services.exports import export_lines
@@ -47,6 +47,8 @@ class HasPermission(BasePermission):
 CanAnnotate = HasPermission.of("annotation_app.annotate")
 CanExport = HasPermission.of("annotation_app.export_preferences")
 CanManageBatches = HasPermission.of("annotation_app.manage_batches")
+# Training is ML staff's: batch admins may read runs in the admin, not start or follow them here.
+CanTrain = HasPermission.of("annotation_app.add_trainingrun")
 
 
 class ModelPermissionsWithView(DjangoModelPermissions):
@@ -341,3 +343,61 @@ class ModelVersionViewSet(
     def promote(self, request, pk=None):
         """Make this version the current one of its role."""
         return Response(self.get_serializer(registry.promote(self.get_object())).data)
+
+
+class TrainingRunViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Reward-model training runs: start one, follow it, read its metrics (ML staff).
+
+    A run that succeeds registers a new reward model version, not current: promote it with
+    ``POST /api/v1/models/{id}/promote/``.
+    """
+
+    queryset = TrainingRun.objects.select_related("base_model", "created_by").prefetch_related(
+        "batches", "outputs"
+    )
+    permission_classes = [CanTrain]
+
+    def get_serializer_class(self):
+        if self.action == "list":
+            return s.TrainingRunSummarySerializer
+        return s.TrainingRunSerializer
+
+    @extend_schema(request=s.StartTrainingSerializer, responses={201: s.TrainingRunSerializer})
+    def create(self, request):
+        """Queue a run; a bad request (a config field, say) is refused and creates nothing."""
+        form = s.StartTrainingSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        data = form.validated_data
+        run = training.start_reward_training(
+            request.user,
+            data["kind"],
+            data["batches"],
+            base_model=data.get("base_model"),
+            config=data.get("config") or {},
+        )
+        run = self.get_queryset().get(pk=run.pk)
+        return Response(s.TrainingRunSerializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses=s.TrainingRunStatusSerializer)
+    @action(detail=True, methods=["get"], url_path="status")
+    def live_status(self, request, pk=None):
+        """Status, progress and the last lines of the logs: what a page polls."""
+        run = self.get_object()
+        return Response(
+            s.TrainingRunStatusSerializer(
+                {
+                    "id": run.pk,
+                    "status": run.status,
+                    "progress": run.progress,
+                    "error": run.error,
+                    "log_tail": training.log_tail(run),
+                    "started_at": run.started_at,
+                    "finished_at": run.finished_at,
+                }
+            ).data
+        )

@@ -4,8 +4,16 @@
 - ``trl``: one training pair per annotation, loadable as is by ``datasets.load_dataset("json")``
   and by TRL's RewardTrainer / DPOTrainer: ``prompt`` (messages), ``chosen`` and ``rejected``
   (one assistant message each), ``margin`` from the Llama 2 margin table, plus ``batch_kind``,
-  ``strength`` and ``safety_bin``. Safety pairs whose chosen response is unsafe and rejected
+  ``strength`` and ``safety_bin`` (and ``chosen_safe`` / ``rejected_safe``, the safety labels
+  the reward-model evaluation needs). Safety pairs whose chosen response is unsafe and rejected
   response safe are dropped, as in the paper.
+
+An imported dataset (TRL, HH-RLHF, a canonical file with a preference) holds no annotations:
+its preferences are the comparisons' reference preferences. With
+``include_reference_preferences`` the training export also yields one unrated pair (margin 0,
+no strength) for every comparison that has a reference preference and no annotation, so that
+imported datasets can be trained on; annotated comparisons are exported from their annotations
+only. The canonical export never includes them: it is one line per annotation.
 
 Annotators appear under a stable pseudonym, never their user name.
 """
@@ -18,9 +26,9 @@ from collections.abc import Iterable, Iterator
 from typing import IO
 
 from django.conf import settings
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
 
-from annotation_app.models import Annotation, Batch, Response, Turn
+from annotation_app.models import Annotation, Batch, Comparison, Response, Turn
 from rlhf.preferences import DEFAULT_MARGIN_TABLE, is_dropped_safety_pair, margin_for_rating
 
 EXPORT_FORMATS = ("canonical", "trl")
@@ -50,10 +58,32 @@ def annotations_to_export(batches: Iterable[Batch] | None = None) -> QuerySet[An
     )
 
 
-def _context(annotation: Annotation) -> list[dict[str, str]]:
-    comparison = annotation.comparison
+def reference_only_comparisons(batches: Iterable[Batch] | None = None) -> QuerySet[Comparison]:
+    """Comparisons whose only preference is the imported reference one (no annotation yet)."""
+    comparisons = Comparison.objects.filter(reference_preferred_slot__isnull=False).exclude(
+        Exists(Annotation.objects.filter(comparison=OuterRef("pk")))
+    )
+    if batches is not None:
+        comparisons = comparisons.filter(batch__in=list(batches))
+    return comparisons
+
+
+def dropped_safety_annotations() -> Q:
+    """The annotations the training export drops (Llama 2: a safety pair whose chosen
+    response is unsafe and rejected response safe), as a filter on ``Annotation``."""
+    return Q(comparison__batch__kind=Batch.Kind.SAFETY) & (
+        Q(preferred_slot=1, slot1_safe=False, slot2_safe=True)
+        | Q(preferred_slot=2, slot2_safe=False, slot1_safe=True)
+    )
+
+
+def _comparison_context(comparison: Comparison) -> list[dict[str, str]]:
     turns = list(comparison.conversation.turns.all())[: comparison.context_length]
     return [turn.as_message() for turn in turns]
+
+
+def _context(annotation: Annotation) -> list[dict[str, str]]:
+    return _comparison_context(annotation.comparison)
 
 
 def _responses_by_slot(annotation: Annotation) -> dict[int, Response]:
@@ -121,8 +151,29 @@ def training_record(
         "batch_kind": batch.kind,
         "strength": annotation.strength,
         "safety_bin": annotation.safety_bin or None,
+        "chosen_safe": annotation.is_safe(chosen_slot),
+        "rejected_safe": annotation.is_safe(rejected_slot),
         "comparison_id": annotation.comparison_id,
         "batch": batch.name,
+    }
+
+
+def reference_training_record(comparison: Comparison) -> dict:
+    """The TRL training pair of an imported comparison's reference preference: unrated."""
+    chosen_slot = comparison.reference_preferred_slot
+    texts = {response.slot: response.text for response in comparison.responses.all()}
+    return {
+        "prompt": _comparison_context(comparison),
+        "chosen": [{"role": "assistant", "content": texts[chosen_slot]}],
+        "rejected": [{"role": "assistant", "content": texts[3 - chosen_slot]}],
+        "margin": 0.0,
+        "batch_kind": comparison.batch.kind,
+        "strength": None,
+        "safety_bin": None,
+        "chosen_safe": None,
+        "rejected_safe": None,
+        "comparison_id": comparison.pk,
+        "batch": comparison.batch.name,
     }
 
 
@@ -130,11 +181,21 @@ def export_lines(
     export_format: str,
     batches: Iterable[Batch] | None = None,
     margin_table: str = DEFAULT_MARGIN_TABLE,
+    *,
+    include_reference_preferences: bool = False,
 ) -> Iterator[str]:
-    """Yield the export one JSON line at a time (with its newline)."""
+    """Yield the export one JSON line at a time (with its newline).
+
+    ``include_reference_preferences`` (``trl`` only) adds the unrated pairs of imported
+    comparisons that no one annotated (see the module docstring).
+    """
     if export_format not in EXPORT_FORMATS:
         raise ValueError(f"unknown export format {export_format!r}; use one of {EXPORT_FORMATS}")
+    if include_reference_preferences and export_format != "trl":
+        raise ValueError("reference preferences are exported in the trl format only")
     margin_for_rating("better", margin_table)  # fail early on an unknown margin table
+    if batches is not None:
+        batches = list(batches)  # iterated twice below
     for annotation in annotations_to_export(batches).iterator(chunk_size=500):
         if export_format == "canonical":
             record = canonical_record(annotation)
@@ -143,6 +204,18 @@ def export_lines(
             if record is None:
                 continue
         yield json.dumps(record, ensure_ascii=False) + "\n"
+    if include_reference_preferences:
+        comparisons = (
+            reference_only_comparisons(batches)
+            .select_related("batch", "conversation")
+            .prefetch_related(
+                Prefetch("conversation__turns", queryset=Turn.objects.order_by("index")),
+                Prefetch("responses", queryset=Response.objects.order_by("slot")),
+            )
+            .order_by("id")
+        )
+        for comparison in comparisons.iterator(chunk_size=500):
+            yield json.dumps(reference_training_record(comparison), ensure_ascii=False) + "\n"
 
 
 def write_export(
@@ -150,10 +223,17 @@ def write_export(
     export_format: str,
     batches: Iterable[Batch] | None = None,
     margin_table: str = DEFAULT_MARGIN_TABLE,
+    *,
+    include_reference_preferences: bool = False,
 ) -> int:
     """Write the export to ``out``; returns the number of lines written."""
     count = 0
-    for line in export_lines(export_format, batches, margin_table):
+    for line in export_lines(
+        export_format,
+        batches,
+        margin_table,
+        include_reference_preferences=include_reference_preferences,
+    ):
         out.write(line)
         count += 1
     return count

@@ -15,7 +15,7 @@ from pathlib import Path
 from django.db import transaction
 
 from annotation_app.errors import Conflict, InvalidInput
-from annotation_app.models import ModelVersion
+from annotation_app.models import ModelVersion, TrainingRun
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -28,8 +28,12 @@ def register_model(
     parent: ModelVersion | None = None,
     metrics: dict | None = None,
     make_current: bool = False,
+    training_run: TrainingRun | None = None,
 ) -> ModelVersion:
-    """Record a model directory (or hub id) as a version with ``role``."""
+    """Record a model directory (or hub id) as a version with ``role``.
+
+    ``training_run`` is the run that made it, so that its data and config stay traceable.
+    """
     if role not in ModelVersion.Role.values:
         raise InvalidInput(f"unknown role {role!r}; use one of {ModelVersion.Role.values}", "role")
     location = Path(path).expanduser()
@@ -44,7 +48,12 @@ def register_model(
         raise Conflict(f"a model version named {name!r} already exists")
     with transaction.atomic():
         version = ModelVersion.objects.create(
-            name=name, role=role, path=path, parent=parent, metrics=metrics or {}
+            name=name,
+            role=role,
+            path=path,
+            parent=parent,
+            metrics=metrics or {},
+            training_run=training_run,
         )
         if make_current:
             promote(version)

@@ -79,6 +79,20 @@ def world(make_user, make_batch, annotator, batch_admin, ml_staff) -> World:
     ids["model"] = ModelVersion.objects.create(
         name="policy-v1", role=ModelVersion.Role.POLICY, path="org/policy-v1"
     ).pk
+    run = TrainingRun.objects.create(
+        kind=TrainingRun.Kind.REWARD_HELPFULNESS,
+        status=TrainingRun.Status.SUCCEEDED,
+        progress=1.0,
+        base_model_id=ids["model"],
+    )
+    run.batches.set([batch])
+    ModelVersion.objects.create(
+        name="reward-v1",
+        role=ModelVersion.Role.REWARD_HELPFULNESS,
+        path="org/reward-v1",
+        training_run=run,
+    )
+    ids["run"] = run.pk
     users = {
         "anonymous": None,
         "nobody": make_user(None),
@@ -300,6 +314,27 @@ CASES = [
         "/batches/{missing}/progress/",
         page(batch_admin=404, ml_staff=404),
     ),
+    Case("training page", "get", "/training/", page(ml_staff=200)),
+    Case(
+        "training page, start a run",
+        "post",
+        "/training/",
+        page(ml_staff=302),
+        body=lambda world: {
+            "kind": "helpfulness",
+            "batches": [world.ids["batch"]],
+            "base_model": world.ids["model"],
+        },
+    ),
+    Case("training run page", "get", "/training/runs/{run}/", page(ml_staff=200)),
+    Case("training run page, missing", "get", "/training/runs/{missing}/", page(ml_staff=404)),
+    Case(
+        "training run promote",
+        "post",
+        "/training/runs/{run}/promote/",
+        page(ml_staff=(302, "/training/runs/{run}/")),
+    ),
+    Case("training run promote, GET", "get", "/training/runs/{run}/promote/", page(ml_staff=405)),
     # Admin.
     Case("admin index", "get", "/admin/", admin()),
     *[
@@ -534,6 +569,42 @@ CASES = [
     ),
     Case("model retrieve", "get", "/api/v1/models/{model}/", api(batch_admin=200, ml_staff=200)),
     Case("model promote", "post", "/api/v1/models/{model}/promote/", api(ml_staff=200)),
+    # API: training runs (ML staff only; batch admins read runs in the admin).
+    Case("training runs list", "get", "/api/v1/training-runs/", api(ml_staff=200)),
+    Case(
+        "training runs create",
+        "post",
+        "/api/v1/training-runs/",
+        api(ml_staff=201),
+        body=lambda world: {
+            "kind": "helpfulness",
+            "batches": [world.ids["batch"]],
+            "base_model": world.ids["model"],
+            "config": {"max_steps": 1},
+        },
+        format="json",
+    ),
+    Case(
+        "training runs create, bad config",
+        "post",
+        "/api/v1/training-runs/",
+        api(ml_staff=400),
+        body=lambda world: {
+            "kind": "helpfulness",
+            "batches": [world.ids["batch"]],
+            "base_model": world.ids["model"],
+            "config": {"learning_rate": 0},
+        },
+        format="json",
+    ),
+    Case("training run retrieve", "get", "/api/v1/training-runs/{run}/", api(ml_staff=200)),
+    Case(
+        "training run retrieve, missing",
+        "get",
+        "/api/v1/training-runs/{missing}/",
+        api(ml_staff=404),
+    ),
+    Case("training run status", "get", "/api/v1/training-runs/{run}/status/", api(ml_staff=200)),
     # API: data and documentation.
     Case("export", "get", "/api/v1/export/", api(batch_admin=200, ml_staff=200)),
     Case("schema", "get", "/api/v1/schema/", everyone(200)),
@@ -645,6 +716,12 @@ ROUTES = {
     "api/v1/^models/$": "/api/v1/models/",
     "api/v1/^models/<pk>/$": "/api/v1/models/{model}/",
     "api/v1/^models/<pk>/promote/$": "/api/v1/models/{model}/promote/",
+    "training/": "/training/",
+    "training/runs/<int:run_id>/": "/training/runs/{run}/",
+    "training/runs/<int:run_id>/promote/": "/training/runs/{run}/promote/",
+    "api/v1/^training-runs/$": "/api/v1/training-runs/",
+    "api/v1/^training-runs/<pk>/$": "/api/v1/training-runs/{run}/",
+    "api/v1/^training-runs/<pk>/status/$": "/api/v1/training-runs/{run}/status/",
 }
 
 

@@ -1,0 +1,672 @@
+"""Retraining the reward models from the platform: the service, the API, the pages, the worker.
+
+The fast tests run the training task in this process with a stand-in trainer (what the platform
+does around training: data snapshot, evaluation before training, progress, registration,
+failures); the slow ones send real runs of a tiny Llama to the session's Celery worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+from annotation_app.models import Batch, ModelVersion, TrainingRun
+from annotation_app.services import training
+from annotation_app.services.annotations import Judgement, submit_annotation
+from annotation_app.services.assignment import next_assignment
+from annotation_app.services.exports import export_lines
+from annotation_app.services.imports import import_comparisons
+from annotation_app.services.registry import current_version, promote, register_model
+from tests.workers import wait_for
+
+STRENGTHS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
+# Small and quick: a few steps of a few pairs, short texts.
+TINY_CONFIG = {
+    "max_length": 64,
+    "max_steps": 3,
+    "micro_batch_size": 4,
+    "eval_fraction": 0.3,
+    "learning_rate": 1e-4,
+    "mixed_precision": "no",
+}
+
+
+def annotate_batch(batch: Batch, user, *, safety: list[tuple] | None = None) -> int:
+    """Annotate every ready comparison of ``batch`` (strengths in turn); returns the count."""
+    count = 0
+    while (lease := next_assignment(user, batch=batch)) is not None:
+        a_safe, b_safe = safety[count % len(safety)] if safety else (None, None)
+        judgement = Judgement("A", STRENGTHS[count % 4], a_safe=a_safe, b_safe=b_safe)
+        submit_annotation(user, lease.pk, judgement, uuid.uuid4())
+        count += 1
+    return count
+
+
+def trl_lines(count: int, prefix: str = "Imported") -> bytes:
+    return "".join(
+        json.dumps(
+            {
+                "prompt": [{"role": "user", "content": f"{prefix} question {i}?"}],
+                "chosen": [{"role": "assistant", "content": f"A helpful answer to {i}."}],
+                "rejected": [{"role": "assistant", "content": f"Go away, {i}."}],
+            }
+        )
+        + "\n"
+        for i in range(count)
+    ).encode()
+
+
+def imported_batch(count: int, name: str = "imported dataset", kind: str = "helpfulness"):
+    batch = Batch.objects.create(name=name, kind=kind)
+    import_comparisons(batch, io.BytesIO(trl_lines(count, prefix=name)), "pairs.jsonl")
+    return batch
+
+
+@pytest.fixture
+def annotated_batch(make_batch, annotator):
+    batch = make_batch(comparisons=8, name="week 1")
+    assert annotate_batch(batch, annotator) == 8
+    return batch
+
+
+@pytest.fixture
+def policy(db):
+    return ModelVersion.objects.create(
+        name="policy-v1", role="policy", path="org/policy-v1", is_current=True
+    )
+
+
+# --- what can be trained on ---------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_imported_preferences_become_unrated_training_pairs(make_batch, annotator):
+    dataset = imported_batch(3)
+    records = [json.loads(line) for line in export_lines("trl", [dataset])]
+    assert records == []  # the plain export is one line per annotation
+    records = [
+        json.loads(line)
+        for line in export_lines("trl", [dataset], include_reference_preferences=True)
+    ]
+    assert len(records) == 3
+    for record in records:
+        assert record["chosen"][0]["content"].startswith("A helpful answer")
+        assert record["rejected"][0]["content"].startswith("Go away")
+        assert record["strength"] is None and record["margin"] == 0.0
+        assert record["batch"] == dataset.name and record["batch_kind"] == "helpfulness"
+    # Once annotated, a comparison is exported from its annotations only.
+    dataset.status = Batch.Status.ACTIVE
+    dataset.save()
+    lease = next_assignment(annotator, batch=dataset)
+    submit_annotation(annotator, lease.pk, Judgement("A", "better"), uuid.uuid4())
+    records = [
+        json.loads(line)
+        for line in export_lines("trl", [dataset], include_reference_preferences=True)
+    ]
+    assert len(records) == 3
+    assert sorted(str(r["strength"]) for r in records) == ["None", "None", "better"]
+
+
+@pytest.mark.django_db
+def test_exportable_pair_counts_follow_the_training_export(make_batch, annotator):
+    helpful = make_batch(comparisons=4)
+    annotate_batch(helpful, annotator)
+    safety = make_batch("safety", comparisons=4)
+    # A is chosen: (unsafe, safe) is dropped by the paper's rule, every other pair is kept.
+    annotate_batch(safety, annotator, safety=[(False, True), (True, False)])
+    dataset = imported_batch(5)
+    empty = make_batch(comparisons=2)
+    counts = training.exportable_pair_counts()
+    assert counts.get(helpful.pk) == 4
+    assert counts.get(safety.pk) == 2
+    assert counts.get(dataset.pk) == 5
+    assert counts.get(empty.pk, 0) == 0
+    for batch in (helpful, safety, dataset):
+        lines = list(export_lines("trl", [batch], include_reference_preferences=True))
+        assert len(lines) == counts[batch.pk]
+
+
+# --- starting a run -----------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_api_queues_a_run_with_the_current_policy_as_base(
+    annotated_batch, policy, ml_staff, api_client, django_capture_on_commit_callbacks
+):
+    api_client.force_login(ml_staff)
+    dataset = imported_batch(4)
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = api_client.post(
+            "/api/v1/training-runs/",
+            {"kind": "helpfulness", "batches": [annotated_batch.pk, dataset.pk], "config": {}},
+            format="json",
+        )
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert body["status"] == "queued" and body["kind"] == "reward_helpfulness"
+    assert body["base_model"] == policy.name
+    assert {b["id"] for b in body["batches"]} == {annotated_batch.pk, dataset.pk}
+    assert body["config"]["base_model"] == policy.path
+    assert body["config"]["learning_rate"] == 1e-5  # the library's (the paper's) default
+    assert len(callbacks) == 1  # sent to the training queue once committed
+    run = TrainingRun.objects.get()
+    assert run.created_by == ml_staff
+    listing = api_client.get("/api/v1/training-runs/").json()
+    assert [r["id"] for r in listing["results"]] == [run.pk]
+    assert "logs" not in listing["results"][0]
+    status = api_client.get(f"/api/v1/training-runs/{run.pk}/status/").json()
+    assert status["status"] == "queued" and status["progress"] == 0.0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"config": {"learning_rate": -1}}, "config.learning_rate"),
+        ({"config": {"max_length": "long"}}, "config.max_length"),
+        ({"config": {"learnin_rate": 1e-5}}, "config.learnin_rate"),
+        ({"config": {"kind": "safety"}}, "config.kind"),
+        ({"config": {"margin_table": "huge"}}, "config.margin_table"),
+        ({"kind": "honesty"}, "kind"),
+        ({"batches": []}, "batches"),
+    ],
+)
+def test_a_bad_request_is_refused_naming_the_field_and_creates_nothing(
+    annotated_batch, policy, ml_staff, api_client, body, field
+):
+    api_client.force_login(ml_staff)
+    request = {"kind": "helpfulness", "batches": [annotated_batch.pk], **body}
+    response = api_client.post("/api/v1/training-runs/", request, format="json")
+    assert response.status_code == 400, response.content
+    assert field in json.dumps(response.json())
+    assert TrainingRun.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_base_model_of_the_other_kind_or_empty_batches_are_refused(
+    annotated_batch, make_batch, policy, ml_staff, api_client
+):
+    api_client.force_login(ml_staff)
+    safety_model = ModelVersion.objects.create(name="rm-s", role="reward_safety", path="org/rm-s")
+    response = api_client.post(
+        "/api/v1/training-runs/",
+        {"kind": "helpfulness", "batches": [annotated_batch.pk], "base_model": safety_model.pk},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json()["field"] == "base_model"
+    empty = make_batch(comparisons=2)
+    response = api_client.post(
+        "/api/v1/training-runs/", {"kind": "safety", "batches": [empty.pk]}, format="json"
+    )
+    assert response.status_code == 400
+    assert response.json()["field"] == "batches"
+    assert "no preference pairs" in response.json()["detail"]
+    assert TrainingRun.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_without_a_current_policy_a_base_model_must_be_chosen(annotated_batch, ml_staff, settings):
+    settings.PAIRWISE_POLICY = ""
+    with pytest.raises(training.InvalidInput) as refused:
+        training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    assert refused.value.field == "base_model"
+
+
+# --- doing a run (in this process, with a stand-in trainer) -------------------------------------
+
+
+class FakeTrainer:
+    """Stands in for rlhf.reward_training.train_reward_model: events, a model dir, a result."""
+
+    def __init__(self, fail: Exception | None = None):
+        self.fail = fail
+        self.calls = []
+
+    def __call__(self, config, train_pairs, eval_pairs, out_dir, *, progress=None):
+        from rlhf.reward_training import TrainingResult
+
+        self.calls.append((config, list(train_pairs), list(eval_pairs)))
+        progress({"event": "log", "message": "loading the backbone"})
+        for step in range(1, 5):
+            progress(
+                {
+                    "event": "step",
+                    "step": step,
+                    "total_steps": 4,
+                    "loss": 0.7 - step / 10,
+                    "learning_rate": 1e-5,
+                    "pairs_per_second": 10.0,
+                }
+            )
+        if self.fail is not None:
+            raise self.fail
+        metrics = {
+            "pairs": len(eval_pairs),
+            "accuracy": 0.75,
+            "loss": float("nan"),  # a diverged loss must still be storable
+            "ece": 0.1,
+            "by_strength": {"better": {"pairs": 2, "accuracy": 0.5}},
+            "by_batch": {"week 1": {"pairs": 2, "accuracy": 0.5}},
+            "calibration": [],
+            "safety_gate": None,
+        }
+        progress({"event": "eval", "step": 4, "metrics": metrics})
+        out = Path(out_dir)
+        out.mkdir(parents=True)
+        (out / "config.json").write_text("{}")
+        history = [{"step": s, "loss": 0.7 - s / 10, "learning_rate": 1e-5} for s in range(1, 5)]
+        return TrainingResult(
+            out_dir=out,
+            metrics=metrics,
+            history=history,
+            steps=4,
+            train_pairs=len(train_pairs),
+            seconds=0.5,
+        )
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch, settings, tmp_path):
+    settings.PAIRWISE_TRAINING_DIR = tmp_path / "training"
+    trainer = FakeTrainer()
+    monkeypatch.setattr("rlhf.reward_training.train_reward_model", trainer)
+    return trainer
+
+
+@pytest.mark.django_db
+def test_a_run_freezes_its_data_trains_and_registers_a_version_not_current(
+    annotated_batch, policy, ml_staff, fake_trainer
+):
+    dataset = imported_batch(6)
+    run = training.start_reward_training(
+        ml_staff, "helpfulness", [annotated_batch, dataset], config={"eval_fraction": 0.25}
+    )
+    assert training.run_reward_training(run.pk) == "succeeded"
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.progress == 1.0
+    assert run.started_at <= run.finished_at
+    export = Path(run.export_path)
+    assert export.is_file() and export.parent.parent == training.settings.PAIRWISE_TRAINING_DIR
+    assert hashlib.sha256(export.read_bytes()).hexdigest() == run.export_sha256
+    assert len(export.read_text().splitlines()) == 14  # 8 annotations + 6 imported pairs
+    config, train_pairs, eval_pairs = fake_trainer.calls[0]
+    assert config.base_model == policy.path
+    assert len(train_pairs) + len(eval_pairs) == 14 and eval_pairs
+    assert run.metrics["eval"]["accuracy"] == 0.75
+    assert run.metrics["eval"]["loss"] is None  # NaN stored as null
+    assert [row["step"] for row in run.metrics["history"]] == [1, 2, 3, 4]
+    assert "before_training" not in run.metrics  # no current reward model yet
+    assert "step 4/4" in run.logs and "loss 0.3000" in run.logs
+    version = ModelVersion.objects.get(training_run=run)
+    assert version.role == "reward_helpfulness" and not version.is_current
+    assert version.parent == policy
+    assert version.metrics["accuracy"] == 0.75 and len(version.metrics["history"]) == 4
+    assert current_version("reward_helpfulness") is None
+    # Delivered again: the run is no longer queued, so nothing is trained twice.
+    assert training.run_reward_training(run.pk) == "skipped"
+    assert len(fake_trainer.calls) == 1
+
+
+@pytest.mark.django_db
+def test_the_current_reward_model_is_evaluated_on_the_newest_batch_first(
+    annotated_batch, make_batch, annotator, policy, ml_staff, fake_trainer, monkeypatch
+):
+    newest = make_batch(comparisons=4, name="week 2")
+    annotate_batch(newest, annotator)
+    current = ModelVersion.objects.create(
+        name="rm-h-1", role="reward_helpfulness", path="/nonexistent/rm", is_current=True
+    )
+    seen = {}
+
+    def fake_backbone(path):
+        seen["path"] = path
+        return object(), object()
+
+    def fake_evaluate(model, tokenizer, pairs, *, batch_size, max_length):
+        seen["batches"] = {pair.batch for pair in pairs}
+        seen["calls_before_training"] = len(fake_trainer.calls)
+        return {"pairs": len(pairs), "accuracy": 0.625, "by_strength": {}}
+
+    monkeypatch.setattr("rlhf.reward_model.load_reward_backbone", fake_backbone)
+    monkeypatch.setattr("rlhf.reward_eval.evaluate_reward_model", fake_evaluate)
+    run = training.start_reward_training(ml_staff, "helpfulness", [newest, annotated_batch])
+    training.run_reward_training(run.pk)
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    assert seen == {"path": current.path, "batches": {"week 2"}, "calls_before_training": 0}
+    before = run.metrics["before_training"]
+    assert before["model_version"] == {"id": current.pk, "name": "rm-h-1"}
+    assert before["batch"] == "week 2" and before["pairs"] == 4
+    assert before["metrics"]["accuracy"] == 0.625
+    assert current_version("reward_helpfulness") == current  # not replaced by the new one
+
+
+@pytest.mark.django_db
+def test_a_current_model_that_cannot_be_evaluated_is_reported_not_fatal(
+    annotated_batch, policy, ml_staff, fake_trainer
+):
+    ModelVersion.objects.create(
+        name="rm-gone", role="reward_helpfulness", path="/nonexistent/rm", is_current=True
+    )
+    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    training.run_reward_training(run.pk)
+    run.refresh_from_db()
+    assert run.status == "succeeded"
+    assert run.metrics["before_training"]["error"]
+    assert "could not evaluate 'rm-gone'" in run.logs
+
+
+@pytest.mark.django_db
+def test_a_failing_run_records_its_error_and_leaves_the_registry_alone(
+    annotated_batch, policy, ml_staff, fake_trainer
+):
+    fake_trainer.fail = RuntimeError("CUDA out of memory (pretend)")
+    current = ModelVersion.objects.create(
+        name="rm-h-1", role="reward_helpfulness", path="/nonexistent/rm", is_current=True
+    )
+    versions = set(ModelVersion.objects.values_list("pk", flat=True))
+    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    assert training.run_reward_training(run.pk) == "failed"
+    run.refresh_from_db()
+    assert run.status == "failed" and run.finished_at is not None
+    assert run.error == "RuntimeError: CUDA out of memory (pretend)"
+    assert "Traceback" in run.logs and "step 4/4" in run.logs
+    assert set(ModelVersion.objects.values_list("pk", flat=True)) == versions
+    assert current_version("reward_helpfulness") == current
+
+
+@pytest.mark.django_db
+def test_progress_writes_are_throttled(annotated_batch, policy, ml_staff, monkeypatch):
+    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    writes = []
+    original = TrainingRun.objects.filter
+
+    def counting_filter(*args, **kwargs):
+        queryset = original(*args, **kwargs)
+        update = queryset.update
+
+        def counted(**changes):
+            writes.append(changes)
+            return update(**changes)
+
+        queryset.update = counted
+        return queryset
+
+    monkeypatch.setattr(TrainingRun.objects, "filter", counting_filter)
+    reporter = training.RunReporter(run.pk, interval=60)
+    reporter.flush(force=True)  # nothing pending: no write
+    assert writes == []
+    for step in range(1, 101):
+        reporter.event({"event": "step", "step": step, "total_steps": 100, "loss": 0.5})
+    assert len(writes) == 1  # the first, then nothing for a minute
+    reporter.flush()
+    assert len(writes) == 2
+    run.refresh_from_db()
+    assert run.logs.count("\n") == 100 and "step 100/100" in run.logs
+    assert run.progress == pytest.approx(training.TRAINING_END)
+
+
+# --- pages --------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_training_page_offers_batches_with_pair_counts_and_paper_defaults(
+    client, annotated_batch, policy, ml_staff
+):
+    imported_batch(5)
+    client.force_login(ml_staff)
+    page = client.get("/training/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'data-pairs="8"' in html and 'data-pairs="5"' in html
+    assert f'<option value="{policy.pk}" selected>' in html
+    assert 'name="learning_rate" id="hp-learning_rate" value="1e-05"' in html
+    assert 'name="eval_fraction" id="hp-eval_fraction" value="0.2"' in html
+    assert "Reward models" in client.get("/").content.decode()
+
+
+@pytest.mark.django_db
+def test_starting_a_run_from_the_page(
+    client, annotated_batch, policy, ml_staff, django_capture_on_commit_callbacks
+):
+    client.force_login(ml_staff)
+    form = {
+        "kind": "safety",
+        "batches": [str(annotated_batch.pk)],
+        "base_model": str(policy.pk),
+        "learning_rate": "2e-5",
+        "max_steps": "",
+        "margin_table": "large",
+    }
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = client.post("/training/", form)
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/training/runs/{run.pk}/"
+    assert len(callbacks) == 1
+    assert run.kind == "reward_safety"
+    assert run.config["learning_rate"] == 2e-5 and run.config["margin_table"] == "large"
+    assert run.config["max_steps"] is None
+    page = client.get(response["Location"])
+    assert page.status_code == 200 and "Queued" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_bad_form_is_shown_again_with_the_field_named(client, annotated_batch, policy, ml_staff):
+    client.force_login(ml_staff)
+    response = client.post(
+        "/training/",
+        {"kind": "helpfulness", "batches": [str(annotated_batch.pk)], "learning_rate": "-3"},
+    )
+    assert response.status_code == 400
+    html = response.content.decode()
+    assert "config.learning_rate" in html
+    assert 'value="-3"' in html
+    assert TrainingRun.objects.count() == 0
+    response = client.post(
+        "/training/", {"kind": "helpfulness", "batches": [str(annotated_batch.pk)], "seed": "x"}
+    )
+    assert response.status_code == 400
+    assert "Seed must be a whole number" in response.content.decode()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("role", ["annotator", "batch_admin"])
+def test_only_ml_staff_reach_the_training_pages(client, request, role, policy, annotated_batch):
+    client.force_login(request.getfixturevalue(role))
+    run = TrainingRun.objects.create(kind="reward_helpfulness")
+    assert client.get("/training/").status_code == 403
+    assert client.get(f"/training/runs/{run.pk}/").status_code == 403
+    assert client.post("/training/", {"kind": "helpfulness"}).status_code == 403
+    assert TrainingRun.objects.count() == 1
+
+
+def succeeded_run(policy, batch) -> tuple[TrainingRun, ModelVersion]:
+    run = TrainingRun.objects.create(
+        kind="reward_helpfulness",
+        status="succeeded",
+        progress=1.0,
+        base_model=policy,
+        logs="[00:00:00] step 1/2 · loss 0.6931\n",
+        metrics={
+            "eval": {
+                "pairs": 40,
+                "accuracy": 0.675,
+                "loss": 0.61,
+                "ece": 0.042,
+                "by_strength": {
+                    "significantly_better": {"pairs": 10, "accuracy": 0.9},
+                    "better": {"pairs": 10, "accuracy": 0.7},
+                    "slightly_better": {"pairs": 10, "accuracy": 0.6},
+                    "negligibly_better": {"pairs": 10, "accuracy": 0.5},
+                },
+                "by_batch": {batch.name: {"pairs": 40, "accuracy": 0.675}},
+                "safety_gate": {
+                    "threshold": 0.15,
+                    "labelled_responses": 80,
+                    "unsafe": 20,
+                    "predicted_unsafe": 10,
+                    "precision": 0.8,
+                    "recall": 0.4,
+                },
+            },
+            "before_training": {
+                "model_version": {"id": 1, "name": "rm-old<script>"},
+                "batch": batch.name,
+                "pairs": 12,
+                "metrics": {
+                    "pairs": 12,
+                    "accuracy": 0.5,
+                    "by_strength": {"better": {"pairs": 12, "accuracy": 0.5}},
+                },
+            },
+            "history": [{"step": 1, "loss": 0.69}, {"step": 2, "loss": 0.55}],
+            "steps": 2,
+            "train_pairs": 160,
+            "eval_pairs": 40,
+        },
+    )
+    run.batches.set([batch])
+    version = ModelVersion.objects.create(
+        name="reward_helpfulness run", role="reward_helpfulness", path="/m", training_run=run
+    )
+    return run, version
+
+
+@pytest.mark.django_db
+def test_the_run_page_shows_the_table_8_layout_plots_and_a_promote_button(
+    client, annotated_batch, policy, ml_staff
+):
+    run, version = succeeded_run(policy, annotated_batch)
+    client.force_login(ml_staff)
+    html = client.get(f"/training/runs/{run.pk}/").content.decode()
+    for header in ("Significantly better", "Better", "Slightly better", "Negligibly better"):
+        assert f"<th>{header}" in html
+    assert "Unrated" not in html  # no imported pairs in this run
+    assert "90.0 %" in html and "67.5 %" in html  # a bucket and the overall accuracy
+    assert "Before training: rm-old&lt;script&gt; on week 1" in html
+    assert "rm-old<script>" not in html
+    assert html.count('<svg class="chart"') == 2
+    assert '<path class="series"' in html  # the loss curve
+    assert "Precision (unsafe)" in html and "80.0 %" in html
+    assert 'id="promote"' in html
+    response = client.post(f"/training/runs/{run.pk}/promote/")
+    assert response.status_code == 302
+    version.refresh_from_db()
+    assert version.is_current
+    assert 'id="promote"' not in client.get(f"/training/runs/{run.pk}/").content.decode()
+
+
+@pytest.mark.django_db
+def test_promoting_a_run_without_a_model_is_refused(client, policy, ml_staff):
+    run = TrainingRun.objects.create(kind="reward_helpfulness", status="failed", error="boom")
+    client.force_login(ml_staff)
+    response = client.post(f"/training/runs/{run.pk}/promote/", follow=True)
+    assert "produced no model to promote" in response.content.decode()
+    assert not ModelVersion.objects.filter(is_current=True).exclude(pk=policy.pk).exists()
+
+
+# --- real runs on the session's Celery worker ---------------------------------------------------
+
+
+def wait_for_run(run_id: int, timeout: float = 180) -> TrainingRun:
+    def finished():
+        run = TrainingRun.objects.get(pk=run_id)
+        return run if run.status in ("succeeded", "failed") else None
+
+    return wait_for(finished, timeout=timeout, message=f"training run {run_id} did not finish")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_retraining_through_the_api_on_a_real_worker(
+    celery_worker_process, tiny_policy, make_batch, annotator, ml_staff, api_client, client
+):
+    week1 = make_batch(comparisons=8, name="week 1")
+    annotate_batch(week1, annotator)
+    dataset = imported_batch(8, name="imported pairs")
+    api_client.force_login(ml_staff)
+    response = api_client.post(
+        "/api/v1/training-runs/",
+        {"kind": "helpfulness", "batches": [week1.pk, dataset.pk], "config": TINY_CONFIG},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    run = wait_for_run(response.json()["id"])
+    assert run.status == "succeeded", run.error + run.logs
+    assert run.progress == 1.0
+    assert hashlib.sha256(Path(run.export_path).read_bytes()).hexdigest() == run.export_sha256
+    assert "step 3/3" in run.logs
+    evaluation = run.metrics["eval"]
+    assert evaluation["pairs"] == run.metrics["eval_pairs"] > 0
+    assert 0.0 <= evaluation["accuracy"] <= 1.0
+    assert [row["step"] for row in run.metrics["history"]] == [1, 2, 3]
+    version = ModelVersion.objects.get(training_run=run)
+    assert version.role == "reward_helpfulness" and not version.is_current
+    assert version.parent == tiny_policy
+    assert (Path(version.path) / "config.json").is_file()
+    assert version.metrics["accuracy"] == evaluation["accuracy"]
+    assert len(version.metrics["history"]) == 3
+
+    # Promote it, then continue it on a new week: the old model is measured on it first.
+    assert api_client.post(f"/api/v1/models/{version.pk}/promote/").status_code == 200
+    week2 = make_batch(comparisons=4, name="week 2")
+    annotate_batch(week2, annotator)
+    response = api_client.post(
+        "/api/v1/training-runs/",
+        {
+            "kind": "helpfulness",
+            "batches": [week1.pk, week2.pk],
+            "base_model": version.pk,
+            "config": TINY_CONFIG,
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    second = wait_for_run(response.json()["id"])
+    assert second.status == "succeeded", second.error + second.logs
+    before = second.metrics["before_training"]
+    assert before["model_version"]["id"] == version.pk and before["batch"] == "week 2"
+    assert before["metrics"]["pairs"] == 4
+    assert current_version("reward_helpfulness") == version  # promotion is the staff's call
+    client.force_login(ml_staff)
+    page = client.get(f"/training/runs/{second.pk}/").content.decode()
+    assert f"Before training: {version.name} on week 2" in page
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_base_model_is_broken_fails_on_the_worker(
+    celery_worker_process, tiny_policy_dir, make_batch, annotator, ml_staff, api_client, tmp_path
+):
+    batch = make_batch(comparisons=6)
+    annotate_batch(batch, annotator)
+    broken_dir = tmp_path / "broken-policy"
+    shutil.copytree(tiny_policy_dir, broken_dir)
+    broken = register_model(str(broken_dir), "policy", name="broken policy", make_current=True)
+    (broken_dir / "config.json").write_text("{not json")
+    current = register_model(
+        str(tiny_policy_dir), "reward_helpfulness", name="rm-h current", make_current=True
+    )
+    promote(current)
+    api_client.force_login(ml_staff)
+    response = api_client.post(
+        "/api/v1/training-runs/",
+        {"kind": "helpfulness", "batches": [batch.pk], "config": TINY_CONFIG},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["base_model"] == broken.name
+    run = wait_for_run(response.json()["id"])
+    assert run.status == "failed"
+    assert run.error.startswith("OSError") and "config.json" in run.error
+    assert "Traceback" in run.logs
+    assert run.export_sha256  # the data snapshot was taken before training failed
+    assert not ModelVersion.objects.filter(training_run=run).exists()
+    assert current_version("reward_helpfulness") == current
