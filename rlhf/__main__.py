@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rlhf.reward_cli import add_commands
+
 
 def import_llama2c(args: argparse.Namespace) -> int:
     from rlhf.llama2c import convert
@@ -33,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     llama2c.add_argument("tokenizer", type=Path, help="SentencePiece .model file")
     llama2c.add_argument("out_dir", type=Path)
     llama2c.set_defaults(run=import_llama2c)
+    add_commands(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -141,6 +141,30 @@ def format_text(tokenizer, context: Sequence[Mapping[str, str]], response: str) 
     return plain_text(context, response)
 
 
+def encode_texts(
+    tokenizer, texts: Sequence[str], *, max_length: int | None = 512
+) -> list[list[int]]:
+    """Token ids of formatted texts, cut from the left to ``max_length`` (see the module docs).
+
+    ``max_length=None`` cuts nothing. The tokenizer adds its special tokens only when there is
+    no chat template (the template writes its own).
+    """
+    tokenizer.truncation_side = "left"
+    return tokenizer(
+        list(texts),
+        add_special_tokens=not has_chat_template(tokenizer),
+        truncation=max_length is not None,
+        max_length=max_length,
+        verbose=False,  # no warning for texts longer than the model: they are cut later
+    )["input_ids"]
+
+
+def usable_length(model, max_length: int) -> int:
+    """``max_length``, lowered to the longest input the model has positions for (BERT: 512)."""
+    limit = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+    return min(max_length, limit) if isinstance(limit, int) and limit > 0 else max_length
+
+
 def score_texts(
     model,
     tokenizer,
@@ -164,12 +188,8 @@ def score_texts(
         raise ValueError("batch_size and max_length must be positive")
     if not responses:
         return torch.zeros(0)
-    add_special = not has_chat_template(tokenizer)
     texts = [format_text(tokenizer, c, r) for c, r in zip(contexts, responses, strict=True)]
-    tokenizer.truncation_side = "left"
-    encoded = tokenizer(
-        texts, add_special_tokens=add_special, truncation=True, max_length=max_length
-    )["input_ids"]
+    encoded = encode_texts(tokenizer, texts, max_length=usable_length(model, max_length))
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     rewards = torch.empty(len(encoded), dtype=torch.float32)
     device = next(model.parameters()).device
@@ -199,11 +219,17 @@ def score_texts(
 
 
 def save_reward_model(
-    model, tokenizer, out_dir: str | Path, *, metadata: Mapping[str, Any]
+    model,
+    tokenizer,
+    out_dir: str | Path,
+    *,
+    metadata: Mapping[str, Any],
+    state_dict: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write the model and tokenizer (``save_pretrained``) and ``pairwise_reward.json``.
 
     ``metadata`` must be JSON-serialisable; ``library_version`` and ``base_model`` are added.
+    ``state_dict`` replaces the model's own weights (a full state gathered from FSDP shards).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -213,7 +239,7 @@ def save_reward_model(
     )
     record["library_version"] = library_version()
     text = json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False)  # fails before writing
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=dict(state_dict) if state_dict is not None else None)
     tokenizer.save_pretrained(out)
     (out / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
     return out

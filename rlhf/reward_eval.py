@@ -1,0 +1,206 @@
+"""Evaluating a reward model on preference pairs: accuracy, calibration and the safety gate.
+
+    metrics = evaluate_reward_model(model, tokenizer, pairs)   # scores, then the metrics below
+    metrics = metrics_from_rewards(pairs, chosen_rewards, rejected_rewards)
+    print(format_metrics_table(metrics))
+
+The metrics (a JSON-serialisable dict):
+
+- ``pairs``, ``accuracy`` (ties count ½, :func:`rlhf.losses.pairwise_accuracy`) and ``loss``
+  (the margin loss with each pair's margin);
+- ``by_strength``: accuracy per rating bucket, the columns of Llama 2's Table 8 (significantly
+  better, better, slightly better, negligibly better / unsure; ``unrated`` for pairs without a
+  strength, such as HH-RLHF's), only the buckets present;
+- ``by_batch`` and ``by_kind``: the same per batch name and per kind (helpfulness, safety);
+- ``ece`` and ``calibration``: expected calibration error of the preference probability
+  p = σ(r_c − r_r). Each pair's prediction is the reply with the higher reward, its confidence
+  max(p, 1 − p) ∈ [0.5, 1]; confidences fall into ``CALIBRATION_BINS`` equal bins and
+  ECE = Σ_bins (n_bin / n) · |accuracy_bin − mean confidence_bin|;
+- ``safety_gate``: for replies with a safety label, precision and recall of "unsafe" when a reply
+  is flagged unsafe by σ(r) < ``threshold`` (0.15, the gate of Llama 2's PPO reward, DESIGN.md);
+  None when no reply is labelled (HH-RLHF carries no labels).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from rlhf.data import PreferencePair
+from rlhf.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
+from rlhf.preferences import STRENGTH_LABELS, Strength
+
+SAFETY_THRESHOLD = 0.15
+CALIBRATION_BINS = 10
+UNRATED = "unrated"
+BUCKETS = [strength.value for strength in Strength] + [UNRATED]  # Table 8's column order
+BUCKET_LABELS = {strength.value: label for strength, label in STRENGTH_LABELS.items()}
+BUCKET_LABELS[UNRATED] = "Unrated"
+
+
+def _accuracy_by(keys: Sequence[str], correct: torch.Tensor, order: Sequence[str] | None = None):
+    groups: dict[str, list[int]] = {}
+    for index, key in enumerate(keys):
+        groups.setdefault(key, []).append(index)
+    names = [k for k in order if k in groups] if order is not None else sorted(groups)
+    return {
+        name: {"pairs": len(groups[name]), "accuracy": correct[groups[name]].mean().item()}
+        for name in names
+    }
+
+
+def calibration(probabilities: torch.Tensor, bins: int = CALIBRATION_BINS):
+    """``(ece, bins)`` of preference probabilities p = σ(r_c − r_r), see the module docstring."""
+    confidence = torch.maximum(probabilities, 1 - probabilities)
+    correct = (probabilities > 0.5).double() + 0.5 * (probabilities == 0.5).double()
+    # Bin b holds confidences in [0.5 + b·w, 0.5 + (b+1)·w), the last bin including 1.0.
+    width = 0.5 / bins
+    index = ((confidence.double() - 0.5) / width).floor().clamp(0, bins - 1).long()
+    table, ece = [], 0.0
+    for b in range(bins):
+        members = index == b
+        count = int(members.sum())
+        row: dict[str, Any] = {"lower": 0.5 + b * width, "upper": 0.5 + (b + 1) * width}
+        row["pairs"] = count
+        if count:
+            row["confidence"] = confidence[members].double().mean().item()
+            row["accuracy"] = correct[members].mean().item()
+            ece += count / len(probabilities) * abs(row["accuracy"] - row["confidence"])
+        table.append(row)
+    return ece, table
+
+
+def safety_gate(
+    pairs: Sequence[PreferencePair],
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    threshold: float = SAFETY_THRESHOLD,
+) -> dict[str, Any] | None:
+    """Precision and recall of "unsafe" for σ(reward) < threshold, over labelled replies."""
+    flagged: list[bool] = []
+    unsafe: list[bool] = []
+    for i, pair in enumerate(pairs):
+        replies = ((pair.chosen_safe, chosen_rewards[i]), (pair.rejected_safe, rejected_rewards[i]))
+        for label, reward in replies:
+            if label is not None:
+                flagged.append(bool(torch.sigmoid(reward.double()) < threshold))
+                unsafe.append(not label)
+    if not unsafe:
+        return None
+    true_positives = sum(f and u for f, u in zip(flagged, unsafe, strict=True))
+    predicted, actual = sum(flagged), sum(unsafe)
+    return {
+        "threshold": threshold,
+        "labelled_responses": len(unsafe),
+        "unsafe": actual,
+        "predicted_unsafe": predicted,
+        "precision": true_positives / predicted if predicted else None,
+        "recall": true_positives / actual if actual else None,
+    }
+
+
+def metrics_from_rewards(
+    pairs: Sequence[PreferencePair],
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    *,
+    safety_threshold: float = SAFETY_THRESHOLD,
+) -> dict[str, Any]:
+    """The metrics of the module docstring, from each pair's two rewards (shape (n,) each)."""
+    if not len(pairs) == len(chosen_rewards) == len(rejected_rewards):
+        raise ValueError("pairs and rewards differ in number")
+    if not pairs:
+        raise ValueError("no pairs to evaluate")
+    chosen = chosen_rewards.double()
+    rejected = rejected_rewards.double()
+    correct = pairwise_accuracy(chosen, rejected, reduction="none")
+    margins = torch.tensor([pair.margin for pair in pairs], dtype=torch.float64)
+    ece, bins = calibration(preference_probability(chosen, rejected))
+    return {
+        "pairs": len(pairs),
+        "accuracy": correct.mean().item(),
+        "loss": margin_ranking_loss(chosen, rejected, margins).item(),
+        "mean_reward_gap": (chosen - rejected).mean().item(),
+        "by_strength": _accuracy_by([p.strength or UNRATED for p in pairs], correct, BUCKETS),
+        "by_batch": _accuracy_by([p.batch or "(none)" for p in pairs], correct),
+        "by_kind": _accuracy_by([p.kind or "(unknown)" for p in pairs], correct),
+        "ece": ece,
+        "calibration": bins,
+        "safety_gate": safety_gate(pairs, chosen, rejected, safety_threshold),
+    }
+
+
+def evaluate_reward_model(
+    model,
+    tokenizer,
+    pairs: Sequence[PreferencePair],
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    safety_threshold: float = SAFETY_THRESHOLD,
+    progress=None,
+) -> dict[str, Any]:
+    """Score every pair (:func:`rlhf.pair_scoring.score_pairs`) and compute the metrics.
+
+    ``progress`` is called with the number of pairs scored after each batch.
+    """
+    from rlhf.pair_scoring import score_pairs
+
+    chosen, rejected = score_pairs(
+        model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress
+    )
+    return metrics_from_rewards(pairs, chosen, rejected, safety_threshold=safety_threshold)
+
+
+# --- the table ----------------------------------------------------------------------------------
+
+
+def _percent(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{100 * value:.1f}"
+
+
+def format_metrics_table(metrics: dict[str, Any]) -> str:
+    """Accuracy (%) per rating bucket in Table 8's layout, one row per set, then the rest."""
+    buckets = [b for b in BUCKETS if b in metrics["by_strength"]]
+    header = ["Set", "Pairs", *(BUCKET_LABELS[b] for b in buckets), "Avg"]
+    rows = [["all", str(metrics["pairs"])]]
+    rows[0] += [_percent(metrics["by_strength"][b]["accuracy"]) for b in buckets]
+    rows[0].append(_percent(metrics["accuracy"]))
+    for group in ("by_kind", "by_batch"):
+        if len(metrics[group]) > 1:
+            for name, entry in metrics[group].items():
+                rows.append([name, str(entry["pairs"])] + [""] * len(buckets))
+                rows[-1].append(_percent(entry["accuracy"]))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = (cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True))
+        return "  ".join([first, *rest])
+
+    out = [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
+    out.append(f"loss {metrics['loss']:.4f}   ECE {metrics['ece']:.4f}")
+    gate = metrics.get("safety_gate")
+    if gate:
+        out.append(
+            f"unsafe at σ(r) < {gate['threshold']}: precision {_percent(gate['precision'])} %, "
+            f"recall {_percent(gate['recall'])} % ({gate['unsafe']} of "
+            f"{gate['labelled_responses']} labelled replies unsafe)"
+        )
+    return "\n".join(out)
+
+
+__all__ = [
+    "BUCKETS",
+    "SAFETY_THRESHOLD",
+    "calibration",
+    "evaluate_reward_model",
+    "format_metrics_table",
+    "metrics_from_rewards",
+    "safety_gate",
+]
