@@ -67,7 +67,10 @@ def line_chart(
             f'<text class="tick" x="{MARGIN_LEFT - 6}" y="{sy(y) + 4:.1f}" '
             f'text-anchor="end">{_number(y)}</text>'
         )
-    for x in _ticks(x_low, x_high):
+    x_ticks = _ticks(x_low, x_high)
+    if all(x == int(x) for x in xs):  # steps: whole numbers only
+        x_ticks = sorted({round(x) for x in x_ticks if x_low <= round(x) <= x_high})
+    for x in x_ticks:
         parts.append(
             f'<text class="tick" x="{sx(x):.1f}" y="{MARGIN_TOP + plot_h + 16}" '
             f'text-anchor="middle">{_number(round(x, 2))}</text>'

@@ -349,6 +349,16 @@ def training_page(request: HttpRequest) -> HttpResponse:
     return render(request, "annotation_app/training.html", context, status=400 if error else 200)
 
 
+# Bar labels must fit under five bars: the table beside the chart has the full names.
+SHORT_BUCKET_LABELS = {
+    "significantly_better": "Significantly",
+    "better": "Better",
+    "slightly_better": "Slightly",
+    "negligibly_better": "Negligibly",
+    "unrated": "Unrated",
+}
+
+
 def _run_charts(report: dict) -> dict:
     history = report["history"]
     loss = charts.line_chart(
@@ -360,12 +370,11 @@ def _run_charts(report: dict) -> dict:
     rows = report["rows"]
     buckets = ""
     if rows:
-        labels = dict(report["columns"])
         buckets = charts.bar_chart(
             [
-                (labels[key], cell["accuracy"], f"n={cell['pairs']}")
+                (SHORT_BUCKET_LABELS[key], cell["accuracy"], f"n={cell['pairs']}")
                 for key, cell in rows[0]["cells"].items()
-                if cell and key in labels
+                if cell and key in SHORT_BUCKET_LABELS
             ],
             title=f"Accuracy by rating: {rows[0]['label']}",
             y_label="accuracy",

@@ -132,6 +132,33 @@ def test_exportable_pair_counts_follow_the_training_export(make_batch, annotator
         assert len(lines) == counts[batch.pk]
 
 
+def test_the_form_offers_only_settings_the_trainer_knows():
+    from dataclasses import fields
+
+    from rlhf.reward_training import RewardTrainingConfig
+
+    known = {field.name for field in fields(RewardTrainingConfig)}
+    assert {hp.name for hp in training.HYPERPARAMETERS} <= known
+    assert set(training.RUN_KEYS) <= known
+    defaults = training.hyperparameter_defaults()
+    assert defaults["learning_rate"] == 1e-5 and defaults["margin_table"] == "small"
+
+
+def test_charts_escape_their_labels_and_skip_missing_values():
+    from annotation_app import charts
+
+    svg = charts.bar_chart(
+        [("<b>x</b>", 0.5, "n=2"), ("none", None, "n=0")], title="t & u", y_label="acc"
+    )
+    assert "<b>" not in svg and "&lt;b&gt;x&lt;/b&gt;" in svg and "t &amp; u" in svg
+    assert svg.count("<rect") == 1
+    line = charts.line_chart(
+        [(1, 0.7), (2, float("nan")), (3, 0.5)], title="loss", x_label="s", y_label="l"
+    )
+    assert line.count(" L") == 1  # the NaN point is left out
+    assert charts.line_chart([], title="x", x_label="", y_label="") == ""
+
+
 # --- starting a run -----------------------------------------------------------------------------
 
 
