@@ -58,7 +58,10 @@ def calibration(probabilities: torch.Tensor, bins: int = CALIBRATION_BINS):
     correct = (probabilities > 0.5).double() + 0.5 * (probabilities == 0.5).double()
     # Bin b holds confidences in [0.5 + b·w, 0.5 + (b+1)·w), the last bin including 1.0.
     width = 0.5 / bins
-    index = ((confidence.double() - 0.5) / width).floor().clamp(0, bins - 1).long()
+    inner_edges = torch.tensor(
+        [0.5 + (b + 1) * width for b in range(bins - 1)], dtype=torch.float64
+    )
+    index = torch.bucketize(confidence.double(), inner_edges, right=True)
     table, ece = [], 0.0
     for b in range(bins):
         members = index == b

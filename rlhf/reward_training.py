@@ -522,12 +522,18 @@ class _Trainer:
         )
         return {name: tensor.to(self.accelerator.device) for name, tensor in batch.items()}
 
+    def _processes(self) -> str:
+        if self.world == 1:
+            return f"1 process ({self.accelerator.device})"
+        backend = self.accelerator.state.backend or "?"
+        return f"{self.world} processes ({backend})"
+
     def run(self) -> TrainingResult:
         config = self.config
         self.resume()
         self.log(
             f"{len(self.train_pairs)} training pairs, {len(self.eval_pairs)} held out; "
-            f"{self.steps} steps of {self.global_batch_size} pairs on {self.world} process(es); "
+            f"{self.steps} steps of {self.global_batch_size} pairs on {self._processes()}; "
             f"prefix sharing {'on' if self.prefix_sharing else 'off'}"
         )
         started = time.perf_counter()
