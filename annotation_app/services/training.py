@@ -68,6 +68,9 @@ MODEL_DIR = "model"
 TRAINING_START, TRAINING_END = 0.05, 0.95
 # The run row is written at most this often while training (progress and log lines).
 WRITE_INTERVAL_S = 0.5
+# At most about this many step lines go to a run's logs (every step of a short run, every
+# n-th of a long one), so that appending stays cheap; the full loss history is in its metrics.
+STEP_LOG_LINES = 500
 LOG_TAIL_LINES = 200
 
 
@@ -310,7 +313,15 @@ def dispatch_training(run_id: int) -> None:
     from annotation_app.tasks import train_reward_model
 
     if not train_reward_model.app.conf.task_always_eager or not settings.PAIRWISE_EAGER_IN_THREAD:
-        train_reward_model.apply_async((run_id,))
+        try:
+            train_reward_model.apply_async((run_id,))
+        except Exception as error:  # the broker is down: say so on the run, not as a 500
+            logger.exception("could not queue training run %s", run_id)
+            TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+                status=TrainingRun.Status.FAILED,
+                error=f"could not reach the training queue: {type(error).__name__}: {error}",
+                finished_at=timezone.now(),
+            )
         return
 
     def run() -> None:
@@ -391,15 +402,17 @@ class RunReporter:
         kind = event.get("event")
         if kind == "step":
             step, total = event.get("step", 0), event.get("total_steps") or 0
-            parts = [f"step {step}/{total}" if total else f"step {step}"]
-            for key, label, fmt in (
-                ("loss", "loss", ".4f"),
-                ("learning_rate", "lr", ".2e"),
-                ("pairs_per_second", "pairs/s", ".1f"),
-            ):
-                if isinstance(event.get(key), int | float):
-                    parts.append(f"{label} {event[key]:{fmt}}")
-            self.lines.append(f"[{timezone.now():%H:%M:%S}] {' · '.join(parts)}\n")
+            every = max(1, total // STEP_LOG_LINES)
+            if step % every == 0 or step == total:
+                parts = [f"step {step}/{total}" if total else f"step {step}"]
+                for key, label, fmt in (
+                    ("loss", "loss", ".4f"),
+                    ("learning_rate", "lr", ".2e"),
+                    ("pairs_per_second", "pairs/s", ".1f"),
+                ):
+                    if isinstance(event.get(key), int | float):
+                        parts.append(f"{label} {event[key]:{fmt}}")
+                self.lines.append(f"[{timezone.now():%H:%M:%S}] {' · '.join(parts)}\n")
             if total:
                 share = min(1.0, step / total)
                 self.progress = TRAINING_START + (TRAINING_END - TRAINING_START) * share

@@ -438,6 +438,31 @@ def test_progress_writes_are_throttled(annotated_batch, policy, ml_staff, monkey
     run.refresh_from_db()
     assert run.logs.count("\n") == 100 and "step 100/100" in run.logs
     assert run.progress == pytest.approx(training.TRAINING_END)
+    # A long run logs every n-th step only: the logs stay small, the history has every step.
+    for step in range(1, 100_001):
+        reporter.event({"event": "step", "step": step, "total_steps": 100_000, "loss": 0.5})
+    reporter.flush()
+    run.refresh_from_db()
+    assert 100 + 500 <= run.logs.count("\n") <= 100 + 501
+    assert "step 100000/100000" in run.logs
+
+
+@pytest.mark.django_db
+def test_a_run_that_cannot_be_queued_fails_at_once(
+    annotated_batch, policy, ml_staff, monkeypatch, settings, django_capture_on_commit_callbacks
+):
+    from annotation_app.tasks import train_reward_model
+
+    def broker_down(*args, **kwargs):
+        raise ConnectionError("Error 111 connecting to redis:6379")
+
+    monkeypatch.setattr(train_reward_model, "apply_async", broker_down)
+    settings.PAIRWISE_EAGER_IN_THREAD = False  # sent with apply_async, as to a broker
+    with django_capture_on_commit_callbacks(execute=True):
+        run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    run.refresh_from_db()
+    assert run.status == "failed"
+    assert run.error.startswith("could not reach the training queue: ConnectionError")
 
 
 # --- pages --------------------------------------------------------------------------------------
