@@ -275,24 +275,25 @@ def start_reward_training(
     batches = list(batches)
     if not batches:
         raise InvalidInput("choose at least one batch to train on", "batches")
-    if base_model is None:
-        base_model = default_policy()
-        if base_model is None:
-            raise InvalidInput(
-                "no current policy to start from: choose a base model, or register a policy",
-                "base_model",
-            )
-    _check_base_model(kind, base_model)
-    checked = validate_config(kind, base_model, config or {})
-    counts = exportable_pair_counts(batches)
-    empty = sorted(batch.name for batch in batches if not counts.get(batch.pk))
-    if len(empty) == len(batches):
-        raise InvalidInput(
-            "the chosen batches hold no preference pairs yet (no annotations, and no imported "
-            "preferences)",
-            "batches",
-        )
+    # One transaction: registering PAIRWISE_POLICY as the default base is undone too if the
+    # request turns out to be bad.
     with transaction.atomic():
+        if base_model is None:
+            base_model = default_policy()
+            if base_model is None:
+                raise InvalidInput(
+                    "no current policy to start from: choose a base model, or register a policy",
+                    "base_model",
+                )
+        _check_base_model(kind, base_model)
+        checked = validate_config(kind, base_model, config or {})
+        counts = exportable_pair_counts(batches)
+        if not any(counts.get(batch.pk) for batch in batches):
+            raise InvalidInput(
+                "the chosen batches hold no preference pairs yet (no annotations, and no "
+                "imported preferences)",
+                "batches",
+            )
         run = TrainingRun.objects.create(
             kind=RUN_KIND[kind],
             config=checked,

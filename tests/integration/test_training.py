@@ -246,6 +246,18 @@ def test_without_a_current_policy_a_base_model_must_be_chosen(annotated_batch, m
     assert refused.value.field == "base_model"
 
 
+@pytest.mark.django_db
+def test_a_bad_config_registers_no_default_policy_either(annotated_batch, ml_staff, settings):
+    settings.PAIRWISE_POLICY = "org/env-policy"  # registered on first use as the default base
+    with pytest.raises(training.InvalidInput):
+        training.start_reward_training(
+            ml_staff, "helpfulness", [annotated_batch], config={"epochs": 0}
+        )
+    assert not ModelVersion.objects.exists() and not TrainingRun.objects.exists()
+    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    assert run.base_model.path == "org/env-policy" and run.base_model.is_current
+
+
 # --- doing a run (in this process, with a stand-in trainer) -------------------------------------
 
 
