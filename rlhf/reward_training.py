@@ -198,7 +198,8 @@ def learning_rate_factor(step: int, total_steps: int, warmup: int, min_ratio: fl
 
     Warm-up: ``(step + 1) / warmup`` for ``step < warmup`` (reaching 1 at its last step); then
     ``min_ratio + (1 − min_ratio) · ½(1 + cos(π t))`` with t going from 0 at the first step
-    after the warm-up to 1 at the last step, which hence runs at ``min_ratio``.
+    after the warm-up to 1 at the last step, which hence runs at ``min_ratio`` (a run with a
+    single step after its warm-up runs that step at the maximum).
     """
     if step < warmup:
         return (step + 1) / warmup
@@ -540,8 +541,8 @@ class _Trainer:
         first_step = self.step
         metrics: dict[str, Any] | None = None
         while self.step < self.steps:
+            learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step uses
             loss = self.train_step(self.batches[self.step])
-            learning_rate = self.scheduler.get_last_lr()[0]
             self.step += 1
             self.history.append({"step": self.step, "loss": loss, "learning_rate": learning_rate})
             elapsed = time.perf_counter() - started
