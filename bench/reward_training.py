@@ -476,6 +476,7 @@ def run_trl(
     """TRL's RewardTrainer on our token ids: ``(clock, wall seconds, model, tokenizer, notes)``."""
     from datasets import Dataset
     from transformers import TrainerCallback
+    from transformers.trainer_callback import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
     from rlhf.reward_model import load_reward_backbone
@@ -537,6 +538,7 @@ def run_trl(
         processing_class=tokenizer,
         callbacks=[Clock()],
     )
+    trainer.remove_callback(PrinterCallback)  # TRL still logs every 10 steps, silently
     if len(trainer.train_dataset) != len(encoded):
         raise SystemExit(f"TRL dropped {len(encoded) - len(trainer.train_dataset)} pairs")
     trainer.train()
