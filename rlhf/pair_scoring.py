@@ -164,22 +164,33 @@ def uses_prefix_sharing(model) -> bool:
 
 
 def collate(
-    encoded: Sequence[EncodedPair], *, pad_token_id: int, prefix_sharing: bool
+    encoded: Sequence[EncodedPair],
+    *,
+    pad_token_id: int,
+    prefix_sharing: bool,
+    pad_to_multiple_of: int = 1,
 ) -> dict[str, torch.Tensor]:
     """Model inputs for a batch of B pairs (right padding).
 
-    Prefix sharing: ``input_ids`` and ``position_ids`` (B, T), ``attention_mask`` (B, 1, T, T)
-    boolean (True = may attend), ``chosen_index`` and ``rejected_index`` (B,).
-    Separate: ``input_ids`` and ``attention_mask`` (2B, T), chosen rows first.
+    Prefix sharing: ``input_ids``, ``position_ids`` and ``segment_ids`` (B, T) — segment 0 the
+    shared prefix, 1 the chosen tail, 2 the rejected tail, 3 padding, from which
+    :func:`prefix_sharing_mask` builds the attention mask where the model runs —, and
+    ``chosen_index`` and ``rejected_index`` (B,). Separate: ``input_ids`` and
+    ``attention_mask`` (2B, T), chosen rows first. ``pad_to_multiple_of`` rounds T up (on GPUs,
+    a few distinct shapes let kernels be planned once).
     """
     if prefix_sharing:
-        return _collate_shared(encoded, pad_token_id)
-    return _collate_separate(encoded, pad_token_id)
+        return _collate_shared(encoded, pad_token_id, pad_to_multiple_of)
+    return _collate_separate(encoded, pad_token_id, pad_to_multiple_of)
 
 
-def _collate_separate(encoded: Sequence[EncodedPair], pad_token_id: int) -> dict:
+def _round_up(width: int, multiple: int) -> int:
+    return -(-width // multiple) * multiple
+
+
+def _collate_separate(encoded: Sequence[EncodedPair], pad_token_id: int, multiple: int) -> dict:
     rows = [pair.chosen_ids for pair in encoded] + [pair.rejected_ids for pair in encoded]
-    width = max(len(row) for row in rows)
+    width = _round_up(max(len(row) for row in rows), multiple)
     input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -188,12 +199,14 @@ def _collate_separate(encoded: Sequence[EncodedPair], pad_token_id: int) -> dict
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def _collate_shared(encoded: Sequence[EncodedPair], pad_token_id: int) -> dict:
-    width = max(pair.packed_length for pair in encoded)
+PREFIX, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3  # segment ids of a packed row
+
+
+def _collate_shared(encoded: Sequence[EncodedPair], pad_token_id: int, multiple: int) -> dict:
+    width = _round_up(max(pair.packed_length for pair in encoded), multiple)
     batch = len(encoded)
     input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    # Each token's segment: 0 prefix, 1 chosen tail, 2 rejected tail, 3 padding.
-    segment = torch.full((batch, width), 3, dtype=torch.long)
+    segment_ids = torch.full((batch, width), PADDING, dtype=torch.long)
     position_ids = torch.arange(width).repeat(batch, 1)
     chosen_index = torch.empty(batch, dtype=torch.long)
     rejected_index = torch.empty(batch, dtype=torch.long)
@@ -203,28 +216,35 @@ def _collate_shared(encoded: Sequence[EncodedPair], pad_token_id: int) -> dict:
         end_chosen = len(pair.chosen_ids)
         end = end_chosen + len(rejected_tail)
         input_ids[i, :end] = torch.tensor(pair.chosen_ids + rejected_tail)
-        segment[i, :prefix] = 0
-        segment[i, prefix:end_chosen] = 1
-        segment[i, end_chosen:end] = 2
+        segment_ids[i, :prefix] = PREFIX
+        segment_ids[i, prefix:end_chosen] = CHOSEN
+        segment_ids[i, end_chosen:end] = REJECTED
         position_ids[i, end_chosen:end] = torch.arange(prefix, prefix + len(rejected_tail))
         chosen_index[i] = end_chosen - 1
         rejected_index[i] = end - 1
-    # (B, T, T): a query sees the keys at or before its position that are in the prefix or in
-    # its own tail, so chosen and rejected never see each other; padding sees only itself
-    # (a query with no visible key would give NaN).
-    query_segment, key_segment = segment[:, :, None], segment[:, None, :]
-    visible = (position_ids[:, None, :] <= position_ids[:, :, None]) & (
-        (key_segment == 0) | (key_segment == query_segment)
-    )
-    visible &= (key_segment != 3) & (query_segment != 3)
-    visible |= torch.eye(width, dtype=torch.bool) & (query_segment == 3)
     return {
         "input_ids": input_ids,
         "position_ids": position_ids,
-        "attention_mask": visible[:, None],  # (B, 1, T, T)
+        "segment_ids": segment_ids,
         "chosen_index": chosen_index,
         "rejected_index": rejected_index,
     }
+
+
+def prefix_sharing_mask(segment_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    """The (B, 1, T, T) boolean attention mask of packed rows (True: may attend).
+
+    A query sees the keys at or before its position that are in the prefix or in its own
+    tail, so the chosen and the rejected tail never see each other; padding sees only itself
+    (a query with no visible key would give NaN).
+    """
+    query_segment, key_segment = segment_ids[:, :, None], segment_ids[:, None, :]
+    visible = position_ids[:, None, :] <= position_ids[:, :, None]
+    visible &= (key_segment == PREFIX) | (key_segment == query_segment)
+    visible &= (key_segment != PADDING) & (query_segment != PADDING)
+    diagonal = torch.eye(segment_ids.shape[1], dtype=torch.bool, device=segment_ids.device)
+    visible |= diagonal & (query_segment == PADDING)
+    return visible[:, None]
 
 
 # --- the forward pass ---------------------------------------------------------------------------
@@ -246,21 +266,24 @@ class PairRewardModel(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
         chosen_index: torch.Tensor | None = None,
         rejected_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if chosen_index is None:  # separate rows: (2B, T), chosen first
+        if segment_ids is None:  # separate rows: (2B, T), chosen first
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             chosen, rejected = logits[:, 0].chunk(2)
             return chosen, rejected
-        # (B, 1, T, T) bool -> additive float mask, which every attention implementation takes.
+        # Built here, on the model's device; as an additive float mask, which every attention
+        # implementation takes (eager adds it, SDPA accepts it).
+        visible = prefix_sharing_mask(segment_ids, position_ids)
         dtype = self.model.score.weight.dtype
         if torch.is_autocast_enabled(input_ids.device.type):
             dtype = torch.get_autocast_dtype(input_ids.device.type)
-        additive_mask = torch.zeros(attention_mask.shape, dtype=dtype, device=input_ids.device)
-        additive_mask.masked_fill_(~attention_mask, torch.finfo(dtype).min)
+        additive_mask = torch.zeros(visible.shape, dtype=dtype, device=input_ids.device)
+        additive_mask.masked_fill_(~visible, torch.finfo(dtype).min)
         hidden = self.model.base_model(
             input_ids=input_ids, attention_mask=additive_mask, position_ids=position_ids
         ).last_hidden_state  # (B, T, H)
@@ -274,7 +297,7 @@ class PairRewardModel(nn.Module):
 
 
 def length_grouped_order(
-    lengths: Sequence[int], batch_size: int, *, seed: int, group_batches: int = 50
+    lengths: Sequence[int], batch_size: int, *, seed: int, group_batches: int = 16
 ) -> list[int]:
     """A shuffled order of indices in which consecutive ``batch_size`` runs have similar lengths.
 
@@ -306,6 +329,12 @@ def batches_by_length(
         yield order[start : start + batch_size]
 
 
+def padding_multiple(device: torch.device | str) -> int:
+    """Batch widths are rounded up to this: 64 on GPUs, whose attention kernels are planned per
+    shape (with free lengths, nearly every batch is a new shape), 1 on CPUs."""
+    return 64 if torch.device(device).type == "cuda" else 1
+
+
 def score_pairs(
     model,
     tokenizer,
@@ -315,6 +344,7 @@ def score_pairs(
     max_length: int = 512,
     prefix_sharing: bool | None = None,
     progress: Callable[[int], None] | None = None,
+    pad_to_multiple_of: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The chosen and rejected rewards of every pair: two float32 CPU tensors of shape (n,).
 
@@ -322,6 +352,7 @@ def score_pairs(
     Runs without gradients in eval mode (restored afterwards), in batches grouped by length; the
     rewards come back in input order. ``prefix_sharing=None`` uses it where the model allows.
     ``progress`` is called with the number of pairs scored after each batch.
+    ``pad_to_multiple_of`` defaults to :func:`padding_multiple` of the model's device.
     """
     wrapper = model if isinstance(model, PairRewardModel) else PairRewardModel(model)
     shared = wrapper.prefix_sharing if prefix_sharing is None else prefix_sharing
@@ -333,6 +364,7 @@ def score_pairs(
         return chosen, rejected
     lengths = [p.packed_length if shared else p.separate_length for p in encoded]
     device = next(wrapper.parameters()).device
+    multiple = pad_to_multiple_of or padding_multiple(device)
     was_training = wrapper.training
     wrapper.eval()
     try:
@@ -342,6 +374,7 @@ def score_pairs(
                     [encoded[i] for i in batch],
                     pad_token_id=tokenizer.pad_token_id,
                     prefix_sharing=shared,
+                    pad_to_multiple_of=multiple,
                 )
                 inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
                 chosen_rewards, rejected_rewards = wrapper(**inputs)
@@ -361,6 +394,7 @@ __all__ = [
     "common_prefix_length",
     "encode_pairs",
     "length_grouped_order",
+    "prefix_sharing_mask",
     "score_pairs",
     "uses_prefix_sharing",
 ]

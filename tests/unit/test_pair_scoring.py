@@ -19,6 +19,7 @@ from rlhf.pair_scoring import (
     collate,
     encode_pairs,
     length_grouped_order,
+    prefix_sharing_mask,
     score_pairs,
     truncate_pair,
     uses_prefix_sharing,
@@ -150,7 +151,7 @@ def test_an_encoder_scores_both_replies_as_separate_rows(bert):
     contexts = [p.context for p in PAIRS]
     texts_chosen = rm.score_texts(model, tokenizer, contexts, [p.chosen for p in PAIRS])
     torch.testing.assert_close(chosen, texts_chosen, atol=TOLERANCE, rtol=0)
-    assert "chosen_index" not in collate(
+    assert "segment_ids" not in collate(
         encode_pairs(tokenizer, PAIRS), pad_token_id=0, prefix_sharing=False
     )
 
@@ -167,7 +168,10 @@ def test_the_packed_row_and_its_mask_written_out():
     assert batch["position_ids"][0, :5].tolist() == [0, 1, 2, 3, 2]
     assert batch["chosen_index"].tolist() == [3, 5]
     assert batch["rejected_index"].tolist() == [4, 6]
-    visible = batch["attention_mask"][0, 0].int().tolist()
+    assert batch["segment_ids"][0].tolist() == [0, 0, 1, 1, 2, 3, 3]
+    mask = prefix_sharing_mask(batch["segment_ids"], batch["position_ids"])
+    assert mask.shape == (2, 1, 7, 7)
+    visible = mask[0, 0].int().tolist()
     assert visible == [
         [1, 0, 0, 0, 0, 0, 0],  # prefix: causal
         [1, 1, 0, 0, 0, 0, 0],

@@ -137,10 +137,11 @@ def test_processes_split_each_global_batch_and_short_batches_are_padded_with_wei
     for batch in batches:
         one = micro_batches(batch, 2, 4, world=1, rank=0)
         two = [micro_batches(batch, 2, 2, world=2, rank=r) for r in range(2)]
-        slots = sorted(s for chunk in one for s in chunk)
-        assert slots == sorted(s for rank in two for chunk in rank for s in chunk)
-        assert [i for i, w in slots if w == 1.0] == sorted(batch)
-        assert all(len(chunk) == 2 for rank in two for chunk in rank)
+        slots = sorted(s for rank in two for chunk in rank for s in chunk)
+        assert [i for i, w in slots if w == 1.0] == sorted(batch)  # each pair once, weight 1
+        assert all(len(chunk) == 2 for rank in two for chunk in rank)  # filler: weight 0
+        assert sorted(s for chunk in one for s in chunk) == [(i, 1.0) for i in sorted(batch)]
+        assert len(one) == math.ceil(len(batch) / 2)  # one process: no filler
     assert global_batches(lengths, 8, steps=5, seed=0)[3:] == global_batches(
         lengths, 8, steps=2, seed=1
     )  # the second epoch is a fresh order
