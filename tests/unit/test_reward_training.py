@@ -288,6 +288,13 @@ def test_stories260k_beats_chance_on_held_out_harmless_base(tmp_path):
 # --- two processes ------------------------------------------------------------------------------
 
 
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -307,32 +314,17 @@ def test_two_gloo_processes_train_the_same_weights_as_one(llama_dir, tmp_path):
     common = ["--kind", "helpfulness", "--data", str(data), "--base", str(llama_dir)]
     common += ["--max-steps", "4", "--lr", "1e-3", "--max-length", "64", "--batch-size", "2"]
     common += ["--eval-fraction", "0.2", "--no-progress", "--cpu"]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     # --multi_gpu picks accelerate's torchrun launcher; on a machine without GPUs (and with
     # the trainer's --cpu) the processes join a gloo process group.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2"]
     launch += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launch += ["--main_process_port", str(_free_port()), "-m", "rlhf", "train-reward"]
-    two = subprocess.run(
-        launch + common + ["--out", str(tmp_path / "two"), "--gradient-accumulation", "2"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert two.returncode == 0, two.stderr[-3000:]
-    one = subprocess.run(
+    two = _run(launch + common + ["--out", str(tmp_path / "two"), "--gradient-accumulation", "2"])
+    one = _run(
         [sys.executable, "-m", "rlhf", "train-reward", *common]
-        + ["--out", str(tmp_path / "one"), "--gradient-accumulation", "4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
+        + ["--out", str(tmp_path / "one"), "--gradient-accumulation", "4"]
     )
-    assert one.returncode == 0, one.stderr[-3000:]
     assert "on 2 processes (gloo)" in two.stderr and "on 1 process" in one.stderr
     assert two.stdout.count("trained 4 steps") == 1  # only the main process reports
     one_weights, two_weights = weights(tmp_path / "one"), weights(tmp_path / "two")
