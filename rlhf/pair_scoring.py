@@ -121,6 +121,8 @@ def encode_pairs(
     """
     if max_length < 2:
         raise ValueError("max_length must be at least 2")
+    if not pairs:
+        return []
     texts = []
     for pair in pairs:
         texts.append(format_text(tokenizer, pair.context, pair.chosen))
@@ -320,9 +322,7 @@ def length_grouped_order(
     return [index for batch in batches for index in batch]
 
 
-def batches_by_length(
-    lengths: Sequence[int], batch_size: int
-) -> Iterator[list[int]]:  # pragma: no cover - trivial
+def batches_by_length(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
     """Indices sorted by length, in batches: for evaluation, where order does not matter."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     for start in range(0, len(order), batch_size):

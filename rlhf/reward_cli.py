@@ -177,9 +177,7 @@ def train_reward(args: argparse.Namespace) -> int:
     try:
         config = RewardTrainingConfig.from_dict(values)
         train, held_out = training_data(args, config)
-    except (ConfigError, DataError) as error:
-        return _error(str(error))
-    except ValueError as error:
+    except ValueError as error:  # ConfigError, DataError, a recipe that cannot be met
         return _error(str(error))
     progress = _ProgressBar(enabled=not args.no_progress)
     try:

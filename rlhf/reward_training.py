@@ -339,15 +339,16 @@ class _Trainer:
         self.prefix_sharing = wrapper.prefix_sharing and config.prefix_sharing != "off"
         self.max_length = usable_length(model, config.max_length)
         self.encoded = encode_pairs(self.tokenizer, self.train_pairs, max_length=self.max_length)
+        self.eval_encoded = encode_pairs(
+            self.tokenizer, self.eval_pairs, max_length=self.max_length
+        )
         self.margins = torch.tensor(_margins(self.train_pairs, config.margin_table))
         self.world = self.accelerator.num_processes
         self.global_batch_size = (
             config.micro_batch_size * config.gradient_accumulation_steps * self.world
         )
         self.steps = total_steps(config, len(self.train_pairs), self.global_batch_size)
-        lengths = [
-            p.packed_length if self.prefix_sharing else p.separate_length for p in self.encoded
-        ]
+        lengths = [self._length(pair) for pair in self.encoded]
         self.batches = global_batches(lengths, self.global_batch_size, self.steps, config.seed)
         self.warmup = warmup_steps(config, self.steps)
 
@@ -438,11 +439,16 @@ class _Trainer:
 
     # -- training --
 
-    def _forward(self, indices: Sequence[int]):
+    def _length(self, pair) -> int:
+        """A pair's width in a batch, what batches are grouped by."""
+        return pair.packed_length if self.prefix_sharing else pair.separate_length
+
+    def _forward(self, encoded):
+        """``(chosen, rejected)`` rewards of encoded pairs, through the prepared model."""
         from rlhf.pair_scoring import collate, padding_multiple
 
         batch = collate(
-            [self.encoded[i] for i in indices],
+            encoded,
             pad_token_id=self.tokenizer.pad_token_id,
             prefix_sharing=self.prefix_sharing,
             pad_to_multiple_of=padding_multiple(self.accelerator.device),
@@ -472,7 +478,7 @@ class _Trainer:
             last = position == len(slots) - 1
             sync = self.accelerator.no_sync(self.model) if not last else nullcontext()
             with sync:
-                chosen, rejected = self._forward(indices)
+                chosen, rejected = self._forward([self.encoded[i] for i in indices])
                 margins = self.margins[indices].to(self.accelerator.device)
                 losses = margin_ranking_loss(chosen, rejected, margins, reduction="none")
                 weighted = (losses * weights).sum()
@@ -490,24 +496,22 @@ class _Trainer:
         """Metrics on the held-out pairs: each process scores its share, the main one reports."""
         import torch
 
-        from rlhf.pair_scoring import encode_pairs
         from rlhf.reward_eval import metrics_from_rewards
 
         if not self.eval_pairs:
             return None
-        encoded = encode_pairs(self.tokenizer, self.eval_pairs, max_length=self.max_length)
+        encoded = self.eval_encoded
         mine = list(range(self.accelerator.process_index, len(encoded), self.world))
         per_process = math.ceil(len(encoded) / self.world)
         mine += [mine[0] if mine else 0] * (per_process - len(mine))  # equal work everywhere
         size = self.config.eval_batch_size
-        order = sorted(mine, key=lambda i: encoded[i].packed_length)
+        order = sorted(mine, key=lambda i: self._length(encoded[i]))
         rewards = torch.zeros((len(order), 3), device=self.accelerator.device)
         self.model.eval()
         with torch.no_grad():
             for start in range(0, len(order), size):
                 indices = order[start : start + size]
-                inputs = self._collate_eval([encoded[i] for i in indices])
-                chosen, rejected = self.model(**inputs)
+                chosen, rejected = self._forward([encoded[i] for i in indices])
                 rows = slice(start, start + len(indices))
                 rewards[rows, 0] = torch.tensor(indices, dtype=torch.float32)
                 rewards[rows, 1], rewards[rows, 2] = chosen.float(), rejected.float()
@@ -519,17 +523,6 @@ class _Trainer:
         for index, chosen, rejected in gathered.tolist():
             chosen_rewards[int(index)], rejected_rewards[int(index)] = chosen, rejected
         return metrics_from_rewards(self.eval_pairs, chosen_rewards, rejected_rewards)
-
-    def _collate_eval(self, encoded):
-        from rlhf.pair_scoring import collate, padding_multiple
-
-        batch = collate(
-            encoded,
-            pad_token_id=self.tokenizer.pad_token_id,
-            prefix_sharing=self.prefix_sharing,
-            pad_to_multiple_of=padding_multiple(self.accelerator.device),
-        )
-        return {name: tensor.to(self.accelerator.device) for name, tensor in batch.items()}
 
     def _processes(self) -> str:
         if self.world == 1:
@@ -546,15 +539,14 @@ class _Trainer:
             f"prefix sharing {'on' if self.prefix_sharing else 'off'}"
         )
         started = time.perf_counter()
-        first_step = self.step
-        metrics: dict[str, Any] | None = None
+        trained_pairs = 0
         while self.step < self.steps:
             learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step uses
             loss = self.train_step(self.batches[self.step])
             self.step += 1
             self.history.append({"step": self.step, "loss": loss, "learning_rate": learning_rate})
+            trained_pairs += len(self.batches[self.step - 1])
             elapsed = time.perf_counter() - started
-            done_pairs = sum(len(self.batches[s]) for s in range(first_step, self.step))
             if self.step % config.log_every == 0 or self.step == self.steps:
                 self.emit(
                     {
@@ -563,7 +555,7 @@ class _Trainer:
                         "total_steps": self.steps,
                         "loss": loss,
                         "learning_rate": learning_rate,
-                        "pairs_per_second": done_pairs / elapsed if elapsed else 0.0,
+                        "pairs_per_second": trained_pairs / elapsed if elapsed else 0.0,
                     }
                 )
             if config.checkpoint_every and self.step % config.checkpoint_every == 0:
@@ -571,7 +563,6 @@ class _Trainer:
             if config.eval_every and self.step % config.eval_every == 0 and self.step < self.steps:
                 self.emit({"event": "eval", "step": self.step, "metrics": self.evaluate()})
         seconds = time.perf_counter() - started
-        trained_pairs = sum(len(self.batches[s]) for s in range(first_step, self.steps))
         metrics = self.evaluate()
         if metrics is not None:
             self.emit({"event": "eval", "step": self.step, "metrics": metrics})

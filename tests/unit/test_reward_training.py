@@ -344,3 +344,40 @@ def backbone_weights(llama_dir: Path) -> dict[str, torch.Tensor]:
     """The backbone's weights, by the names the reward model gives them (no LM head)."""
     base = load_file(llama_dir / "model.safetensors")
     return {name: tensor for name, tensor in base.items() if not name.startswith("lm_head")}
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_eval_reward_prints_the_metrics_as_json(llama_dir, tmp_path, capsys):
+    from rlhf.__main__ import main
+
+    pairs = synthetic_pairs(12)
+    train_reward_model(config(llama_dir, max_steps=2), pairs, [], tmp_path / "rm")
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"prompt": p.context, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+            for p in pairs
+        )
+    )
+    assert main(["eval-reward", "--model", str(tmp_path / "rm"), "--data", str(data)]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["pairs"] == 12
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["by_kind"]["helpfulness"]["pairs"] == 12  # the model's kind, from its metadata
+
+
+def test_train_reward_names_a_bad_line_and_writes_nothing(llama_dir, tmp_path, capsys):
+    from rlhf.__main__ import main
+
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"prompt": "Hi", "chosen": "Hello", "rejected": "Go away"}\n{"prompt": "x"}\n')
+    code = main(
+        ["train-reward", "--kind", "helpfulness", "--data", str(data), "--base", str(llama_dir)]
+        + ["--out", str(tmp_path / "out"), "--no-progress"]
+    )
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "bad.jsonl, line 2, field 'chosen'" in error
+    assert not (tmp_path / "out").exists()
