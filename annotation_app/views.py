@@ -343,6 +343,7 @@ def training_page(request: HttpRequest) -> HttpResponse:
             for hp in training.HYPERPARAMETERS
         ],
         "runs": TrainingRun.objects.filter(kind__in=training.RUN_KIND.values())
+        .defer("logs", "metrics")
         .select_related("base_model", "created_by")
         .prefetch_related("batches")[:50],
     }

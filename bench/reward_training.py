@@ -629,6 +629,7 @@ def bench_backbone(name: str, path: Path, train_pairs, eval_pairs, args, device)
         f" with the shared prefix once; {stats.truncated:.0%} of pairs cut to max length"
     )
     results = []
+    sizes = batch_sizes(len(train_pairs), run.batch_size, run.steps)  # the same for every trainer
     try:
         for trainer in args.trainers.split(","):
             with tempfile.TemporaryDirectory() as workdir:
@@ -636,7 +637,6 @@ def bench_backbone(name: str, path: Path, train_pairs, eval_pairs, args, device)
                     path, encoded, run, device, counter, Path(workdir)
                 )
             metrics = held_out_metrics(model, tokenizer, eval_pairs, device, run.max_length)
-            sizes = batch_sizes(len(train_pairs), run.batch_size, run.steps)
             result = timed(trainer, clock, run.warmup_steps, sizes, wall, shape, metrics)
             result.extra.update(notes, load_average=os.getloadavg()[0])
             results.append(result)

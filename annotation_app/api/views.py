@@ -367,6 +367,14 @@ class TrainingRunViewSet(
             return s.TrainingRunSummarySerializer
         return s.TrainingRunSerializer
 
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        if self.action == "list":  # the summary leaves them out: do not read them either
+            return queryset.defer("logs", "metrics")
+        if self.action == "live_status":  # polled every two seconds: the logs' tail only
+            return queryset.defer("metrics")
+        return queryset
+
     @extend_schema(request=s.StartTrainingSerializer, responses={201: s.TrainingRunSerializer})
     def create(self, request):
         """Queue a run; a bad request (a config field, say) is refused and creates nothing."""

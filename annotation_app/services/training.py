@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import shutil
 import time
 import traceback
 from collections.abc import Iterable, Mapping
@@ -47,6 +46,7 @@ from annotation_app.services.exports import (
 )
 from annotation_app.services.generation import default_policy
 from annotation_app.services.registry import current_version, promote, register_model
+from rlhf.preferences import STRENGTH_LABELS
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +145,10 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
 
 def hyperparameter_defaults() -> dict[str, Any]:
     """The library's defaults of the fields the page shows (the paper's values)."""
-    from dataclasses import MISSING, fields
-
     from rlhf.reward_training import RewardTrainingConfig
 
-    defaults = {}
-    for field in fields(RewardTrainingConfig):
-        if field.default is not MISSING:
-            defaults[field.name] = field.default
-        elif field.default_factory is not MISSING:
-            defaults[field.name] = field.default_factory()
-    return {hp.name: defaults.get(hp.name) for hp in HYPERPARAMETERS}
+    defaults = RewardTrainingConfig().to_dict()
+    return {hp.name: defaults[hp.name] for hp in HYPERPARAMETERS}
 
 
 def config_from_form(data: Mapping[str, str]) -> dict[str, Any]:
@@ -246,10 +239,7 @@ def validate_config(kind: str, base_model: ModelVersion, config: Mapping[str, An
             {**config, "kind": kind, "base_model": base_model.path}
         )
     except ConfigError as error:
-        field = getattr(error, "field", None)
-        raise InvalidInput(str(error), f"config.{field}" if field else "config") from None
-    except (TypeError, ValueError) as error:
-        raise InvalidInput(str(error), "config") from None
+        raise InvalidInput(str(error), f"config.{error.field}") from None
     return checked.to_dict()
 
 
@@ -525,7 +515,8 @@ def evaluate_before_training(
         # The backbone loader reads a saved reward model's head too, and unlike
         # load_reward_model it needs no pairwise_reward.json (a model registered by hand).
         model, tokenizer = load_reward_backbone(current.path)
-        if torch.cuda.is_available():
+        on_gpu = torch.cuda.is_available() and not config.cpu
+        if on_gpu:
             model.to("cuda")
         try:
             result["metrics"] = evaluate_reward_model(
@@ -537,7 +528,7 @@ def evaluate_before_training(
             )
         finally:
             del model
-            if torch.cuda.is_available():
+            if on_gpu:
                 torch.cuda.empty_cache()
     except Exception as error:
         result["error"] = f"{type(error).__name__}: {error}"
@@ -550,7 +541,7 @@ def evaluate_before_training(
 
 
 def _train(run: TrainingRun, reporter: RunReporter) -> None:
-    from rlhf.data import drop_unsafe_chosen, load_pairs, split
+    from rlhf.data import load_pairs, split
     from rlhf.reward_training import RewardTrainingConfig, train_reward_model
 
     kind = run_kind(run)
@@ -572,7 +563,8 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
         raise InvalidInput("the chosen batches hold no preference pairs", "batches")
 
     # 2. Pairs, and the held-out split (by prompt: no prompt on both sides).
-    pairs = drop_unsafe_chosen(load_pairs(export, margin_table=config.margin_table))
+    # The export has already dropped the safety pairs the paper drops (exports.training_record).
+    pairs = load_pairs(export, margin_table=config.margin_table)
     train_pairs, eval_pairs = split(pairs, config.eval_fraction, config.seed)
     reporter.log(f"{len(train_pairs)} pairs to train on, {len(eval_pairs)} held out")
     if not train_pairs:
@@ -592,8 +584,6 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
 
     # 4. Training.
     out_dir = directory / MODEL_DIR
-    if out_dir.exists():  # left by an attempt that died; this run owns the directory
-        shutil.rmtree(out_dir)
     reporter.log(
         f"training a {kind} reward model from {run.base_model.name if run.base_model else '?'} "
         f"({config.base_model})"
@@ -679,11 +669,9 @@ def log_tail(run: TrainingRun, lines: int = LOG_TAIL_LINES) -> str:
 
 
 # Rating buckets in the column order of Llama 2's Table 8, then the unrated (imported) pairs.
+# Table 8's columns: the rating scale's labels (rlhf.preferences), then imported, unrated pairs.
 BUCKETS: tuple[tuple[str, str], ...] = (
-    ("significantly_better", "Significantly better"),
-    ("better", "Better"),
-    ("slightly_better", "Slightly better"),
-    ("negligibly_better", "Negligibly better / unsure"),
+    *((strength.value, label) for strength, label in STRENGTH_LABELS.items()),
     ("unrated", "Unrated (imported)"),
 )
 

@@ -22,7 +22,7 @@ from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.exports import export_lines
 from annotation_app.services.imports import import_comparisons
-from annotation_app.services.registry import current_version, promote, register_model
+from annotation_app.services.registry import current_version, register_model
 from tests.workers import wait_for
 
 STRENGTHS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
@@ -718,7 +718,6 @@ def test_a_run_whose_base_model_is_broken_fails_on_the_worker(
     current = register_model(
         str(tiny_policy_dir), "reward_helpfulness", name="rm-h current", make_current=True
     )
-    promote(current)
     api_client.force_login(ml_staff)
     response = api_client.post(
         "/api/v1/training-runs/",
