@@ -1,31 +1,34 @@
-"""Scoring a preference pair's two replies in one forward pass, their shared context computed once.
+"""Scoring a batch of preference pairs in one forward pass: no padding, each shared context once.
 
 A pair's chosen and rejected texts are the same conversation up to the last assistant turn, so
-their token sequences share a long prefix (on HH-RLHF harmless-base, most of the tokens). A
+their token sequences share a long prefix (on HH-RLHF harmless-base, most of the context). A
 decoder's hidden state at a token depends only on the tokens before it, so the prefix needs to be
-computed once. Each pair becomes one packed row::
+computed once. A batch of B pairs becomes one packed row, the pairs one after the other::
 
-    tokens     [ p0 p1 … pP-1 | c0 c1 … cA-1 | r0 r1 … rB-1 | pad … ]
-    positions  [ 0  1  … P-1  | P  P+1 … P+A-1 | P  P+1 … P+B-1 | … ]
+    tokens     [ p0 p1 … pP-1 | c0 c1 … cA-1 | r0 r1 … rB-1 | next pair … ]
+    positions  [ 0  1  … P-1  | P  P+1 … P+A-1 | P  P+1 … P+B-1 | 0 1 … ]
 
-with a 4-D attention mask in which prefix tokens attend causally to the prefix, chosen tokens to
-the prefix and the chosen tokens before them, and rejected tokens to the prefix and the rejected
-tokens before them — never to the chosen ones. The rewards are the score head applied to the last
-chosen token (index P+A-1) and to the last rejected token (P+A+B-1). This is exactly the
-computation of scoring the two sequences separately (same tokens, same positions, same visible
-keys), with P fewer tokens; :mod:`tests.unit.test_pair_scoring` checks it to 1e-4.
+and attention keeps them apart (:mod:`rlhf.packed_attention`): the prefix and the chosen reply
+attend causally to themselves, the rejected reply to the prefix and to itself, never to the
+chosen one. The rewards are the score head at the last chosen token (index P+A-1) and at the last
+rejected one (P+A+B-1). This is exactly the computation of scoring the two sequences separately
+(same tokens, same positions, same visible keys), with P fewer tokens and no padding;
+:mod:`tests.unit.test_pair_scoring` checks it to 1e-4.
 
 Encoders attend in both directions (a context token "sees" the reply), so their prefix cannot be
-shared: they score the chosen and the rejected sequences as 2B separate rows of one batch.
-:func:`uses_prefix_sharing` decides which; both paths return the same ``(chosen, rejected)``.
+shared: the chosen and the rejected sequence go into the packed row one after the other, each
+attending to itself, the reward read at ``[CLS]``. A model whose packed scoring would not equal
+its own forward (:func:`packs_exactly` checks once, on two small random pairs) gets 2B padded rows
+through its own forward instead. Both ways return the same ``(chosen, rejected)``.
 
 Tokens are those of :func:`rlhf.reward_model.score_texts` (its text format; a pair too long for
 ``max_length`` is cut by :func:`truncate_pair`, which keeps the two replies' context the same), so
 scoring a pair that fits equals scoring its two texts there.
 
     encoded = encode_pairs(tokenizer, pairs, max_length=512)
-    batch = collate(encoded[:8], pad_token_id=tokenizer.pad_token_id, prefix_sharing=True)
-    chosen_rewards, rejected_rewards = PairRewardModel(model)(**batch)        # (8,), (8,)
+    reward_model = PairRewardModel(model)
+    batch = reward_model.collate(encoded[:8], pad_token_id=tokenizer.pad_token_id)
+    chosen_rewards, rejected_rewards = reward_model(**batch)                  # (8,), (8,)
 """
 
 from __future__ import annotations
@@ -33,11 +36,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from rlhf.data import PreferencePair
+from rlhf.packed_attention import AttentionBlock, PackedLayout, packed_attention_of
 from rlhf.reward_model import encode_texts, format_text, has_chat_template, usable_length
 
 
@@ -170,20 +175,28 @@ def collate(
     *,
     pad_token_id: int,
     prefix_sharing: bool,
+    packed: bool = True,
+    reward_token: str = "last",
     pad_to_multiple_of: int = 1,
-) -> dict[str, torch.Tensor]:
-    """Model inputs for a batch of B pairs (right padding).
+) -> dict[str, Any]:
+    """Model inputs for a batch of B pairs.
 
-    Prefix sharing: ``input_ids``, ``position_ids`` and ``segment_ids`` (B, T) — segment 0 the
-    shared prefix, 1 the chosen tail, 2 the rejected tail, 3 padding, from which
-    :func:`prefix_sharing_mask` builds the attention mask where the model runs —, and
-    ``chosen_index`` and ``rejected_index`` (B,). Separate: ``input_ids`` and
-    ``attention_mask`` (2B, T), chosen rows first. ``pad_to_multiple_of`` rounds T up (on GPUs,
-    a few distinct shapes let kernels be planned once).
+    Packed (the default): one row of all the batch's tokens, no padding — ``input_ids`` and
+    ``position_ids`` (1, N), ``packed_layout`` (a :class:`rlhf.packed_attention.PackedLayout`)
+    and ``chosen_index`` / ``rejected_index`` (B,), the tokens whose hidden state is each reward
+    (``reward_token``: ``"last"`` for decoders, ``"first"`` for encoders' ``[CLS]``). With
+    ``prefix_sharing`` a pair is its context once, then the chosen reply, then the rejected
+    reply, whose positions restart where the context ends (see the module docstring); without,
+    its chosen and its rejected sequence one after the other.
+
+    Not packed: ``input_ids`` and ``attention_mask`` (2B, T), chosen rows first, padded on the
+    right (``pad_to_multiple_of`` rounds T up), for the model's own forward.
     """
+    if not packed:
+        return _collate_separate(encoded, pad_token_id, pad_to_multiple_of)
     if prefix_sharing:
-        return _collate_shared(encoded, pad_token_id, pad_to_multiple_of)
-    return _collate_separate(encoded, pad_token_id, pad_to_multiple_of)
+        return _collate_shared(encoded)
+    return _collate_sequences(encoded, reward_token)
 
 
 def _round_up(width: int, multiple: int) -> int:
@@ -201,55 +214,128 @@ def _collate_separate(encoded: Sequence[EncodedPair], pad_token_id: int, multipl
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-PREFIX, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3  # segment ids of a packed row
-
-
-def _collate_shared(encoded: Sequence[EncodedPair], pad_token_id: int, multiple: int) -> dict:
-    width = _round_up(max(pair.packed_length for pair in encoded), multiple)
-    batch = len(encoded)
-    input_ids = torch.full((batch, width), pad_token_id, dtype=torch.long)
-    segment_ids = torch.full((batch, width), PADDING, dtype=torch.long)
-    position_ids = torch.arange(width).repeat(batch, 1)
-    chosen_index = torch.empty(batch, dtype=torch.long)
-    rejected_index = torch.empty(batch, dtype=torch.long)
-    for i, pair in enumerate(encoded):
-        prefix = pair.shared_length
-        rejected_tail = pair.rejected_ids[prefix:]
-        end_chosen = len(pair.chosen_ids)
-        end = end_chosen + len(rejected_tail)
-        input_ids[i, :end] = torch.tensor(pair.chosen_ids + rejected_tail)
-        segment_ids[i, :prefix] = PREFIX
-        segment_ids[i, prefix:end_chosen] = CHOSEN
-        segment_ids[i, end_chosen:end] = REJECTED
-        position_ids[i, end_chosen:end] = torch.arange(prefix, prefix + len(rejected_tail))
-        chosen_index[i] = end_chosen - 1
-        rejected_index[i] = end - 1
+def _packed_inputs(token_ids, positions, blocks, reward_blocks, chosen, rejected) -> dict:
+    layout = PackedLayout(len(token_ids), tuple(blocks), tuple(reward_blocks))
     return {
-        "input_ids": input_ids,
-        "position_ids": position_ids,
-        "segment_ids": segment_ids,
-        "chosen_index": chosen_index,
-        "rejected_index": rejected_index,
+        "input_ids": torch.tensor([token_ids]),
+        "position_ids": torch.tensor([positions]),
+        "packed_layout": layout,
+        "chosen_index": torch.tensor(chosen),
+        "rejected_index": torch.tensor(rejected),
     }
 
 
-def prefix_sharing_mask(segment_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-    """The (B, 1, T, T) boolean attention mask of packed rows (True: may attend).
+def _collate_shared(encoded: Sequence[EncodedPair]) -> dict:
+    token_ids: list[int] = []
+    positions: list[int] = []
+    blocks, reward_blocks, chosen, rejected = [], [], [], []
+    for pair in encoded:
+        start, prefix = len(token_ids), pair.shared_length
+        tail = pair.rejected_ids[prefix:]
+        chosen_end = start + len(pair.chosen_ids)
+        end = chosen_end + len(tail)
+        token_ids += pair.chosen_ids + tail
+        positions += [*range(len(pair.chosen_ids)), *range(prefix, prefix + len(tail))]
+        chosen_keys = (range(start, chosen_end),)
+        rejected_keys = (range(start, start + prefix), range(chosen_end, end))
+        blocks += [
+            AttentionBlock(chosen_keys, range(start, chosen_end), causal=True),
+            AttentionBlock(rejected_keys, range(chosen_end, end), causal=True),
+        ]
+        reward_blocks += [
+            AttentionBlock(chosen_keys, range(chosen_end - 1, chosen_end), causal=True),
+            AttentionBlock(rejected_keys, range(end - 1, end), causal=True),
+        ]
+        chosen.append(chosen_end - 1)
+        rejected.append(end - 1)
+    return _packed_inputs(token_ids, positions, blocks, reward_blocks, chosen, rejected)
 
-    A query sees the keys at or before its position that are in the prefix or in its own
-    tail, so the chosen and the rejected tail never see each other; padding sees only itself
-    (a query with no visible key would give NaN).
-    """
-    query_segment, key_segment = segment_ids[:, :, None], segment_ids[:, None, :]
-    visible = position_ids[:, None, :] <= position_ids[:, :, None]
-    visible &= (key_segment == PREFIX) | (key_segment == query_segment)
-    visible &= (key_segment != PADDING) & (query_segment != PADDING)
-    diagonal = torch.eye(segment_ids.shape[1], dtype=torch.bool, device=segment_ids.device)
-    visible |= diagonal & (query_segment == PADDING)
-    return visible[:, None]
+
+def _collate_sequences(encoded: Sequence[EncodedPair], reward_token: str) -> dict:
+    if reward_token not in ("first", "last"):
+        raise ValueError(f"reward_token must be 'first' or 'last', not {reward_token!r}")
+    causal = reward_token == "last"  # decoders read the last token, encoders the first
+    token_ids: list[int] = []
+    positions: list[int] = []
+    blocks, reward_blocks, rewards = [], [], []
+    for pair in encoded:
+        for ids in (pair.chosen_ids, pair.rejected_ids):
+            start, end = len(token_ids), len(token_ids) + len(ids)
+            token_ids += ids
+            positions += range(len(ids))
+            read = end - 1 if causal else start
+            blocks.append(AttentionBlock((range(start, end),), range(start, end), causal))
+            keys = (range(start, end),)
+            reward_blocks.append(AttentionBlock(keys, range(read, read + 1), causal))
+            rewards.append(read)
+    return _packed_inputs(token_ids, positions, blocks, reward_blocks, rewards[0::2], rewards[1::2])
+
+
+def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
+    """A collated batch with its tensors on ``device`` (the packed layout stays as it is)."""
+    return {
+        name: value.to(device) if isinstance(value, torch.Tensor) else value
+        for name, value in batch.items()
+    }
 
 
 # --- the forward pass ---------------------------------------------------------------------------
+
+
+def reward_head(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The map from the hidden states of reward tokens (S, H) to rewards (S,), for the heads
+    packed scoring knows: a decoder's ``score`` (last token) and a BERT-like encoder's pooler
+    and ``classifier`` (``[CLS]``); None for any other model."""
+    if isinstance(getattr(model, "score", None), nn.Linear):
+        return lambda hidden: model.score(hidden)[:, 0]
+    pooler = getattr(model.base_model, "pooler", None)
+    classifier = getattr(model, "classifier", None)
+    if isinstance(pooler, nn.Module) and isinstance(classifier, nn.Linear):
+        dropout = getattr(model, "dropout", nn.Identity())
+        return lambda hidden: classifier(dropout(pooler(hidden[:, None])))[:, 0]
+    return None
+
+
+def packs_exactly(model) -> bool:
+    """Whether packed scoring of ``model`` gives the rewards of its own padded forward.
+
+    Packed scoring relies on the model routing attention through ``transformers``' attention
+    interface, passing keywords down to it, and numbering its layers; rather than trust an
+    architecture's name, two small pairs of random tokens are scored both ways (float32 to
+    1e-4, lower precisions to 2e-2). Runs without gradients in eval mode.
+    """
+    if reward_head(model) is None:
+        return False
+    config = model.config
+    vocabulary, pad = config.vocab_size, config.pad_token_id
+    generator = torch.Generator().manual_seed(0)
+
+    def tokens(count: int) -> list[int]:
+        ids = torch.randint(0, vocabulary, (count,), generator=generator).tolist()
+        return [(i + 1) % vocabulary if i == pad else i for i in ids]
+
+    shared = tokens(5)
+    probe = [
+        EncodedPair(shared + tokens(3), shared + tokens(4), 5),
+        EncodedPair(tokens(4), tokens(6), 0),
+    ]
+    separate = PairRewardModel(model, packed=False)
+    packed = PairRewardModel(model, packed=True)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = separate(**to_device(separate.collate(probe, pad_token_id=pad), device))
+            found = packed(**to_device(packed.collate(probe, pad_token_id=pad), device))
+    except Exception:  # a model that cannot take a packed row at all
+        return False
+    finally:
+        model.train(was_training)
+    tolerance = 1e-4 if next(model.parameters()).dtype == torch.float32 else 2e-2
+    return torch.allclose(
+        torch.cat(found).float(), torch.cat(expected).float(), atol=tolerance, rtol=tolerance
+    )
 
 
 class PairRewardModel(nn.Module):
@@ -257,42 +343,58 @@ class PairRewardModel(nn.Module):
 
     A thin wrapper around an ``AutoModelForSequenceClassification`` (``self.model``), so that
     the whole pair forward runs inside one module call: what ``accelerate`` wraps for DDP or
-    FSDP (which gathers parameters around a module's forward) and autocasts.
+    FSDP (which gathers parameters around a module's forward) and autocasts. ``packed``
+    (default: :func:`packs_exactly`) says whether it takes packed batches; else 2B padded rows
+    through the model's own forward.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, packed: bool | None = None):
         super().__init__()
         self.model = model
         self.prefix_sharing = uses_prefix_sharing(model)
+        self.reward_token = "last" if self.prefix_sharing else "first"
+        self.packed = packs_exactly(model) if packed is None else packed
+        self.training = model.training  # a new module says "training"; the model may not be
+
+    def collate(
+        self,
+        encoded: Sequence[EncodedPair],
+        *,
+        pad_token_id: int,
+        prefix_sharing: bool = True,
+        pad_to_multiple_of: int = 1,
+    ) -> dict[str, Any]:
+        """:func:`collate` for this model: packed if it packs, sharing the prefix if it can
+        and ``prefix_sharing`` allows."""
+        return collate(
+            encoded,
+            pad_token_id=pad_token_id,
+            prefix_sharing=self.packed and self.prefix_sharing and prefix_sharing,
+            packed=self.packed,
+            reward_token=self.reward_token,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
 
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
-        segment_ids: torch.Tensor | None = None,
+        packed_layout: PackedLayout | None = None,
         chosen_index: torch.Tensor | None = None,
         rejected_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if segment_ids is None:  # separate rows: (2B, T), chosen first
+        if packed_layout is None:  # separate rows: (2B, T), chosen first
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             chosen, rejected = logits[:, 0].chunk(2)
             return chosen, rejected
-        # Built here, on the model's device; as an additive float mask, which every attention
-        # implementation takes (eager adds it, SDPA accepts it).
-        visible = prefix_sharing_mask(segment_ids, position_ids)
-        dtype = self.model.score.weight.dtype
-        if torch.is_autocast_enabled(input_ids.device.type):
-            dtype = torch.get_autocast_dtype(input_ids.device.type)
-        additive_mask = torch.zeros(visible.shape, dtype=dtype, device=input_ids.device)
-        additive_mask.masked_fill_(~visible, torch.finfo(dtype).min)
-        hidden = self.model.base_model(
-            input_ids=input_ids, attention_mask=additive_mask, position_ids=position_ids
-        ).last_hidden_state  # (B, T, H)
-        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
-        chosen = self.model.score(hidden[rows, chosen_index])[:, 0]  # (B,)
-        rejected = self.model.score(hidden[rows, rejected_index])[:, 0]
-        return chosen, rejected
+        layout = packed_layout.for_model(last_layer=self.model.config.num_hidden_layers - 1)
+        with packed_attention_of(self.model):
+            hidden = self.model.base_model(
+                input_ids=input_ids, position_ids=position_ids, packed_layout=layout
+            ).last_hidden_state[0]  # (N, H)
+        head = reward_head(self.model)
+        return head(hidden[chosen_index]), head(hidden[rejected_index])
 
 
 # --- batching -----------------------------------------------------------------------------------
@@ -355,7 +457,7 @@ def score_pairs(
     ``pad_to_multiple_of`` defaults to :func:`padding_multiple` of the model's device.
     """
     wrapper = model if isinstance(model, PairRewardModel) else PairRewardModel(model)
-    shared = wrapper.prefix_sharing if prefix_sharing is None else prefix_sharing
+    shared = wrapper.packed and wrapper.prefix_sharing and prefix_sharing is not False
     max_length = usable_length(wrapper.model, max_length)
     encoded = encode_pairs(tokenizer, pairs, max_length=max_length)
     chosen = torch.empty(len(encoded), dtype=torch.float32)
@@ -370,14 +472,13 @@ def score_pairs(
     try:
         with torch.no_grad():
             for batch in batches_by_length(lengths, batch_size):
-                inputs = collate(
+                inputs = wrapper.collate(
                     [encoded[i] for i in batch],
                     pad_token_id=tokenizer.pad_token_id,
                     prefix_sharing=shared,
                     pad_to_multiple_of=multiple,
                 )
-                inputs = {name: tensor.to(device) for name, tensor in inputs.items()}
-                chosen_rewards, rejected_rewards = wrapper(**inputs)
+                chosen_rewards, rejected_rewards = wrapper(**to_device(inputs, device))
                 chosen[batch] = chosen_rewards.float().cpu()
                 rejected[batch] = rejected_rewards.float().cpu()
                 if progress is not None:
@@ -394,7 +495,9 @@ __all__ = [
     "common_prefix_length",
     "encode_pairs",
     "length_grouped_order",
-    "prefix_sharing_mask",
+    "packs_exactly",
+    "reward_head",
     "score_pairs",
+    "to_device",
     "uses_prefix_sharing",
 ]

@@ -1,25 +1,30 @@
-"""rlhf.pair_scoring: one forward pass per pair, the shared context computed once.
+"""rlhf.pair_scoring and rlhf.packed_attention: a batch in one packed row, each context once.
 
-The central check: prefix-shared rewards equal the rewards of scoring the chosen and the rejected
-sequence separately, to 1e-4 (in float32 they agree to ~1e-7), on a grouped-query-attention
-Llama and on the real stories260K, in batches with padding, multi-turn contexts, equal replies,
-one reply a prefix of the other, and pairs cut to ``max_length``.
+The central check: packed, prefix-shared rewards equal the rewards of scoring the chosen and the
+rejected sequence separately, to 1e-4 (in float32 they agree to ~1e-7), on a grouped-query-
+attention Llama, a BERT encoder and the real stories260K, with multi-turn contexts, equal
+replies, one reply a prefix of the other, and pairs cut to ``max_length``; gradients too; with
+both ways of running the attention blocks (the CPU loop and the GPU's padded rows).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import pytest
 import torch
 
+from rlhf import pair_scoring
 from rlhf import reward_model as rm
 from rlhf.data import PreferencePair
+from rlhf.packed_attention import PackedLayout, lower_right_causal_mask
 from rlhf.pair_scoring import (
     EncodedPair,
     PairRewardModel,
     collate,
     encode_pairs,
     length_grouped_order,
-    prefix_sharing_mask,
+    packs_exactly,
     score_pairs,
     truncate_pair,
     uses_prefix_sharing,
@@ -113,20 +118,60 @@ def test_truncated_pairs_too(llama):
         torch.testing.assert_close(got, want, atol=TOLERANCE, rtol=0)
 
 
-def test_gradients_equal_separate_scoring(llama):
-    """Training sees the same function: gradients of a loss agree too."""
-    model, tokenizer = llama
-    encoded = encode_pairs(tokenizer, PAIRS)
-    wrapper = PairRewardModel(model)
-    gradients = []
-    for shared in (True, False):
+@pytest.fixture(params=["looped", "padded"])
+def attention_runs(request, monkeypatch):
+    """Both ways of running the attention blocks: the CPU loop and the GPU's padded rows."""
+    padded = request.param == "padded"
+    for_model = PackedLayout.for_model
+    monkeypatch.setattr(
+        PackedLayout, "for_model", lambda self, last_layer: for_model(self, last_layer, padded)
+    )
+    return request.param
+
+
+@pytest.mark.parametrize("backbone", ["llama", "bert"])
+def test_packed_rewards_and_gradients_equal_the_models_own_padded_forward(
+    request, backbone, attention_runs
+):
+    """Training sees the same function: rewards and the gradients of a loss agree."""
+    model, tokenizer = request.getfixturevalue(backbone)
+    encoded = encode_pairs(tokenizer, PAIRS, max_length=rm.usable_length(model, 512))
+    results = []
+    for packed in (True, False):
+        wrapper = PairRewardModel(model, packed=packed)
         model.zero_grad()
-        batch = collate(encoded, pad_token_id=tokenizer.pad_token_id, prefix_sharing=shared)
-        chosen, rejected = wrapper(**batch)
+        chosen, rejected = wrapper(**wrapper.collate(encoded, pad_token_id=tokenizer.pad_token_id))
         (chosen - 2 * rejected).sum().backward()
-        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        gradient = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((chosen.detach(), rejected.detach(), gradient))
     model.zero_grad()
-    torch.testing.assert_close(gradients[0], gradients[1], atol=1e-5, rtol=1e-4)
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert (results[0][0] - results[0][1]).abs().max() > 1e-3  # rewards that differ
+
+
+def test_packed_rows_hold_no_padding_and_each_context_once(llama, bert):
+    encoded = encode_pairs(llama[1], PAIRS)
+    shared = PairRewardModel(llama[0]).collate(encoded, pad_token_id=0)
+    assert shared["input_ids"].shape == (1, sum(p.packed_length for p in encoded))
+    encoded = encode_pairs(bert[1], PAIRS, max_length=rm.usable_length(bert[0], 512))
+    separate = PairRewardModel(bert[0]).collate(encoded, pad_token_id=0)
+    tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in encoded)
+    assert separate["input_ids"].shape == (1, tokens)
+
+
+def test_a_model_whose_packed_forward_differs_falls_back_to_padded_rows(llama, monkeypatch):
+    """If attention ignored the packed layout, sequences would see each other: the check at
+    construction notices, and the model scores padded rows, still exactly."""
+    model, tokenizer = llama
+    assert packs_exactly(model)
+    monkeypatch.setattr(pair_scoring, "packed_attention_of", lambda model: nullcontext())
+    assert not packs_exactly(model)
+    wrapper = PairRewardModel(model)
+    assert not wrapper.packed
+    expected = separate_rewards(model, tokenizer, PAIRS)
+    for got, want in zip(score_pairs(wrapper, tokenizer, PAIRS), expected, strict=True):
+        torch.testing.assert_close(got, want, atol=TOLERANCE, rtol=0)
 
 
 def test_on_the_real_stories260k_and_harmless_base():
@@ -145,44 +190,72 @@ def test_on_the_real_stories260k_and_harmless_base():
     assert packed < 0.8 * separate  # the shared context really is computed once
 
 
-def test_an_encoder_scores_both_replies_as_separate_rows(bert):
+def test_an_encoder_scores_both_replies_as_separate_sequences(bert):
     model, tokenizer = bert
     chosen, rejected = score_pairs(model, tokenizer, PAIRS, batch_size=4)
     contexts = [p.context for p in PAIRS]
     texts_chosen = rm.score_texts(model, tokenizer, contexts, [p.chosen for p in PAIRS])
     torch.testing.assert_close(chosen, texts_chosen, atol=TOLERANCE, rtol=0)
-    assert "segment_ids" not in collate(
-        encode_pairs(tokenizer, PAIRS), pad_token_id=0, prefix_sharing=False
-    )
+    expected = separate_rewards(model, tokenizer, PAIRS, max_length=rm.usable_length(model, 512))
+    torch.testing.assert_close(rejected, expected[1], atol=TOLERANCE, rtol=0)
 
 
 # --- inputs -------------------------------------------------------------------------------------
 
 
-def test_the_packed_row_and_its_mask_written_out():
-    # Prefix [10 11], chosen tail [20 21], rejected tail [30]: row [10 11 20 21 30 pad].
-    encoded = EncodedPair([10, 11, 20, 21], [10, 11, 30], shared_length=2)
-    other = EncodedPair([10, 11, 20, 21, 22, 23], [10, 11, 20, 21, 30], shared_length=4)
-    batch = collate([encoded, other], pad_token_id=0, prefix_sharing=True)
-    assert batch["input_ids"][0].tolist() == [10, 11, 20, 21, 30, 0, 0]
-    assert batch["position_ids"][0, :5].tolist() == [0, 1, 2, 3, 2]
-    assert batch["chosen_index"].tolist() == [3, 5]
-    assert batch["rejected_index"].tolist() == [4, 6]
-    assert batch["segment_ids"][0].tolist() == [0, 0, 1, 1, 2, 3, 3]
-    mask = prefix_sharing_mask(batch["segment_ids"], batch["position_ids"])
-    assert mask.shape == (2, 1, 7, 7)
-    visible = mask[0, 0].int().tolist()
-    assert visible == [
-        [1, 0, 0, 0, 0, 0, 0],  # prefix: causal
-        [1, 1, 0, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0, 0],  # chosen: prefix and itself
-        [1, 1, 1, 1, 0, 0, 0],
-        [1, 1, 0, 0, 1, 0, 0],  # rejected: prefix and itself, never the chosen tail
-        [0, 0, 0, 0, 0, 1, 0],  # padding: only itself (no NaN)
-        [0, 0, 0, 0, 0, 0, 1],
+def visibility(layout: PackedLayout, reward_layer: bool = False) -> list[list[int]]:
+    """The (N, N) matrix of which query sees which key, from the layout's blocks."""
+    seen = [[0] * layout.num_tokens for _ in range(layout.num_tokens)]
+    for block in layout.reward_blocks if reward_layer else layout.blocks:
+        keys = [k for part in block.keys for k in part]
+        allowed = lower_right_causal_mask(len(block.queries), len(keys), "cpu")
+        if not block.causal:
+            allowed = torch.ones_like(allowed)
+        for row, query in enumerate(block.queries):
+            for column, key in enumerate(keys):
+                seen[query][key] = int(allowed[row, column])
+    return seen
+
+
+def test_the_packed_row_and_its_attention_written_out():
+    # Pair 1: prefix [10 11], chosen tail [20 21], rejected tail [30].
+    # Pair 2: prefix [12], chosen tail [22], rejected tail [31 32].
+    first = EncodedPair([10, 11, 20, 21], [10, 11, 30], shared_length=2)
+    second = EncodedPair([12, 22], [12, 31, 32], shared_length=1)
+    batch = collate([first, second], pad_token_id=0, prefix_sharing=True)
+    assert batch["input_ids"][0].tolist() == [10, 11, 20, 21, 30, 12, 22, 31, 32]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 2, 0, 1, 1, 2]
+    assert batch["chosen_index"].tolist() == [3, 6]
+    assert batch["rejected_index"].tolist() == [4, 8]
+    assert visibility(batch["packed_layout"]) == [
+        [1, 0, 0, 0, 0, 0, 0, 0, 0],  # prefix: causal
+        [1, 1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0, 0],  # chosen: the prefix and itself
+        [1, 1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0, 0, 0],  # rejected: the prefix and itself, never the chosen tail
+        [0, 0, 0, 0, 0, 1, 0, 0, 0],  # the second pair sees nothing of the first
+        [0, 0, 0, 0, 0, 1, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1, 0, 1, 0],
+        [0, 0, 0, 0, 0, 1, 0, 1, 1],
     ]
-    assert batch["input_ids"][1].tolist() == [10, 11, 20, 21, 22, 23, 30]
-    assert batch["position_ids"][1].tolist() == [0, 1, 2, 3, 4, 5, 4]
+    # The last layer computes only the reward tokens' queries, with the same keys.
+    reward_rows = visibility(batch["packed_layout"], reward_layer=True)
+    full_rows = visibility(batch["packed_layout"])
+    for token in range(9):
+        expected = full_rows[token] if token in (3, 4, 6, 8) else [0] * 9
+        assert reward_rows[token] == expected
+
+
+def test_an_encoders_packed_row_reads_each_sequences_first_token():
+    pair_one = EncodedPair([101, 7, 8, 102], [101, 7, 9, 9, 102], shared_length=2)
+    batch = collate([pair_one], pad_token_id=0, prefix_sharing=False, reward_token="first")
+    assert batch["input_ids"][0].tolist() == [101, 7, 8, 102, 101, 7, 9, 9, 102]
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3, 4]
+    assert batch["chosen_index"].tolist() == [0]
+    assert batch["rejected_index"].tolist() == [4]
+    seen = visibility(batch["packed_layout"])
+    assert seen[2] == [1, 1, 1, 1, 0, 0, 0, 0, 0]  # both ways within its sequence
+    assert seen[5] == [0, 0, 0, 0, 1, 1, 1, 1, 1]
 
 
 def test_truncation_keeps_the_two_replies_on_the_same_context():

@@ -131,7 +131,7 @@ def test_warm_up_is_three_percent_with_the_papers_minimum_of_five():
 
 def test_processes_split_each_global_batch_and_short_batches_are_padded_with_weight_zero():
     lengths = [random.Random(i).randint(5, 50) for i in range(21)]
-    batches = global_batches(lengths, 8, steps=3, seed=0)
+    batches = global_batches(21, 8, steps=3, seed=0)
     assert sorted(i for b in batches for i in b) == list(range(21))  # one epoch, each pair once
     assert [len(b) for b in batches].count(5) == 1  # the epoch's last batch is short
     for batch in batches:
@@ -142,9 +142,12 @@ def test_processes_split_each_global_batch_and_short_batches_are_padded_with_wei
         assert all(len(chunk) == 2 for rank in two for chunk in rank)  # filler: weight 0
         assert sorted(s for chunk in one for s in chunk) == [(i, 1.0) for i in sorted(batch)]
         assert len(one) == math.ceil(len(batch) / 2)  # one process: no filler
-    assert global_batches(lengths, 8, steps=5, seed=0)[3:] == global_batches(
-        lengths, 8, steps=2, seed=1
+    assert global_batches(21, 8, steps=5, seed=0)[3:] == global_batches(
+        21, 8, steps=2, seed=1
     )  # the second epoch is a fresh order
+    grouped = global_batches(21, 8, steps=3, seed=0, lengths=lengths)  # padded batches
+    assert sorted(i for b in grouped for i in b) == list(range(21))
+    assert grouped != batches
 
 
 # --- config -------------------------------------------------------------------------------------
