@@ -2,26 +2,27 @@
 
 What is measured
 ----------------
-For each backbone, one reward model is trained by each trainer, in this process, one after the
-other, from the same initial weights (``rlhf.reward_model.load_reward_backbone``: the same
-scalar head, initialised under a fixed seed), on the same pairs, with the same settings:
+For each backbone and each seed (``--seeds``, default 0,1,2), one reward model is trained by each
+trainer, in this process, one after the other, from the same initial weights
+(``rlhf.reward_model.load_reward_backbone``: the same scalar head, initialised under a fixed
+seed), on the same pairs, with the same settings:
 
     ours           rlhf.reward_training.train_reward_model(config, train_pairs, [], out_dir)
     trl            trl.RewardTrainer (a benchmark-only dependency: ``pip install -e .[bench]``)
 and, with ``--trainers``, two variants that show where a difference comes from:
     trl-grouped    TRL with ``train_sampling_strategy="group_by_length"`` (batches of similar
-                   length, as ours draws them)
-    ours-separate  ours with ``prefix_sharing="off"`` (2B separate rows; the same as ``ours``
-                   for an encoder)
+                   length: less padding)
+    ours-separate  ours with ``prefix_sharing="off"`` (each pair's two sequences packed whole,
+                   the context twice; the same as ``ours`` for an encoder)
 
 Data: Anthropic HH-RLHF harmless-base (../shared/data/hh-rlhf/harmless-base/test.jsonl.gz,
 2 312 pairs), loaded with ``rlhf.data.load_pairs`` and split with
 ``rlhf.data.split(eval_fraction=0.2, seed=0)``: 1 881 training and 431 held-out pairs (whole
 contexts held out). Both trainers train on the same training pairs; both trained models are
-scored on the same held-out pairs by the same code, ``rlhf.reward_eval.evaluate_reward_model``
-(float32 on the benchmark's device), so the accuracies differ only by training. With a few
-dozen steps the accuracy moves by a few points with the seed (``--seed`` changes the order in
-which both trainers draw the pairs, not the split): compare accuracies over several seeds.
+scored on the same held-out pairs by the same code, ``rlhf.pair_scoring.score_pairs`` then
+``rlhf.reward_eval.metrics_from_rewards`` (float32 on the benchmark's device), so the accuracies
+differ only by training. A seed changes the order in which both trainers draw the pairs, not
+the split; the seeds run one after the other, each trainer in turn.
 
 Settings shared by both: max length, batch size (pairs per optimizer step, no gradient
 accumulation), steps, peak learning rate, seed, and our trainer's defaults given to TRL: AdamW
@@ -30,10 +31,9 @@ steps, then a cosine to 10 % of the peak (TRL: ``cosine_with_min_lr``, ``min_lr_
 TRL reaches the floor one step later than ours); gradient clipping at 1.0; dropout off; the
 plain Bradley-Terry loss (harmless-base has no strength ratings, so every margin is 0; no
 reward centring); no activation checkpointing (TRL turns it on by default: turned off here);
-float32 on the CPU and bf16 autocast with ``--device cuda``. What stays each trainer's own:
-the optimizer implementation (TRL: fused AdamW; ours: ``torch.optim.AdamW``'s default), the
-order of the pairs (TRL: uniformly random batches; ours: batches of similar length in random
-order), and how a batch is laid out (below).
+float32 on the CPU and bf16 autocast with ``--device cuda``; fused AdamW; uniformly random
+batches (each trainer draws its own order from the seed). What stays each trainer's own is how
+a batch is laid out (below).
 
 Inputs. Both trainers get the very same token ids: ``rlhf.pair_scoring.encode_pairs`` (the text
 of ``rlhf.reward_model.format_text``: with these tokenizers, which have no chat template, the
@@ -45,9 +45,11 @@ tokenizer without one (BERT/MiniLM: ``str.endswith(None)``); (2) it never trunca
 ``max_length`` drops every pair with a longer text (at 256 tokens, two thirds of harmless-base
 under stories260K's tokenizer, the longest conversations); (3) a conversational dataset needs a
 chat template, which neither tokenizer has. Layout: TRL pads the B chosen and B rejected rows
-of a batch on the right to the longest of the 2B and runs them as one batch; ours does the same
-for an encoder, and for a decoder packs each pair into one row, the shared context once, then
-both replies, under a 4-D prefix-sharing mask.
+of a batch on the right to the longest of the 2B and runs them as one batch. Ours packs the
+batch into one row without padding (``rlhf.pair_scoring``): for a decoder each pair's shared
+context once, then both replies, the rejected reply attending to the context's keys; for an
+encoder both sequences whole. Attention runs per block (``rlhf.packed_attention``), and the
+last layer's attention only for the tokens a reward reads.
 
 Throughput is pairs per second of the training loop in steady state: the time from the end of
 step W (``--warmup-steps``, default 5) to the end of the last step, over the pairs of those
@@ -62,7 +64,8 @@ MFU. The machine's peak is measured in the same run, before and after the traine
 counts): the best of ten ``torch.matmul`` of two square matrices, 2048² float32 on the CPU with
 the benchmark's threads, 8192² bfloat16 on CUDA, 2·n³ FLOPs each. A trainer's FLOPs are counted
 from what its backbone is given during the timed steps (a wrapper on the backbone class's
-``forward`` records the shape and real length of every row of every training forward)::
+``forward`` records the shape and real length of every row of every training forward; for our
+packed row, each attention block's queries × keys stand for t²)::
 
     FLOPs of a row of t real tokens = 6·N·t + 12·L·d·t²
 
@@ -78,8 +81,17 @@ halving: the masked kernels run it all). Padding is not counted. Two figures:
                 task's FLOPs: the mean over the training pairs, the same for both trainers)
                 × pairs/s / peak, hence in the same ratio as pairs/s
 
-The headline is the ratio of pairs/s, ours / TRL; the target is ≥ 1.5× at equal or better
-held-out accuracy.
+The headline is the ratio of pairs/s, ours / TRL, each trainer's total timed pairs over its
+total timed seconds, all seeds together (the ratio of each seed is printed too, for the spread);
+the target (``--target``) is ≥ 1.5× at equal or better held-out accuracy.
+
+Accuracy. With a few dozen steps the held-out accuracy moves by a few points with the order of
+the pairs, so a strict "ours ≥ TRL" on one seed is a coin toss. The comparison is paired: for
+each seed and held-out pair, ours' score minus TRL's (1 ranked right, 0 wrong, ½ a tie, the rule
+of ``metrics_from_rewards``); the accuracy difference is the mean of these seeds × pairs
+differences, its standard error (SE) their sample standard deviation / √count. Ours is "better"
+above +2 SE, "worse" below −2 SE, "equal within noise" between; equal or better (not
+significantly worse) is what the target asks.
 
 Backbones
 ---------
@@ -91,9 +103,12 @@ Backbones
 
 Usage: python bench/reward_training.py [--backbone minilm|stories260k|both] [--device cpu|cuda]
            [--threads T] [--steps S] [--batch-size B] [--max-length L] [--lr LR]
-           [--warmup-steps W] [--seed 0] [--trainers trl,ours] [--json OUT]
-Defaults per backbone and device are in DEFAULTS and printed (on two CPU cores, about five
-minutes in all); a flag given overrides them for every backbone.
+           [--warmup-steps W] [--seeds 0,1,2] [--trainers trl,ours] [--target 1.5] [--json OUT]
+Defaults per backbone and device are in DEFAULTS and printed (on the CPU, 40 steps at 256 tokens
+for both backbones; with three seeds on two CPU cores, about a quarter of an hour in all); a flag
+given overrides them for every backbone. ``--json`` writes every (trainer, seed) run, each with
+its held-out pairs' scores as one string ("1" right, "0" wrong, "=" a tie), and each backbone's
+aggregates and verdict.
 """
 
 from __future__ import annotations
@@ -102,11 +117,12 @@ import argparse
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -123,7 +139,7 @@ WARMUP_RATIO, MIN_LR_RATIO, MAX_GRAD_NORM = 0.03, 0.1, 1.0
 # larger batches and whole conversations (both backbones take at most 512 positions).
 DEFAULTS = {
     "cpu": {
-        "minilm": {"steps": 40, "batch_size": 8, "max_length": 128, "lr": 5e-5},
+        "minilm": {"steps": 40, "batch_size": 8, "max_length": 256, "lr": 5e-5},
         "stories260k": {"steps": 40, "batch_size": 16, "max_length": 256, "lr": 1e-3},
     },
     "cuda": {
@@ -266,7 +282,11 @@ class TokenCounter:
         def forward(module, *args, **kwargs):
             if module.training and counter._grad_enabled():
                 input_ids = kwargs.get("input_ids", args[0] if args else None)
-                counter.record(input_ids, kwargs.get("attention_mask"))
+                layout = kwargs.get("packed_layout")
+                if layout is not None:
+                    counter.record_packed(layout)
+                else:
+                    counter.record(input_ids, kwargs.get("attention_mask"))
             return original(module, *args, **kwargs)
 
         backbone_class.forward = forward
@@ -278,20 +298,22 @@ class TokenCounter:
             cls.forward = original
         self._patched.clear()
 
-    def record(self, input_ids, attention_mask) -> None:
-        import torch
+    def record_packed(self, layout) -> None:
+        """A packed row (ours): its tokens, no padding; the attention term of each block, its
+        queries times its keys (every layer counted as running all blocks)."""
+        counts = self.counts
+        counts.forwards += 1
+        counts.rows += len(layout.blocks)
+        counts.padded += layout.num_tokens
+        counts.tokens += layout.num_tokens
+        counts.squares += sum(len(block.queries) * block.key_count for block in layout.blocks)
 
+    def record(self, input_ids, attention_mask) -> None:
         if input_ids is None:
             return
         rows, length = input_ids.shape[0], input_ids.shape[-1]
-        if attention_mask is None:
-            lengths = [length] * rows
-        elif attention_mask.dim() == 2:
-            lengths = attention_mask.sum(dim=1).tolist()
-        else:  # (B, 1, T, T) prefix sharing: the row up to its trailing pad tokens
-            pad = input_ids == self.pad_token_id
-            trailing = pad.flip(-1).to(torch.int32).cumprod(dim=-1).sum(dim=-1)
-            lengths = (length - trailing).tolist()
+        unmasked = attention_mask is None  # every token real
+        lengths = [length] * rows if unmasked else attention_mask.sum(dim=1).tolist()
         counts = self.counts
         counts.forwards += 1
         counts.rows += rows
@@ -321,6 +343,7 @@ class StepClock:
 @dataclass
 class Result:
     trainer: str
+    seed: int
     steps: int
     timed_steps: int
     timed_seconds: float
@@ -332,7 +355,12 @@ class Result:
     accuracy: float
     loss: float
     eval_pairs: int
+    correct: list[float]  # per held-out pair: 1 ranked right, 0 wrong, 0.5 a tie
     extra: dict = field(default_factory=dict)
+
+    def correct_string(self) -> str:
+        """``correct`` compactly, for the JSON: "1" right, "0" wrong, "=" a tie."""
+        return "".join({1.0: "1", 0.0: "0"}.get(score, "=") for score in self.correct)
 
 
 def batch_sizes(pair_count: int, batch_size: int, steps: int) -> list[int]:
@@ -344,7 +372,14 @@ def batch_sizes(pair_count: int, batch_size: int, steps: int) -> list[int]:
 
 
 def timed(
-    name: str, clock: StepClock, warmup: int, sizes: list[int], wall: float, shape, metrics
+    name: str,
+    seed: int,
+    clock: StepClock,
+    warmup: int,
+    sizes: list[int],
+    wall: float,
+    shape: Shape,
+    evaluation: HeldOut,
 ) -> Result:
     steps = len(clock.ends)
     if steps <= warmup:
@@ -356,8 +391,10 @@ def timed(
     counts = clock.counts[-1].minus(clock.counts[first])
     timed_steps = steps - warmup
     pairs = sum(sizes[warmup:])
+    metrics = evaluation.metrics
     return Result(
         trainer=name,
+        seed=seed,
         steps=steps,
         timed_steps=timed_steps,
         timed_seconds=seconds,
@@ -369,6 +406,7 @@ def timed(
         accuracy=metrics["accuracy"],
         loss=metrics["loss"],
         eval_pairs=metrics["pairs"],
+        correct=evaluation.correct,
     )
 
 
@@ -411,13 +449,24 @@ class PairStats:
 # --- evaluation (the same for both) -----------------------------------------------------------
 
 
-def held_out_metrics(model, tokenizer, pairs, device, max_length: int) -> dict:
+@dataclass(frozen=True)
+class HeldOut:
+    metrics: dict  # rlhf.reward_eval.metrics_from_rewards
+    correct: list[float]  # per pair, the score metrics["accuracy"] is the mean of
+
+
+def held_out_metrics(model, tokenizer, pairs, device, max_length: int) -> HeldOut:
     import torch
 
-    from rlhf.reward_eval import evaluate_reward_model
+    from rlhf.losses import pairwise_accuracy
+    from rlhf.pair_scoring import score_pairs
+    from rlhf.reward_eval import metrics_from_rewards
 
     model = model.to(device=device, dtype=torch.float32).eval()
-    return evaluate_reward_model(model, tokenizer, pairs, batch_size=16, max_length=max_length)
+    chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size=16, max_length=max_length)
+    # The very rule (and float64) of metrics_from_rewards, so mean(correct) is its accuracy.
+    correct = pairwise_accuracy(chosen.double(), rejected.double(), reduction="none")
+    return HeldOut(metrics_from_rewards(pairs, chosen, rejected), correct.tolist())
 
 
 # --- the two trainers -------------------------------------------------------------------------
@@ -466,7 +515,7 @@ class Settings:
             f"AdamW lr {self.lr:g} betas ({beta1}, {beta2}) eps {config.adam_epsilon:g}, "
             f"{warmup_steps(config, self.steps)} warm-up steps, cosine to "
             f"{config.min_lr_ratio:.0%}, clip {config.max_grad_norm}, dropout "
-            f"{'off' if config.disable_dropout else 'on'}, seed {self.seed}"
+            f"{'off' if config.disable_dropout else 'on'}"
         )
 
 
@@ -594,14 +643,14 @@ RUNNERS = {
 # --- the run ----------------------------------------------------------------------------------
 
 
-def settings_for(name: str, args) -> Settings:
+def settings_for(name: str, args, seed: int) -> Settings:
     defaults = DEFAULTS[args.device][name]
     return Settings(
         steps=args.steps or defaults["steps"],
         batch_size=args.batch_size or defaults["batch_size"],
         max_length=args.max_length or defaults["max_length"],
         lr=args.lr or defaults["lr"],
-        seed=args.seed,
+        seed=seed,
         warmup_steps=args.warmup_steps,
     )
 
@@ -610,7 +659,7 @@ def bench_backbone(name: str, path: Path, train_pairs, eval_pairs, args, device)
     from rlhf.pair_scoring import encode_pairs, uses_prefix_sharing
     from rlhf.reward_model import load_reward_backbone
 
-    run = settings_for(name, args)
+    run = settings_for(name, args, args.seeds[0])
     model, tokenizer = load_reward_backbone(path)
     shape = Shape.of(model)
     params = sum(p.numel() for p in model.parameters())
@@ -624,27 +673,30 @@ def bench_backbone(name: str, path: Path, train_pairs, eval_pairs, args, device)
         f"\n{name}: {path}\n  {params:,} parameters, {type(tokenizer).__name__}; N = "
         f"{shape.matmul_weights:,} matmul weights, L = {shape.layers}, d = "
         f"{shape.attention_width}; ours shares prefixes: {'yes' if sharing else 'no (encoder)'}"
-        f"\n  {run.describe(path, device)}\n  training pairs {stats.pairs}: "
-        f"{stats.full_tokens:.1f} tokens per pair (chosen + rejected), {stats.packed_tokens:.1f}"
-        f" with the shared prefix once; {stats.truncated:.0%} of pairs cut to max length"
+        f"\n  {run.describe(path, device)}; seeds {', '.join(map(str, args.seeds))}"
+        f"\n  training pairs {stats.pairs}: {stats.full_tokens:.1f} tokens per pair (chosen +"
+        f" rejected), {stats.packed_tokens:.1f} with the shared prefix once; "
+        f"{stats.truncated:.0%} of pairs cut to max length"
     )
     results = []
     sizes = batch_sizes(len(train_pairs), run.batch_size, run.steps)  # the same for every trainer
     try:
-        for trainer in args.trainers.split(","):
-            with tempfile.TemporaryDirectory() as workdir:
-                clock, wall, model, tokenizer, notes = RUNNERS[trainer](
-                    path, encoded, run, device, counter, Path(workdir)
+        for seed in args.seeds:
+            seeded = replace(run, seed=seed)
+            for trainer in args.trainers.split(","):
+                with tempfile.TemporaryDirectory() as workdir:
+                    clock, wall, model, tokenizer, notes = RUNNERS[trainer](
+                        path, encoded, seeded, device, counter, Path(workdir)
+                    )
+                held_out = held_out_metrics(model, tokenizer, eval_pairs, device, run.max_length)
+                result = timed(trainer, seed, clock, run.warmup_steps, sizes, wall, shape, held_out)
+                result.extra.update(notes, load_average=os.getloadavg()[0])
+                results.append(result)
+                print(
+                    f"  seed {seed} {trainer}: {result.pairs_per_second:.2f} pairs/s, held-out "
+                    f"accuracy {result.accuracy:.3f}, whole call {wall:.1f} s, load average "
+                    f"{result.extra['load_average']:.2f}"
                 )
-            metrics = held_out_metrics(model, tokenizer, eval_pairs, device, run.max_length)
-            result = timed(trainer, clock, run.warmup_steps, sizes, wall, shape, metrics)
-            result.extra.update(notes, load_average=os.getloadavg()[0])
-            results.append(result)
-            print(
-                f"  {trainer}: {result.pairs_per_second:.2f} pairs/s, held-out accuracy "
-                f"{result.accuracy:.3f}, whole call {wall:.1f} s, load average "
-                f"{result.extra['load_average']:.2f}"
-            )
     finally:
         counter.uninstall()
     return {
@@ -653,17 +705,144 @@ def bench_backbone(name: str, path: Path, train_pairs, eval_pairs, args, device)
         "params": params,
         "shape": vars(shape),
         "prefix_sharing": sharing,
-        "settings": vars(run),
+        "settings": {k: v for k, v in vars(run).items() if k != "seed"},
+        "seeds": list(args.seeds),
         "stats": vars(stats),
         "results": results,
     }
 
 
-def print_report(reports: list[dict], peak: float, target: float) -> None:
+# --- over the seeds ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One trainer on one backbone, all seeds together."""
+
+    trainer: str
+    seeds: int
+    pairs: int  # timed, all seeds
+    seconds: float  # timed, all seeds
+    pairs_per_second: float  # total pairs / total seconds
+    executed_flops_per_second: float  # total executed FLOPs / total seconds
+    accuracy: float  # the mean over the seeds
+
+    @classmethod
+    def of(cls, trainer: str, results: list[Result]) -> Aggregate:
+        pairs = sum(r.pairs for r in results)
+        seconds = sum(r.timed_seconds for r in results)
+        flops = sum(r.executed_flops_per_second * r.timed_seconds for r in results)
+        return cls(
+            trainer=trainer,
+            seeds=len(results),
+            pairs=pairs,
+            seconds=seconds,
+            pairs_per_second=pairs / seconds,
+            executed_flops_per_second=flops / seconds,
+            accuracy=statistics.fmean(r.accuracy for r in results),
+        )
+
+
+def aggregates(results: list[Result]) -> dict[str, Aggregate]:
+    trainers = dict.fromkeys(r.trainer for r in results)  # in the order they ran
+    return {
+        trainer: Aggregate.of(trainer, [r for r in results if r.trainer == trainer])
+        for trainer in trainers
+    }
+
+
+@dataclass(frozen=True)
+class AccuracyDifference:
+    """Ours minus TRL, paired by seed and held-out pair: the mean and its standard error."""
+
+    mean: float
+    standard_error: float
+    seeds: int
+    pairs: int  # held-out pairs per seed
+
+    @classmethod
+    def of(cls, ours: list[Result], trl: list[Result]) -> AccuracyDifference:
+        trl_by_seed = {r.seed: r for r in trl}
+        differences = [
+            mine - theirs
+            for result in ours
+            for mine, theirs in zip(result.correct, trl_by_seed[result.seed].correct, strict=True)
+        ]
+        count = len(differences)
+        spread = statistics.stdev(differences) if count > 1 else math.inf
+        return cls(
+            mean=statistics.fmean(differences),
+            standard_error=spread / math.sqrt(count),
+            seeds=len(ours),
+            pairs=count // len(ours),
+        )
+
+    @property
+    def judgement(self) -> str:
+        if self.mean > 2 * self.standard_error:
+            return "better"
+        if self.mean < -2 * self.standard_error:
+            return "worse"
+        return "equal within noise"
+
+    @property
+    def equal_or_better(self) -> bool:
+        return self.judgement != "worse"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ratio: float  # aggregate pairs/s, ours / TRL
+    seed_ratios: dict[int, float]
+    accuracy: AccuracyDifference
+    target: float
+    meets_target: bool
+
+
+def verdict_of(results: list[Result], target: float) -> Verdict | None:
+    """Ours against TRL, or None when either did not run."""
+    ours = [r for r in results if r.trainer == "ours"]
+    trl = [r for r in results if r.trainer == "trl"]
+    if not ours or not trl:
+        return None
+    trl_by_seed = {r.seed: r for r in trl}
+    ratio = Aggregate.of("ours", ours).pairs_per_second / Aggregate.of("trl", trl).pairs_per_second
+    accuracy = AccuracyDifference.of(ours, trl)
+    return Verdict(
+        ratio=ratio,
+        seed_ratios={
+            r.seed: r.pairs_per_second / trl_by_seed[r.seed].pairs_per_second for r in ours
+        },
+        accuracy=accuracy,
+        target=target,
+        meets_target=ratio >= target and accuracy.equal_or_better,
+    )
+
+
+def summarize(report: dict, target: float) -> None:
+    """Adds each trainer's aggregate over the seeds and the verdict to a backbone's report."""
+    report["aggregates"] = aggregates(report["results"])
+    report["verdict"] = verdict_of(report["results"], target)
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def print_report(reports: list[dict], peak: float) -> None:
+    print_table(reports, peak)
+    print()
+    for report in reports:
+        print_aggregates(report, peak)
+    for report in reports:
+        if report["verdict"] is not None:
+            print_verdict(report["backbone"], report["aggregates"], report["verdict"])
+
+
+def print_table(reports: list[dict], peak: float) -> None:
     header = (
-        f"{'backbone':<12} {'trainer':<13} {'timed':>9} {'seconds':>8} {'pairs/s':>8} "
-        f"{'tok/pair':>8} {'pad/pair':>8} {'GFLOP/s':>8} {'exec MFU':>8} {'model MFU':>9} "
-        f"{'accuracy':>8} {'loss':>6} {'wall s':>7}"
+        f"{'backbone':<12} {'trainer':<13} {'seed':>4} {'timed':>9} {'seconds':>8} "
+        f"{'pairs/s':>8} {'tok/pair':>8} {'pad/pair':>8} {'GFLOP/s':>8} {'exec MFU':>8} "
+        f"{'model MFU':>9} {'accuracy':>8} {'loss':>6} {'wall s':>7}"
     )
     print()
     print(header)
@@ -673,7 +852,8 @@ def print_report(reports: list[dict], peak: float, target: float) -> None:
         for r in report["results"]:
             pairs = r.pairs
             print(
-                f"{report['backbone']:<12} {r.trainer:<13} {f'{r.timed_steps}/{r.steps}':>9} "
+                f"{report['backbone']:<12} {r.trainer:<13} {r.seed:>4} "
+                f"{f'{r.timed_steps}/{r.steps}':>9} "
                 f"{r.timed_seconds:>8.2f} {r.pairs_per_second:>8.2f} "
                 f"{r.counts.tokens / pairs:>8.1f} {r.counts.padded / pairs:>8.1f} "
                 f"{r.executed_flops_per_second / 1e9:>8.2f} "
@@ -685,25 +865,37 @@ def print_report(reports: list[dict], peak: float, target: float) -> None:
         "\ntimed: steps in the throughput window / all steps; tok/pair: real tokens the backbone"
         " ran per pair (pad/pair: with padding); GFLOP/s and exec MFU: from those real tokens;"
         " model MFU: from scoring each pair's two texts separately (the same FLOPs per pair for"
-        " both); accuracy, loss: held-out, rlhf.reward_eval.evaluate_reward_model; wall s: the"
-        " whole trainer call"
+        " both); accuracy, loss: held-out, rlhf.pair_scoring.score_pairs then"
+        " rlhf.reward_eval.metrics_from_rewards; wall s: the whole trainer call"
     )
-    for report in reports:
-        by_name = {r.trainer: r for r in report["results"]}
-        if not {"ours", "trl"} <= set(by_name):
-            continue
-        ours, trl = by_name["ours"], by_name["trl"]
-        ratio = ours.pairs_per_second / trl.pairs_per_second
-        verdict = "meets" if ratio >= target and ours.accuracy >= trl.accuracy else "does NOT meet"
-        report["ratio"] = ratio
-        print(
-            f"{report['backbone']}: ours/TRL {ratio:.2f}x pairs/s "
-            f"({ours.pairs_per_second:.2f} vs {trl.pairs_per_second:.2f}); held-out accuracy "
-            f"{ours.accuracy:.3f} vs {trl.accuracy:.3f} ({ours.accuracy - trl.accuracy:+.3f} on "
-            f"{ours.eval_pairs} pairs); executed MFU {ours.executed_flops_per_second / peak:.2%}"
-            f" vs {trl.executed_flops_per_second / peak:.2%}; {verdict} the target "
-            f"(>= {target}x at equal or better accuracy)"
+
+
+def print_aggregates(report: dict, peak: float) -> None:
+    for trainer, total in report["aggregates"].items():
+        accuracies = ", ".join(
+            f"{r.accuracy:.3f}" for r in report["results"] if r.trainer == trainer
         )
+        print(
+            f"{report['backbone']} {trainer}: {total.pairs} pairs in {total.seconds:.2f} s over "
+            f"{total.seeds} seeds: {total.pairs_per_second:.2f} pairs/s, exec MFU "
+            f"{total.executed_flops_per_second / peak:.2%}; mean held-out accuracy "
+            f"{total.accuracy:.3f} ({accuracies})"
+        )
+
+
+def print_verdict(backbone: str, totals: dict[str, Aggregate], verdict: Verdict) -> None:
+    ours, trl, accuracy = totals["ours"], totals["trl"], verdict.accuracy
+    per_seed = ", ".join(f"seed {seed} {ratio:.2f}x" for seed, ratio in verdict.seed_ratios.items())
+    meets = "meets" if verdict.meets_target else "does NOT meet"
+    print(
+        f"\n{backbone}: ours/TRL pairs/s per seed: {per_seed}"
+        f"\n{backbone}: ours/TRL {verdict.ratio:.2f}x pairs/s ({ours.pairs_per_second:.2f} vs "
+        f"{trl.pairs_per_second:.2f}, all seeds); held-out accuracy {ours.accuracy:.3f} vs "
+        f"{trl.accuracy:.3f}, paired difference {accuracy.mean:+.3f} +- "
+        f"{2 * accuracy.standard_error:.3f} (2 SE) over {accuracy.seeds} seeds x "
+        f"{accuracy.pairs} pairs: {accuracy.judgement}; {meets} the target "
+        f"(>= {verdict.target}x at equal or better accuracy)"
+    )
 
 
 def to_json(reports: list[dict], peak: float, peak_what: str, args, threads: int) -> dict:
@@ -711,20 +903,41 @@ def to_json(reports: list[dict], peak: float, peak_what: str, args, threads: int
     for report in reports:
         results = []
         for r in report["results"]:
-            item = {k: v for k, v in vars(r).items() if k != "counts"}
+            item = {k: v for k, v in vars(r).items() if k not in ("counts", "correct")}
             item["counts"] = vars(r.counts)
             item["executed_mfu"] = r.executed_flops_per_second / peak
             item["model_mfu"] = r.pairs_per_second * report["stats"]["model_flops"] / peak
+            item["held_out_correct"] = r.correct_string()
             results.append(item)
-        out.append({**report, "results": results})
+        verdict = report["verdict"]
+        out.append(
+            {
+                **report,
+                "results": results,
+                "aggregates": {k: asdict(v) for k, v in report["aggregates"].items()},
+                "verdict": None if verdict is None else asdict(verdict),
+            }
+        )
     return {
         "device": args.device,
         "threads": threads,
         "peak_flops_per_second": peak,
         "peak_measurement": peak_what,
         "data": str(args.data),
+        "seeds": list(args.seeds),
+        "target": args.target,
         "backbones": out,
     }
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not comma-separated integers: {text!r}") from None
+    if len(set(seeds)) != len(seeds):  # the accuracy difference pairs runs by seed
+        raise argparse.ArgumentTypeError(f"a seed given twice: {text!r}")
+    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -736,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--max-length", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=parse_seeds, default="0,1,2", help="comma-separated, one run of each"
+    )
     parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of timing")
     parser.add_argument(
         "--trainers",
@@ -794,7 +1009,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{max(peak, again) / 1e9:.1f} GFLOP/s"
     )
     peak = max(peak, again)
-    print_report(reports, peak, args.target)
+    for report in reports:
+        summarize(report, args.target)
+    print_report(reports, peak)
     print(
         f"\nload average at the end {os.getloadavg()[0]:.2f}; torch threads "
         f"{torch.get_num_threads()}"

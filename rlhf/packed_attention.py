@@ -69,10 +69,10 @@ class PackedLayout:
     reward_blocks: tuple[AttentionBlock, ...]
     last_layer: int | None = None
     padded: bool | None = None  # None: padded rows on GPUs, the exact-length loop on CPUs
-    _gathered: dict = field(default_factory=dict, compare=False, repr=False)
+    _plans: dict = field(default_factory=dict, compare=False, repr=False)  # built once per batch
 
     def for_model(self, last_layer: int | None, padded: bool | None = None) -> PackedLayout:
-        return replace(self, last_layer=last_layer, padded=padded, _gathered={})
+        return replace(self, last_layer=last_layer, padded=padded, _plans={})
 
 
 # --- the attention function ---------------------------------------------------------------------
@@ -112,9 +112,9 @@ def _attend_looped(query, key, value, blocks, layout, last, scaling, dropout):
     takes its pieces: slicing them out one by one would cost a zero-filled (N, …) gradient per
     slice in the backward pass.
     """
-    plan = layout._gathered.get("pieces")
+    plan = layout._plans.get("pieces")
     if plan is None:
-        plan = layout._gathered["pieces"] = _piece_plan(layout)
+        plan = layout._plans["pieces"] = _piece_plan(layout)
     sizes, key_pieces, query_pieces, reward_queries = plan
     key_parts, value_parts = key.split(sizes, dim=2), value.split(sizes, dim=2)
     if last:  # one query per block: gathered at once
@@ -195,12 +195,10 @@ def lower_right_causal_mask(queries: int, keys: int, device) -> torch.Tensor:
 def _attend_padded(query, key, value, blocks, layout, last, scaling, dropout):
     """All blocks in one SDPA call: gathered into (blocks, max queries) x (blocks, max keys)
     rows, padding masked out; the real queries' outputs gathered back in block order."""
-    gathered = layout._gathered.get((last, query.device))
-    if gathered is None:
-        gathered = _gather_plan(blocks, query.device)
-        layout._gathered[(last, query.device)] = gathered
-    query_index, key_index, mask, output_index = gathered
-    rows, width = query_index.shape
+    plan = layout._plans.get(("padded", last, query.device))
+    if plan is None:
+        plan = layout._plans[("padded", last, query.device)] = _gather_plan(blocks, query.device)
+    query_index, key_index, mask, output_index = plan
 
     def rows_of(states, index):  # (1, heads, N, d) -> (rows, heads, width, d)
         picked = states[0].index_select(1, index.flatten())
