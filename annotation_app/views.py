@@ -290,6 +290,9 @@ def _start_training_from_form(request: HttpRequest) -> TrainingRun:
     data = request.POST
     batch_ids = _ids(data.getlist("batches"), "batches")
     batches = list(Batch.objects.filter(pk__in=batch_ids))
+    unknown = sorted(set(batch_ids) - {batch.pk for batch in batches})
+    if unknown:  # as the API answers: never train on fewer batches than were asked for
+        raise InvalidInput(f"no such batch: {', '.join(map(str, unknown))}", "batches")
     base_model = None
     if data.get("base_model"):
         (base_id,) = _ids([data["base_model"]], "base_model")

@@ -538,6 +538,13 @@ def test_a_bad_form_is_shown_again_with_the_field_named(client, annotated_batch,
     )
     assert response.status_code == 400
     assert "Seed must be a whole number" in response.content.decode()
+    missing = annotated_batch.pk + 1000
+    response = client.post(
+        "/training/", {"kind": "helpfulness", "batches": [str(annotated_batch.pk), str(missing)]}
+    )
+    assert response.status_code == 400
+    assert f"no such batch: {missing}" in response.content.decode()
+    assert TrainingRun.objects.count() == 0
 
 
 @pytest.mark.django_db
