@@ -414,6 +414,9 @@ class TrainingRun(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Written with every progress write while running: a running run whose heartbeat stops
+    # lost its worker, and a redelivered task takes it over (services.training).
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -13,11 +13,14 @@ def store_generated_responses(results: list[dict]) -> dict[str, int]:
     return store_results(results)
 
 
-@shared_task(name="annotation_app.tasks.train_reward_model", acks_late=True)
+@shared_task(
+    name="annotation_app.tasks.train_reward_model", acks_late=True, reject_on_worker_lost=True
+)
 def train_reward_model(run_id: int) -> str:
-    """Do a queued reward-model run; a run that is no longer queued is left alone.
+    """Do a queued reward-model run, or take over one whose worker was lost.
 
-    Acknowledged late, so that a message whose worker died is delivered again; the run's own
-    status (only a queued run starts) keeps that from training twice.
+    Acknowledged late, and requeued when its worker process dies, so that such a run is
+    delivered again; the run's own state (a queued run, or a running one whose heartbeat
+    stopped) keeps a healthy run from being trained twice.
     """
     return run_reward_training(run_id)

@@ -166,6 +166,11 @@ PAIRWISE_POLICY = os.environ.get("PAIRWISE_POLICY", "")
 # (``run-<id>/``). Workers on the ``training`` queue write it and generation workers read the
 # models from it, so on several machines it must be shared storage mounted at the same path.
 PAIRWISE_TRAINING_DIR = Path(os.environ.get("PAIRWISE_TRAINING_DIR", VAR_DIR / "training"))
+# A running training run silent this long (no progress write) lost its worker: the task,
+# delivered again, takes it over and resumes from its last checkpoint.
+PAIRWISE_TRAINING_STALL_SECONDS = int(os.environ.get("PAIRWISE_TRAINING_STALL_SECONDS", "900"))
+# Training runs checkpoint every this many steps (a run's config may say otherwise).
+PAIRWISE_TRAINING_CHECKPOINT_EVERY = int(os.environ.get("PAIRWISE_TRAINING_CHECKPOINT_EVERY", "50"))
 
 # Annotation defaults.
 PAIRWISE_LEASE_MINUTES = int(os.environ.get("PAIRWISE_LEASE_MINUTES", "30"))

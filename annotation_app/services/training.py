@@ -24,10 +24,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 import time
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,8 @@ MODEL_DIR = "model"
 TRAINING_START, TRAINING_END = 0.05, 0.95
 # The run row is written at most this often while training (progress and log lines).
 WRITE_INTERVAL_S = 0.5
+# A running run's heartbeat is written this often (PAIRWISE_TRAINING_STALL_SECONDS: stalled).
+HEARTBEAT_INTERVAL_S = 60
 # At most about this many step lines go to a run's logs (every step of a short run, every
 # n-th of a long one), so that appending stays cheap; the full loss history is in its metrics.
 STEP_LOG_LINES = 500
@@ -234,9 +238,11 @@ def validate_config(kind: str, base_model: ModelVersion, config: Mapping[str, An
                 f"is chosen as the run's {key.replace('_', ' ')}, not in its config",
                 f"config.{key}",
             )
+    # Checkpoints unless the config says otherwise: a run taken over resumes from the last.
+    every = settings.PAIRWISE_TRAINING_CHECKPOINT_EVERY
     try:
         checked = RewardTrainingConfig.from_dict(
-            {**config, "kind": kind, "base_model": base_model.path}
+            {"checkpoint_every": every, **config, "kind": kind, "base_model": base_model.path}
         )
     except ConfigError as error:
         raise InvalidInput(str(error), f"config.{error.field}") from None
@@ -323,8 +329,6 @@ def dispatch_training(run_id: int) -> None:
             logger.exception("in-process training run %s failed", run_id)
         finally:
             connections.close_all()
-
-    import threading
 
     threading.Thread(target=run, name=f"pairwise-training-{run_id}", daemon=True).start()
 
@@ -441,22 +445,70 @@ class RunReporter:
         self.last_write = time.monotonic()
 
 
-def _claim(run_id: int) -> TrainingRun | None:
-    """Mark a queued run running and return it; None when it is not queued (anymore).
+class Heartbeat:
+    """Writes the run's ``heartbeat_at`` every ``interval`` seconds from a thread, while the
+    worker lives: quiet phases (a long evaluation) beat too, a killed worker stops."""
 
-    Only a queued run may start, under a row lock, so that a task delivered twice (a worker
-    lost, a visibility timeout shorter than the training) never trains the same run twice.
+    def __init__(self, run_id: int, *, interval: float = HEARTBEAT_INTERVAL_S):
+        self.run_id, self.interval = run_id, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(
+            target=self._beat, name=f"pairwise-heartbeat-{run_id}", daemon=True
+        )
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+    def _beat(self) -> None:
+        try:
+            while not self.stopped.wait(self.interval):
+                try:
+                    TrainingRun.objects.filter(
+                        pk=self.run_id, status=TrainingRun.Status.RUNNING
+                    ).update(heartbeat_at=timezone.now())
+                except DatabaseError:
+                    logger.warning("no heartbeat for run %s", self.run_id, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
+def is_stalled(run: TrainingRun, now=None) -> bool:
+    """A running run whose progress writes stopped ``PAIRWISE_TRAINING_STALL_SECONDS`` ago."""
+    if run.status != TrainingRun.Status.RUNNING:
+        return False
+    last_sign = run.heartbeat_at or run.started_at
+    limit = timedelta(seconds=settings.PAIRWISE_TRAINING_STALL_SECONDS)
+    return last_sign is None or (now or timezone.now()) - last_sign > limit
+
+
+def _claim(run_id: int) -> tuple[TrainingRun | None, bool]:
+    """Mark a run running and return it, with whether it was taken over from a lost worker.
+
+    Under a row lock, a queued run starts and a stalled one (:func:`is_stalled`) is taken
+    over; any other run is left alone, (None, False), so that a task delivered twice (a
+    visibility timeout shorter than the training) never trains a healthy run twice.
     """
     with transaction.atomic():
         run = TrainingRun.objects.select_for_update().filter(pk=run_id).first()
-        if run is None or run.status != TrainingRun.Status.QUEUED:
-            return None
+        if run is None:
+            return None, False
+        taken_over = is_stalled(run)
+        if run.status != TrainingRun.Status.QUEUED and not taken_over:
+            return None, False
+        now = timezone.now()
         run.status = TrainingRun.Status.RUNNING
-        run.started_at = timezone.now()
-        run.progress = 0.0
-        run.error = ""
-        run.save(update_fields=["status", "started_at", "progress", "error"])
-    return run
+        run.heartbeat_at = now
+        fields = ["status", "heartbeat_at"]
+        if not taken_over:
+            run.started_at, run.progress, run.error = now, 0.0, ""
+            fields += ["started_at", "progress", "error"]
+        run.save(update_fields=fields)
+    return run, taken_over
 
 
 def freeze_export(batches: list[Batch], margin_table: str, path: Path) -> tuple[int, str]:
@@ -469,11 +521,18 @@ def freeze_export(batches: list[Batch], margin_table: str, path: Path) -> tuple[
     with partial.open("w", encoding="utf-8") as out:
         count = write_export(out, "trl", batches, margin_table, include_reference_preferences=True)
     partial.replace(path)
+    return count, _sha256(path)
+
+
+def _sha256(path: Path) -> str | None:
+    """The file's SHA-256, None when there is no such file."""
+    if not path.is_file():
+        return None
     digest = hashlib.sha256()
     with path.open("rb") as stream:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
-    return count, digest.hexdigest()
+    return digest.hexdigest()
 
 
 def _newest(batches: list[Batch]) -> Batch:
@@ -551,14 +610,18 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
         raise InvalidInput("the run has no batches", "batches")
     directory = training_dir(run)
 
-    # 1. The data snapshot.
+    # 1. The data snapshot: frozen once; a run taken over trains on the very same pairs.
     export = directory / EXPORT_FILE
-    count, digest = freeze_export(batches, config.margin_table, export)
-    TrainingRun.objects.filter(pk=run.pk).update(export_path=str(export), export_sha256=digest)
-    reporter.log(
-        f"froze {count} preference pairs of {len(batches)} batch(es) "
-        f"({', '.join(b.name for b in batches)}) in {export}, sha256 {digest}"
-    )
+    if run.export_sha256 and _sha256(export) == run.export_sha256:
+        count = len(export.read_text(encoding="utf-8").splitlines())
+        reporter.log(f"the frozen export {export} is kept ({count} pairs)")
+    else:
+        count, digest = freeze_export(batches, config.margin_table, export)
+        TrainingRun.objects.filter(pk=run.pk).update(export_path=str(export), export_sha256=digest)
+        reporter.log(
+            f"froze {count} preference pairs of {len(batches)} batch(es) "
+            f"({', '.join(b.name for b in batches)}) in {export}, sha256 {digest}"
+        )
     if count == 0:
         raise InvalidInput("the chosen batches hold no preference pairs", "batches")
 
@@ -576,7 +639,9 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
 
     # 3. The current model on the newest data, before training on it.
     newest = _newest(batches)
-    before = evaluate_before_training(kind, newest, pairs, config, reporter)
+    before = None
+    if "before_training" not in (run.metrics or {}):  # done already by a lost worker
+        before = evaluate_before_training(kind, newest, pairs, config, reporter)
     if before is not None:
         run.metrics = {**(run.metrics or {}), "before_training": json_safe(before)}
         TrainingRun.objects.filter(pk=run.pk).update(metrics=run.metrics)
@@ -641,13 +706,16 @@ def run_reward_training(run_id: int) -> str:
     Any error fails the run with its message (the traceback goes to the logs); the registry is
     only written on success, so the current models stay as they were.
     """
-    run = _claim(run_id)
+    run, taken_over = _claim(run_id)
     if run is None:
-        logger.info("training run %s is not queued: not started again", run_id)
+        logger.info("training run %s is not queued, nor stalled: not started again", run_id)
         return "skipped"
     reporter = RunReporter(run.pk)
+    if taken_over:
+        reporter.log("its worker was lost: taken over, resuming from the last checkpoint")
     try:
-        _train(run, reporter)
+        with Heartbeat(run.pk):
+            _train(run, reporter)
     except Exception as error:
         logger.exception("training run %s failed", run_id)
         reporter.lines.append(traceback.format_exc())

@@ -11,10 +11,13 @@ import hashlib
 import io
 import json
 import shutil
+import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from annotation_app.models import Batch, ModelVersion, TrainingRun
 from annotation_app.services import training
@@ -419,6 +422,65 @@ def test_a_failing_run_records_its_error_and_leaves_the_registry_alone(
     assert "Traceback" in run.logs and "step 4/4" in run.logs
     assert set(ModelVersion.objects.values_list("pk", flat=True)) == versions
     assert current_version("reward_helpfulness") == current
+
+
+class LostWorker(BaseException):
+    """What a killed worker leaves behind: no handler runs, the run stays "running"."""
+
+
+@pytest.mark.django_db
+def test_a_run_whose_worker_was_lost_is_taken_over_and_resumes_from_its_checkpoint(
+    annotated_batch, tiny_policy, ml_staff, settings, tmp_path, monkeypatch
+):
+    settings.PAIRWISE_TRAINING_DIR = tmp_path / "training"
+    config = {**TINY_CONFIG, "max_steps": 4, "checkpoint_every": 2}
+    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch], config=config)
+    report = training.RunReporter.event
+
+    def worker_killed_at_step_3(reporter, event):
+        report(reporter, event)
+        if event.get("event") == "step" and event["step"] == 3:
+            raise LostWorker
+
+    monkeypatch.setattr(training.RunReporter, "event", worker_killed_at_step_3)
+    with pytest.raises(LostWorker):
+        training.run_reward_training(run.pk)
+    monkeypatch.setattr(training.RunReporter, "event", report)
+    run.refresh_from_db()
+    assert run.status == "running" and run.heartbeat_at is not None
+    frozen = run.export_sha256
+
+    # Delivered again while its heartbeat is fresh: a healthy run is left alone.
+    assert training.run_reward_training(run.pk) == "skipped"
+    # Silent for longer than the stall limit: its worker is gone, the task takes it over.
+    silent = timedelta(seconds=settings.PAIRWISE_TRAINING_STALL_SECONDS + 1)
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - silent)
+    assert training.run_reward_training(run.pk) == "succeeded"
+    run.refresh_from_db()
+    assert run.status == "succeeded" and run.export_sha256 == frozen
+    assert "taken over" in run.logs and "is kept" in run.logs
+    assert "at step 2 of 4" in run.logs  # the checkpoint of step 2, not a fresh start
+    assert [row["step"] for row in run.metrics["history"]] == [1, 2, 3, 4]
+    assert ModelVersion.objects.filter(training_run=run).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_beats_while_the_worker_works_and_stops_after(ml_staff):
+    running = TrainingRun.objects.create(kind="reward_helpfulness", status="running")
+    done = TrainingRun.objects.create(kind="reward_helpfulness", status="succeeded")
+    with training.Heartbeat(running.pk, interval=0.05) as heartbeat:
+        wait_for(lambda: TrainingRun.objects.get(pk=running.pk).heartbeat_at, timeout=10)
+    assert not heartbeat.thread.is_alive()
+    running.refresh_from_db()
+    assert training.is_stalled(running) is False
+    late = running.heartbeat_at + timedelta(
+        seconds=training.settings.PAIRWISE_TRAINING_STALL_SECONDS + 1
+    )
+    assert training.is_stalled(running, now=late)
+    with training.Heartbeat(done.pk, interval=0.05):
+        time.sleep(0.2)
+    done.refresh_from_db()
+    assert done.heartbeat_at is None  # only a running run beats
 
 
 @pytest.mark.django_db
