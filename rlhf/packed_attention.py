@@ -170,6 +170,8 @@ def _piece_plan(layout: PackedLayout):
     def pieces(parts: tuple[range, ...]) -> list[int]:
         found = []
         for part in parts:
+            if not part:  # a pair whose replies share no context: no prefix keys
+                continue
             number = first_piece[part.start]
             while edges[number] < part.stop:
                 found.append(number)
