@@ -799,14 +799,16 @@ class Verdict:
     meets_target: bool
 
 
-def verdict_of(results: list[Result], target: float) -> Verdict | None:
+def verdict_of(
+    results: list[Result], totals: dict[str, Aggregate], target: float
+) -> Verdict | None:
     """Ours against TRL, or None when either did not run."""
+    if not {"ours", "trl"} <= set(totals):
+        return None
     ours = [r for r in results if r.trainer == "ours"]
     trl = [r for r in results if r.trainer == "trl"]
-    if not ours or not trl:
-        return None
     trl_by_seed = {r.seed: r for r in trl}
-    ratio = Aggregate.of("ours", ours).pairs_per_second / Aggregate.of("trl", trl).pairs_per_second
+    ratio = totals["ours"].pairs_per_second / totals["trl"].pairs_per_second
     accuracy = AccuracyDifference.of(ours, trl)
     return Verdict(
         ratio=ratio,
@@ -822,7 +824,7 @@ def verdict_of(results: list[Result], target: float) -> Verdict | None:
 def summarize(report: dict, target: float) -> None:
     """Adds each trainer's aggregate over the seeds and the verdict to a backbone's report."""
     report["aggregates"] = aggregates(report["results"])
-    report["verdict"] = verdict_of(report["results"], target)
+    report["verdict"] = verdict_of(report["results"], report["aggregates"], target)
 
 
 # --- the report -------------------------------------------------------------------------------

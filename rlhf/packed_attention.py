@@ -96,10 +96,13 @@ def packed_attention(
     last = layout.last_layer is not None and getattr(module, "layer_idx", None) == layout.last_layer
     blocks = layout.reward_blocks if last else layout.blocks
     padded = layout.padded if layout.padded is not None else query.device.type != "cpu"
-    attend = _attend_padded if padded else _attend_looped
-    output = attend(query, key, value, blocks, layout, last, scaling, dropout)  # (heads, Nq, d)
+    if padded:
+        output = _attend_padded(query, key, value, blocks, layout, last, scaling, dropout)
+    else:
+        output = _attend_looped(query, key, value, blocks, layout, last, scaling, dropout)
+    # output: (heads, queries of the blocks, head_dim)
     if last:  # only the reward tokens were computed: put them in place, zeros elsewhere
-        selected = torch.tensor([b.queries[0] for b in blocks], device=query.device)
+        selected = _reward_positions(layout, query.device)
         full = output.new_zeros(output.shape[0], layout.num_tokens, output.shape[2])
         output = full.index_copy(1, selected, output)
     return output.transpose(0, 1).unsqueeze(0), None
@@ -115,11 +118,10 @@ def _attend_looped(query, key, value, blocks, layout, last, scaling, dropout):
     plan = layout._plans.get("pieces")
     if plan is None:
         plan = layout._plans["pieces"] = _piece_plan(layout)
-    sizes, key_pieces, query_pieces, reward_queries = plan
+    sizes, key_pieces, query_pieces = plan
     key_parts, value_parts = key.split(sizes, dim=2), value.split(sizes, dim=2)
     if last:  # one query per block: gathered at once
-        positions = torch.tensor(reward_queries, device=query.device)
-        reward_query = query.index_select(2, positions)
+        reward_query = query.index_select(2, _reward_positions(layout, query.device))
     else:
         query_parts = query.split(sizes, dim=2)
     gqa = query.shape[1] != key.shape[1]
@@ -150,13 +152,22 @@ def _attend_looped(query, key, value, blocks, layout, last, scaling, dropout):
     return torch.cat(outputs, dim=1)
 
 
+def _reward_positions(layout: PackedLayout, device) -> torch.Tensor:
+    """(reward blocks,) the packed position of each reward block's one query."""
+    positions = layout._plans.get(("reward", device))
+    if positions is None:
+        starts = [block.queries.start for block in layout.reward_blocks]
+        positions = layout._plans[("reward", device)] = torch.tensor(starts, device=device)
+    return positions
+
+
 def _joined(parts: tuple[torch.Tensor, ...], indices: list[int]) -> torch.Tensor:
     return parts[indices[0]] if len(indices) == 1 else torch.cat([parts[i] for i in indices], 2)
 
 
 def _piece_plan(layout: PackedLayout):
     """The sizes of the pieces the N tokens are cut into (at every edge of every block's
-    ranges), each block's key and query pieces, and the reward blocks' query positions."""
+    ranges), and each block's key and query pieces."""
     edges = {0, layout.num_tokens}
     for block in layout.blocks:
         for part in (*block.keys, block.queries):
@@ -184,8 +195,7 @@ def _piece_plan(layout: PackedLayout):
         True: [pieces(block.keys) for block in layout.reward_blocks],
     }
     query_pieces = [pieces((block.queries,)) for block in layout.blocks]
-    reward_queries = [block.queries.start for block in layout.reward_blocks]
-    return sizes, key_pieces, query_pieces, reward_queries
+    return sizes, key_pieces, query_pieces
 
 
 def lower_right_causal_mask(queries: int, keys: int, device) -> torch.Tensor:

@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -477,7 +477,7 @@ class Heartbeat:
             connections.close_all()  # this thread's own connections
 
 
-def is_stalled(run: TrainingRun, now=None) -> bool:
+def is_stalled(run: TrainingRun, now: datetime | None = None) -> bool:
     """A running run whose progress writes stopped ``PAIRWISE_TRAINING_STALL_SECONDS`` ago."""
     if run.status != TrainingRun.Status.RUNNING:
         return False
