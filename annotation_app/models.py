@@ -264,6 +264,17 @@ class Response(models.Model):
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
     completion_tokens = models.PositiveIntegerField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    finish_reason = models.CharField(
+        max_length=16,
+        choices=[("stop", "Ended by the model"), ("length", "Cut at the token limit")],
+        blank=True,
+        help_text="Why generation stopped; empty for imported and human responses.",
+    )
+    prompt_tokens_dropped = models.PositiveIntegerField(
+        default=0,
+        help_text="Tokens cut from the beginning of the context to fit the model: what it "
+        "never saw.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -429,3 +440,37 @@ class TrainingRun(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} run {self.pk}"
+
+
+class OutboxMessage(models.Model):
+    """A task for the workers, recorded in the same transaction as the work that needs it.
+
+    A transactional outbox: the row commits with the comparisons (or the training run) it is
+    about, is relayed to the broker after the commit, and is relayed again until the work is
+    answered (``done_at``), so that a broker outage or a lost worker never strands work.
+    """
+
+    class Kind(models.TextChoices):
+        GENERATION = "generation", "Generation"
+        TRAINING = "training", "Training"
+
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    payload = models.JSONField(help_text="The task's arguments: plain data, no model objects.")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True, help_text="Last handed to the broker.")
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    done_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the work it asked for was answered."
+    )
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["kind", "sent_at"], condition=Q(done_at__isnull=True), name="outbox_pending"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} message {self.pk}"

@@ -24,7 +24,10 @@ REDIS_URL = os.environ.get(
 # server (two checkouts, say) never consume each other's tasks.
 KEY_PREFIX = {"global_keyprefix": f"pairwise-test-{os.getpid()}:"}
 # A second database for tests that need a broker of their own (killing a worker, say).
-SCRATCH_REDIS_URL = REDIS_URL.rsplit("/", 1)[0] + f"/{14 - 2 * (_WORKER_INDEX % 8)}"
+SCRATCH_REDIS_URL = os.environ.get(
+    "PAIRWISE_TEST_SCRATCH_REDIS_URL",
+    REDIS_URL.rsplit("/", 1)[0] + f"/{14 - 2 * (_WORKER_INDEX % 8)}",
+)
 
 
 def _flushed(url: str) -> str:

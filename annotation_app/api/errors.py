@@ -8,6 +8,16 @@ from annotation_app.errors import Conflict, InvalidInput, NotFound, PairwiseErro
 from annotation_app.services.imports import ImportFailed
 
 
+def error_body(detail: str, errors: list[dict] | None = None) -> dict:
+    """The one shape of every API error.
+
+    ``{"detail": "one sentence for a person", "errors": [{"field": …, "message": …}, …]}``:
+    ``errors`` lists each problem (``field`` is null when no single field is at fault; import
+    errors add ``file`` and ``line``), and is empty when ``detail`` says it all.
+    """
+    return {"detail": detail, "errors": errors or []}
+
+
 def exception_handler(exc, context):
     if isinstance(exc, ImportFailed):
         return Response(
