@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models.fields.json import KT
+from django.db.models.functions import Substr
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
 from django.utils.html import format_html
+from django.utils.text import Truncator
 
+from annotation_app.admin_helpers import (
+    PresentChoicesFilter,
+    SamplingPlanField,
+    annotator_users,
+    plan_cell_name,
+)
 from annotation_app.errors import InvalidInput, PairwiseError
 from annotation_app.models import (
     Annotation,
@@ -20,19 +29,89 @@ from annotation_app.models import (
     Batch,
     Comparison,
     Conversation,
+    JudgedDataReadOnly,
     ModelVersion,
     Response,
     TrainingRun,
     Turn,
 )
-from annotation_app.services.batches import activate_batch, close_batch
-from annotation_app.services.generation import retry_failed, validate_sampling_plan
+from annotation_app.services.batches import (
+    activate_batch,
+    check_batch_changes,
+    close_batch,
+    update_batch,
+)
+from annotation_app.services.generation import retry_unfinished_generation, validate_sampling_plan
 from annotation_app.services.imports import FORMATS, import_comparisons
 from annotation_app.services.registry import inspect_model, promote
 
 admin.site.site_header = "Pairwise administration"
 admin.site.site_title = "Pairwise"
 admin.site.index_title = "Batches, data and models"
+# The app list is one click away (Home): its sidebar would take a quarter of a laptop screen
+# from the lists.
+admin.site.enable_nav_sidebar = False
+
+PROMPT_PREVIEW_CHARS = 80  # the comparisons list shows the start of each prompt
+
+
+def is_judged(obj) -> bool:
+    """Whether annotators have judged ``obj`` (a batch, conversation, comparison, …)."""
+    if obj is None or obj.pk is None:
+        return False
+    model = type(obj)
+    return model.judged(model._base_manager.filter(pk=obj.pk)).exists()
+
+
+class JudgedReadOnlyAdmin:
+    """Judged rows are read-only here as in the models (``JudgedContent``): their judged fields
+    are shown, not edited, they cannot be deleted, and a change the models refuse (sent from a
+    page older than the first annotation) is answered with a message, never a server error."""
+
+    # Off where a form error names the field instead (the batch's kind).
+    judged_fields_read_only = True
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if self.judged_fields_read_only and is_judged(obj):
+            fields += [name for name in self.model.JUDGED_FIELDS if name not in fields]
+        return fields
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not is_judged(obj)
+
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        try:
+            return super().changeform_view(request, object_id, form_url, extra_context)
+        except PairwiseError as error:  # the transaction was rolled back: nothing was saved
+            self.message_user(request, str(error), messages.ERROR)
+            return redirect(request.get_full_path())
+
+    def delete_view(self, request, object_id, extra_context=None):
+        obj = self.get_object(request, unquote(object_id))
+        if obj is not None:
+            try:
+                self.model.refuse_if_judged(
+                    self.model._base_manager.filter(pk=obj.pk), "it cannot be deleted"
+                )
+            except JudgedDataReadOnly as error:
+                self.message_user(request, str(error), messages.ERROR)
+                opts = self.model._meta
+                return redirect(f"admin:{opts.app_label}_{opts.model_name}_change", obj.pk)
+        return super().delete_view(request, object_id, extra_context)
+
+
+class JudgedReadOnlyInline:
+    """The responses (turns) of a judged comparison (conversation) are shown, not edited."""
+
+    def has_add_permission(self, request, obj):
+        return super().has_add_permission(request, obj) and not is_judged(obj)
+
+    def has_change_permission(self, request, obj=None):
+        return super().has_change_permission(request, obj) and not is_judged(obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not is_judged(obj)
 
 
 class ImportForm(forms.Form):
@@ -41,9 +120,21 @@ class ImportForm(forms.Form):
         choices=[("", "Detect from the first record")] + [(f, f) for f in FORMATS],
         required=False,
     )
+    allow_duplicate = forms.BooleanField(
+        label="Import again",
+        required=False,
+        help_text="Import even if the same content was imported into this batch before "
+        "(otherwise refused).",
+    )
 
 
 class BatchForm(forms.ModelForm):
+    sampling_plan = SamplingPlanField(
+        label="Sampling plan",
+        help_text="How the two responses of each comparison are generated. An empty cell "
+        "takes the default (the model version: the current policy).",
+    )
+
     class Meta:
         model = Batch
         fields = [
@@ -65,13 +156,24 @@ class BatchForm(forms.ModelForm):
         try:
             validate_sampling_plan(plan)
         except InvalidInput as error:
-            raise forms.ValidationError(f"{error.field}: {error}") from None
+            raise forms.ValidationError(f"{plan_cell_name(error.field)}: {error}") from None
         return plan
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.instance.pk is not None:  # the instance still holds the stored values here
+            changes = {name: cleaned[name] for name in ("kind", "overlap") if name in cleaned}
+            try:
+                check_batch_changes(self.instance, changes)
+            except InvalidInput as error:
+                self.add_error(error.field if error.field in self.fields else None, str(error))
+        return cleaned
 
 
 @admin.register(Batch)
-class BatchAdmin(admin.ModelAdmin):
+class BatchAdmin(JudgedReadOnlyAdmin, admin.ModelAdmin):
     form = BatchForm
+    judged_fields_read_only = False  # BatchForm.clean names a changed kind
     list_display = [
         "name",
         "kind",
@@ -98,6 +200,11 @@ class BatchAdmin(admin.ModelAdmin):
             )
         )
 
+    def formfield_for_manytomany(self, db_field, request, **kwargs):
+        if db_field.name == "assigned_annotators":  # only annotators can work on a batch
+            kwargs["queryset"] = annotator_users()
+        return super().formfield_for_manytomany(db_field, request, **kwargs)
+
     @admin.display(description="Comparisons", ordering="comparison_total")
     def comparison_total(self, batch):
         return batch.comparison_total
@@ -117,7 +224,16 @@ class BatchAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if not change:
             obj.created_by = request.user
-        super().save_model(request, obj, form, change)
+            super().save_model(request, obj, form, change)
+            return
+        # Through the service, as the API: a new overlap recomputes the comparisons' statuses.
+        read_only = set(self.get_readonly_fields(request, obj))
+        settings = {
+            field.name: getattr(obj, field.name)
+            for field in Batch._meta.concrete_fields
+            if field.editable and not field.primary_key and field.name not in read_only
+        }
+        update_batch(obj, settings)
 
     def _run_on_selected(self, request, queryset, operation, verb):
         for batch in queryset:
@@ -161,9 +277,11 @@ class BatchAdmin(admin.ModelAdmin):
             try:
                 report = import_comparisons(
                     batch,
-                    io.BytesIO(upload.read()),
+                    upload.file,  # streamed: the import's size limits apply as it is read
                     upload.name,
                     form.cleaned_data["format"] or None,
+                    imported_by=request.user,
+                    allow_duplicate=form.cleaned_data["allow_duplicate"],
                 )
             except PairwiseError as error:
                 errors = str(error).splitlines()
@@ -186,7 +304,7 @@ class BatchAdmin(admin.ModelAdmin):
         return render(request, "admin/annotation_app/batch/import.html", context)
 
 
-class ResponseInline(admin.StackedInline):
+class ResponseInline(JudgedReadOnlyInline, admin.StackedInline):
     model = Response
     extra = 0
     max_num = 2
@@ -200,8 +318,36 @@ class ResponseInline(admin.StackedInline):
         "seed",
         "prompt_tokens",
         "completion_tokens",
+        "finish_reason",
+        "prompt_tokens_dropped",
         "latency_ms",
     ]
+
+
+class AnnotationInline(admin.TabularInline):
+    """The judgements of a comparison, read-only (annotations are evidence)."""
+
+    model = Annotation
+    extra = 0
+    can_delete = False
+    show_change_link = True
+    fields = [
+        "annotator",
+        "preferred_slot",
+        "strength",
+        "slot1_safe",
+        "slot2_safe",
+        "rationale",
+        "time_spent_ms",
+        "created_at",
+    ]
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
 
 
 class FlaggedFilter(admin.SimpleListFilter):
@@ -220,28 +366,71 @@ class FlaggedFilter(admin.SimpleListFilter):
 
 
 @admin.register(Comparison)
-class ComparisonAdmin(admin.ModelAdmin):
+class ComparisonAdmin(JudgedReadOnlyAdmin, admin.ModelAdmin):
     list_display = [
         "id",
+        "prompt",
         "batch",
         "status",
-        "annotation_count",
-        "flag_count",
+        "annotations",
+        "preference",
+        "flags",
         "is_gold",
-        "created_at",
     ]
     list_filter = ["status", "batch__kind", FlaggedFilter, "is_gold", "batch"]
     search_fields = ["conversation__turns__content", "responses__text"]
     list_select_related = ["batch"]
     readonly_fields = ["annotation_count", "flag_count", "flag_reasons", "generation_error"]
-    inlines = [ResponseInline]
+    inlines = [ResponseInline, AnnotationInline]
     actions = ["retry_generation"]
 
+    def get_queryset(self, request):
+        first_user_turn = Turn.objects.filter(
+            conversation=OuterRef("conversation"), role=Turn.Role.USER
+        ).order_by("index")
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                prompt_start=Substr(Subquery(first_user_turn.values("content")[:1]), 1, 200),
+                preferring_1=Count("annotations", filter=Q(annotations__preferred_slot=1)),
+                preferring_2=Count("annotations", filter=Q(annotations__preferred_slot=2)),
+            )
+        )
+
+    @admin.display(description="Prompt")
+    def prompt(self, comparison):
+        text = " ".join((comparison.prompt_start or "").split())
+        return format_html(
+            '<span title="{}">{}</span>', text, Truncator(text).chars(PROMPT_PREVIEW_CHARS)
+        )
+
+    @admin.display(description="Annotations", ordering="annotation_count")
+    def annotations(self, comparison):
+        return f"{comparison.annotation_count} / {comparison.batch.overlap}"
+
+    @admin.display(description="Preferred (agreement)")
+    def preference(self, comparison):
+        """The response most annotators preferred, and how many of them did."""
+        votes = {1: comparison.preferring_1, 2: comparison.preferring_2}
+        total = votes[1] + votes[2]
+        if not total:
+            return "—"
+        if votes[1] == votes[2]:
+            return f"split {votes[1]}–{votes[2]}"
+        slot = 1 if votes[1] > votes[2] else 2
+        return f"response {slot} ({votes[slot]} of {total})"
+
+    @admin.display(description="Flags", ordering="flag_count")
+    def flags(self, comparison):
+        return comparison.flag_count or "—"
+
     @admin.action(
-        description="Retry generation of the selected failed comparisons", permissions=["change"]
+        description="Retry generation of the selected failed or waiting comparisons",
+        permissions=["change"],
     )
     def retry_generation(self, request, queryset):
-        requests = retry_failed(comparisons=queryset)
+        requests = retry_unfinished_generation(comparisons=queryset)
         self.message_user(request, f"Queued {requests} responses for generation.", messages.SUCCESS)
 
     @admin.display(description="Flag reasons")
@@ -250,13 +439,13 @@ class ComparisonAdmin(admin.ModelAdmin):
         return "; ".join(reasons.values_list("flag_reason", flat=True)) or "—"
 
 
-class TurnInline(admin.TabularInline):
+class TurnInline(JudgedReadOnlyInline, admin.TabularInline):
     model = Turn
     extra = 0
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(JudgedReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["id", "batch", "risk_category", "attack_vector", "source", "created_at"]
     list_filter = ["batch__kind", "risk_category", "attack_vector"]
     search_fields = ["turns__content", "source"]
@@ -331,8 +520,72 @@ class ModelVersionAdmin(admin.ModelAdmin):
         )
 
 
+class RunKindFilter(PresentChoicesFilter):
+    title = "kind"
+    parameter_name = "kind"
+
+
 @admin.register(TrainingRun)
 class TrainingRunAdmin(admin.ModelAdmin):
-    list_display = ["id", "kind", "status", "progress", "created_by", "created_at"]
-    list_filter = ["kind", "status"]
-    readonly_fields = ["logs", "metrics", "error", "export_path", "export_sha256"]
+    """Runs are records of what trained which model: read-only here. They are started, watched
+    and promoted on the training pages, where the admin's "add" leads."""
+
+    list_display = ["id", "kind", "status", "percent_done", "pairs", "created_by", "created_at"]
+    list_filter = [RunKindFilter, "status"]
+    list_select_related = ["created_by"]
+    fields = [
+        "run_page",
+        "kind",
+        "status",
+        "percent_done",
+        "pairs",
+        "batches",
+        "base_model",
+        "config",
+        "export_path",
+        "export_sha256",
+        "error",
+        "logs",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+    ]
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .defer("logs", "metrics")
+            .annotate(train_pairs=KT("metrics__train_pairs"), eval_pairs=KT("metrics__eval_pairs"))
+        )
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def add_view(self, request, form_url="", extra_context=None):
+        if not self.has_add_permission(request):
+            raise PermissionDenied("You may not start training runs.")
+        return redirect("training")
+
+    @admin.display(description="Page")
+    def run_page(self, run):
+        return format_html(
+            '<a href="{}">Run {} on the training page</a>',
+            reverse("training-run", args=[run.pk]),
+            run.pk,
+        )
+
+    @admin.display(description="Progress", ordering="progress")
+    def percent_done(self, run):
+        return f"{round(100 * run.progress)} %"
+
+    @admin.display(description="Pairs (trained on / held out)")
+    def pairs(self, run):
+        if run.train_pairs is None:
+            return "—"
+        return f"{run.train_pairs} / {run.eval_pairs}"

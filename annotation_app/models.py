@@ -2,20 +2,155 @@
 
 Invariants that matter are guarded by the database itself, not only by the code that writes:
 one annotation per annotator per comparison, at most two responses per comparison (slots 1
-and 2), one current model version per role, one lease per annotator per comparison.
+and 2), one current model version per role, one lease per annotator per comparison. What
+annotators judged is guarded by the models: once a comparison has annotations, its responses,
+context turns and conversation, its own content and its batch's kind are read-only
+(:class:`JudgedContent`).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
-from django.db.models import Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from annotation_app.errors import Conflict
 from rlhf.preferences import STRENGTH_LABELS, SafetyBin, Strength
+
+# --- judged data is read-only ----------------------------------------------------------------
+
+
+class JudgedDataReadOnly(Conflict):
+    """A change to what annotators judged: their annotations would no longer say what they saw."""
+
+
+def _annotation_phrase(count: int) -> str:
+    return f"{count} annotation{'s' if count != 1 else ''}"
+
+
+def _judging_comparisons(annotations: QuerySet) -> str | None:
+    """The comparisons these annotations judge ("comparison 17, 3 annotations"), or None."""
+    counts = dict(
+        annotations.order_by("comparison_id").values_list("comparison_id").annotate(n=Count("pk"))
+    )
+    if not counts:
+        return None
+    ids = list(counts)
+    shown = ", ".join(str(pk) for pk in ids[:5]) + (", …" if len(ids) > 5 else "")
+    which = f"comparison {shown}" if len(ids) == 1 else f"comparisons {shown}"
+    return f"{which}, {_annotation_phrase(sum(counts.values()))}"
+
+
+class JudgedContentQuerySet(models.QuerySet):
+    """Bulk writes are guarded like single ones: no update of a judged field, no delete."""
+
+    def update(self, **kwargs):
+        changed = self.model.judged_fields_in(kwargs)
+        if changed:
+            self.model.refuse_if_judged(self, f"{', '.join(changed)} cannot change")
+        return super().update(**kwargs)
+
+    def delete(self):
+        self.model.refuse_if_judged(self, "it cannot be deleted")
+        return super().delete()
+
+
+class JudgedContent(models.Model):
+    """Content that annotators judge: read-only once a comparison it belongs to has annotations.
+
+    ``JUDGED_FIELDS`` are what annotators saw or what their judgement is read against (texts,
+    slots, context, model and sampling metadata, the links between them); once judged, they
+    cannot change and the row cannot be deleted, through ``save``, ``delete`` or a queryset's
+    ``update`` / ``delete``. Other fields are bookkeeping that services keep updating (a
+    comparison's status and counts). Raw SQL and cascades from a parent are not guarded here:
+    annotations protect their comparison (``on_delete=PROTECT``), so no cascade reaches judged
+    rows.
+    """
+
+    JUDGED_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    objects = JudgedContentQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args, **kwargs):
+        self._refuse_judged_change(kwargs.get("update_fields"))
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        if self.pk is not None:
+            type(self).refuse_if_judged(
+                type(self)._base_manager.filter(pk=self.pk), "it cannot be deleted"
+            )
+        return super().delete(*args, **kwargs)
+
+    @classmethod
+    def judged(cls, rows: QuerySet) -> QuerySet:
+        """The rows among ``rows`` that belong to a comparison with annotations."""
+        raise NotImplementedError
+
+    def judged_subject(self) -> str | None:
+        """This row and what judged it ("response 2 of comparison 17 (3 annotations)"), or None
+        when nothing has judged it (read from the parent links as they are on the instance)."""
+        raise NotImplementedError
+
+    @classmethod
+    def judged_fields_in(cls, names: Iterable[str]) -> list[str]:
+        """The judged fields among field names or attnames (``comparison_id``), by name."""
+        names = set(names)
+        return [
+            name
+            for name in cls.JUDGED_FIELDS
+            if name in names or cls._meta.get_field(name).attname in names
+        ]
+
+    @classmethod
+    def refuse_if_judged(cls, rows: QuerySet, detail: str) -> None:
+        """Raise :class:`JudgedDataReadOnly` naming the first judged row among ``rows``."""
+        judged = cls.judged(cls._base_manager.filter(pk__in=rows.values("pk"))).distinct()
+        first = judged.order_by("pk").first()
+        subject = first.judged_subject() if first is not None else None
+        if subject is None:
+            return
+        more = judged.count() - 1
+        also = f" (and {more} more judged {cls._meta.verbose_name_plural})" if more else ""
+        raise JudgedDataReadOnly(f"{subject}: {detail}{also}; judged data is read-only")
+
+    def _refuse_judged_change(self, update_fields: Iterable[str] | None) -> None:
+        names = list(self.JUDGED_FIELDS)
+        if update_fields is not None:
+            names = self.judged_fields_in(update_fields)
+        if not names:
+            return  # bookkeeping only: no query
+        stored = None
+        if self.pk is not None:
+            stored = type(self)._base_manager.filter(pk=self.pk).first()
+        if stored is None:  # a new row: refused under judged content (a third response, say)
+            subject = self.judged_subject()
+            if subject is not None:
+                raise JudgedDataReadOnly(f"{subject}: it cannot be added; judged data is read-only")
+            return
+        changed = [
+            name
+            for name in names
+            if getattr(stored, self._meta.get_field(name).attname)
+            != getattr(self, self._meta.get_field(name).attname)
+        ]
+        if not changed:
+            return
+        for row in (stored, self):  # judged as stored, or moved under judged content
+            subject = row.judged_subject()
+            if subject is not None:
+                raise JudgedDataReadOnly(
+                    f"{subject}: {', '.join(changed)} cannot change; judged data is read-only"
+                )
 
 
 class ModelVersion(models.Model):
@@ -51,8 +186,11 @@ class ModelVersion(models.Model):
         return f"{self.name} ({self.get_role_display()})"
 
 
-class Batch(models.Model):
+class Batch(JudgedContent):
     """A unit of annotation work, like the weekly batches of Llama 2."""
+
+    # The kind says what the annotations mean (safety labels or not): fixed once judged.
+    JUDGED_FIELDS = ("kind",)
 
     class Kind(models.TextChoices):
         HELPFULNESS = "helpfulness", "Helpfulness"
@@ -125,9 +263,19 @@ class Batch(models.Model):
     def is_safety(self) -> bool:
         return self.kind == self.Kind.SAFETY
 
+    @classmethod
+    def judged(cls, rows: QuerySet) -> QuerySet:
+        return rows.filter(comparisons__annotations__isnull=False)
 
-class Conversation(models.Model):
+    def judged_subject(self) -> str | None:
+        count = Annotation.objects.filter(comparison__batch_id=self.pk).count() if self.pk else 0
+        return f"batch {self.name!r} ({_annotation_phrase(count)})" if count else None
+
+
+class Conversation(JudgedContent):
     """A dialogue. The context of a comparison is its first ``context_length`` turns."""
+
+    JUDGED_FIELDS = ("batch", "risk_category", "attack_vector", "source")
 
     batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="conversations")
     risk_category = models.CharField(max_length=100, blank=True)
@@ -146,8 +294,20 @@ class Conversation(models.Model):
     def __str__(self) -> str:
         return f"Conversation {self.pk}"
 
+    @classmethod
+    def judged(cls, rows: QuerySet) -> QuerySet:
+        return rows.filter(comparisons__annotations__isnull=False)
 
-class Turn(models.Model):
+    def judged_subject(self) -> str | None:
+        if self.pk is None:
+            return None
+        judging = _judging_comparisons(Annotation.objects.filter(comparison__conversation=self))
+        return f"conversation {self.pk} (dialogue of {judging})" if judging else None
+
+
+class Turn(JudgedContent):
+    JUDGED_FIELDS = ("conversation", "index", "role", "content")
+
     class Role(models.TextChoices):
         SYSTEM = "system", "System"
         USER = "user", "User"
@@ -170,9 +330,30 @@ class Turn(models.Model):
     def as_message(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}
 
+    @classmethod
+    def judged(cls, rows: QuerySet) -> QuerySet:
+        return rows.filter(conversation__comparisons__annotations__isnull=False)
 
-class Comparison(models.Model):
+    def judged_subject(self) -> str | None:
+        judging = _judging_comparisons(
+            Annotation.objects.filter(comparison__conversation_id=self.conversation_id)
+        )
+        if judging is None:
+            return None
+        return f"turn {self.index} of conversation {self.conversation_id} (context of {judging})"
+
+
+class Comparison(JudgedContent):
     """A context plus exactly two responses, to be judged ``batch.overlap`` times."""
+
+    # What was judged; status, counts, generation error and the gold flag stay bookkeeping.
+    JUDGED_FIELDS = (
+        "batch",
+        "conversation",
+        "context_length",
+        "reference_preferred_slot",
+        "parent",
+    )
 
     class Status(models.TextChoices):
         WAITING = "waiting", "Waiting for generation"
@@ -240,9 +421,34 @@ class Comparison(models.Model):
         turns = self.conversation.turns.all()[: self.context_length]
         return [turn.as_message() for turn in turns]
 
+    @classmethod
+    def judged(cls, rows: QuerySet) -> QuerySet:
+        return rows.filter(annotations__isnull=False)
 
-class Response(models.Model):
+    def judged_subject(self) -> str | None:
+        count = Annotation.objects.filter(comparison_id=self.pk).count() if self.pk else 0
+        return f"comparison {self.pk} ({_annotation_phrase(count)})" if count else None
+
+
+class Response(JudgedContent):
     """One of the two responses of a comparison, in slot 1 or 2."""
+
+    # Everything a response holds is what annotators judged, or how it came to be.
+    JUDGED_FIELDS = (
+        "comparison",
+        "slot",
+        "text",
+        "source",
+        "model_version",
+        "model_name",
+        "sampling_params",
+        "seed",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "finish_reason",
+        "prompt_tokens_dropped",
+    )
 
     class Source(models.TextChoices):
         MODEL = "model", "Model"
@@ -286,6 +492,18 @@ class Response(models.Model):
 
     def __str__(self) -> str:
         return f"Response {self.slot} of comparison {self.comparison_id}"
+
+    @classmethod
+    def judged(cls, rows: QuerySet) -> QuerySet:
+        return rows.filter(comparison__annotations__isnull=False)
+
+    def judged_subject(self) -> str | None:
+        count = Annotation.objects.filter(comparison_id=self.comparison_id).count()
+        if not count:
+            return None
+        return (
+            f"response {self.slot} of comparison {self.comparison_id} ({_annotation_phrase(count)})"
+        )
 
 
 class Assignment(models.Model):
@@ -456,6 +674,12 @@ class OutboxMessage(models.Model):
 
     kind = models.CharField(max_length=16, choices=Kind.choices)
     payload = models.JSONField(help_text="The task's arguments: plain data, no model objects.")
+    comparisons = models.ManyToManyField(
+        Comparison,
+        related_name="outbox_messages",
+        blank=True,
+        help_text="For generation: the comparisons whose responses it asks for.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True, help_text="Last handed to the broker.")
     attempts = models.PositiveIntegerField(default=0)
@@ -474,3 +698,34 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} message {self.pk}"
+
+
+class ImportedFile(models.Model):
+    """A file imported into a batch, known by the SHA-256 of its (uncompressed) content.
+
+    Importing the same content into the same batch again is refused unless asked for, so that a
+    file sent twice by mistake does not silently double the batch. Every import is recorded,
+    deliberate repeats included, hence no unique constraint: the batch's row lock serialises the
+    check and the write (``services.imports``).
+    """
+
+    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="imported_files")
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 of the uncompressed content.")
+    filename = models.CharField(max_length=1000)
+    records = models.PositiveIntegerField()
+    comparisons = models.PositiveIntegerField()
+    imported_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["batch", "sha256"], name="imported_file_by_content")]
+
+    def __str__(self) -> str:
+        return f"{self.filename} into batch {self.batch_id}"

@@ -115,10 +115,14 @@ def annotator_quality(batch: Batch) -> list[dict]:
 
 
 def annotator_queue(annotator, now: datetime | None = None) -> list[dict]:
-    """The batches an annotator may work on, with their own progress and what is left."""
+    """The batches an annotator may work on, with their own progress and what is left.
+
+    ``generating`` counts the comparisons still waiting for their responses, so that an empty
+    queue can say that more is coming.
+    """
     now = now or timezone.now()
     queue = []
-    batches = (
+    batches = list(
         batches_open_to(annotator)
         .annotate(
             mine=Count(
@@ -129,11 +133,25 @@ def annotator_queue(annotator, now: datetime | None = None) -> list[dict]:
         )
         .order_by("deadline", "name")
     )
+    # One grouped query for every batch, on the (batch, status) index.
+    generating = dict(
+        Comparison.objects.filter(batch__in=batches, status=Comparison.Status.WAITING)
+        .values_list("batch")
+        .annotate(n=Count("id"))
+        .order_by()
+    )
     for batch in batches:
         available = (
             batch.comparisons.filter(status=Comparison.Status.READY)
             .exclude(assignments__annotator=annotator)
             .count()
         )
-        queue.append({"batch": batch, "mine": batch.mine, "available": available})
+        queue.append(
+            {
+                "batch": batch,
+                "mine": batch.mine,
+                "available": available,
+                "generating": generating.get(batch.pk, 0),
+            }
+        )
     return queue

@@ -8,17 +8,32 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from annotation_app import charts
 from annotation_app.errors import Conflict, InvalidInput, NotFound
-from annotation_app.models import Assignment, Batch, Comparison, ModelVersion, TrainingRun
+from annotation_app.forms import (
+    MISSING_RATING,
+    FlagForm,
+    JudgementForm,
+    NextTurnForm,
+    PromptForm,
+)
+from annotation_app.models import (
+    Assignment,
+    Batch,
+    Comparison,
+    ModelVersion,
+    Response,
+    TrainingRun,
+)
 from annotation_app.roles import Role, user_roles
 from annotation_app.selectors import annotator_queue, batch_progress
 from annotation_app.services import assignment as assignment_service
 from annotation_app.services import dialogues, training
-from annotation_app.services.annotations import Judgement, submit_annotation
+from annotation_app.services.annotations import MISSING_SAFETY_LABEL, submit_annotation
 from annotation_app.services.registry import current_version
 from rlhf.preferences import STRENGTH_LABELS, Strength
 
@@ -70,6 +85,8 @@ def annotate(request: HttpRequest) -> HttpResponse:
     batch = None
     if request.GET.get("batch"):
         # A batch not open to the annotator is as unknown to them as a missing one.
+        if not request.GET["batch"].isdecimal():  # nor can "abc" name one
+            raise Http404("No such batch.")
         batch = get_object_or_404(
             assignment_service.batches_open_to(request.user), pk=request.GET["batch"]
         )
@@ -81,26 +98,51 @@ def annotate(request: HttpRequest) -> HttpResponse:
     return redirect("task", assignment_id=assignment.pk)
 
 
-def _render_task(
-    request, assignment: Assignment, *, error: InvalidInput | None = None, status: int = 200
-) -> HttpResponse:
+def _context_cut_notice(response_a: Response, response_b: Response) -> str:
+    """What the annotator is told when a model did not see the beginning of the dialogue."""
+    dropped = {"A": response_a.prompt_tokens_dropped, "B": response_b.prompt_tokens_dropped}
+    if not any(dropped.values()):
+        return ""
+
+    lead = "The model saw only the last part of this conversation"
+    if dropped["A"] == dropped["B"]:
+        count = dropped["A"]
+        return f"{lead}: {count} token{pluralize(count, ' was,s were')} cut from its beginning."
+    per_side = ", ".join(f"{count} for response {side}" for side, count in dropped.items() if count)
+    return f"{lead}: tokens were cut from its beginning ({per_side})."
+
+
+def _pending_form_key(assignment_id: int) -> str:
+    return f"task-{assignment_id}-form"
+
+
+def _render_task(request, assignment: Assignment) -> HttpResponse:
     comparison = assignment.comparison
-    texts = {response.slot: response.text for response in comparison.responses.all()}
+    responses = {response.slot: response for response in comparison.responses.all()}
+    # A refused submit comes back here (the URL stays the task's), with what was chosen.
+    pending = request.session.get(_pending_form_key(assignment.pk)) or {}
+    errors = pending.get("errors", {})
     context = {
         "assignment": assignment,
         "batch": comparison.batch,
         "conversation": comparison.context_messages(),
-        "response_a": texts[assignment.left_slot],
-        "response_b": texts[assignment.right_slot],
+        "response_a": responses[assignment.left_slot],
+        "response_b": responses[assignment.right_slot],
+        "context_cut_notice": _context_cut_notice(
+            responses[assignment.left_slot], responses[assignment.right_slot]
+        ),
         "rating_options": _rating_options(),
-        "idempotency_key": request.POST.get("idempotency_key") or uuid.uuid4(),
-        "form": request.POST if error else {},
-        "error": error,
+        "idempotency_key": pending.get("idempotency_key") or uuid.uuid4(),
+        "form": pending.get("data", {}),
+        "errors": errors,
+        "error_list": [message for messages_ in errors.values() for message in messages_],
+        "missing_rating": MISSING_RATING,
+        "missing_label": {side: MISSING_SAFETY_LABEL.format(side=side) for side in "AB"},
         "batch_done": comparison.batch.comparisons.filter(
             annotations__annotator=request.user
         ).count(),
     }
-    return render(request, "annotation_app/task.html", context, status=status)
+    return render(request, "annotation_app/task.html", context)
 
 
 def _own_assignment(request, assignment_id: int) -> Assignment:
@@ -115,6 +157,7 @@ def _own_assignment(request, assignment_id: int) -> Assignment:
 def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
     if assignment.status != Assignment.Status.LEASED:
+        request.session.pop(_pending_form_key(assignment.pk), None)
         messages.info(request, "That comparison is already done; here is the next one.")
         return redirect(_next_url(assignment.comparison.batch_id))
     if assignment.comparison.status in (Comparison.Status.WAITING, Comparison.Status.FAILED):
@@ -131,26 +174,6 @@ def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
     return _render_task(request, assignment)
 
 
-def _judgement_from_form(data) -> Judgement:
-    rating = data.get("rating", "")
-    side, _, strength = rating.partition(":")
-    if not side:
-        raise InvalidInput("choose which response is better, and by how much", field="rating")
-
-    def safety(name: str) -> bool | None:
-        return {"safe": True, "unsafe": False}.get(data.get(name, ""))
-
-    time_spent = data.get("time_spent_ms", "")
-    return Judgement(
-        preferred_side=side,
-        strength=strength,
-        a_safe=safety("a_safety"),
-        b_safe=safety("b_safety"),
-        rationale=data.get("rationale", ""),
-        time_spent_ms=int(time_spent) if time_spent.isdigit() else None,
-    )
-
-
 @login_required
 @annotator_required
 @require_POST
@@ -160,18 +183,35 @@ def submit(request: HttpRequest, assignment_id: int) -> HttpResponse:
         key = uuid.UUID(request.POST.get("idempotency_key", ""))
     except ValueError:
         key = uuid.uuid4()
+    form = JudgementForm(request.POST, batch=assignment.comparison.batch)
     try:
-        submit_annotation(request.user, assignment.pk, _judgement_from_form(request.POST), key)
+        if not form.is_valid():
+            return _back_to_task(request, assignment, form, key)
+        submit_annotation(request.user, assignment.pk, form.judgement(), key)
     except InvalidInput as error:
-        return _render_task(request, assignment, error=error, status=400)
+        form.add_service_error(error)
+        return _back_to_task(request, assignment, form, key)
     except Conflict as error:
+        request.session.pop(_pending_form_key(assignment.pk), None)
         messages.warning(request, str(error))
-    else:
-        messages.success(request, "Saved.")
-        assignment.refresh_from_db()
-        if dialogues.can_continue(assignment):
-            return redirect("continue", assignment_id=assignment.pk)
+        return redirect(_next_url(assignment.comparison.batch_id))
+    request.session.pop(_pending_form_key(assignment.pk), None)
+    messages.success(request, "Saved.")
+    assignment.refresh_from_db()
+    if dialogues.can_continue(assignment):
+        return redirect("continue", assignment_id=assignment.pk)
     return redirect(_next_url(assignment.comparison.batch_id))
+
+
+def _back_to_task(request, assignment: Assignment, form: JudgementForm, key) -> HttpResponse:
+    """Show the task again at its own URL with every problem and what was chosen; a reload
+    shows the same, and the retry reuses the submission key."""
+    request.session[_pending_form_key(assignment.pk)] = {
+        "data": {name: request.POST.get(name, "") for name in JudgementForm.base_fields},
+        "errors": form.error_messages_by_field(),
+        "idempotency_key": str(key),
+    }
+    return redirect("task", assignment_id=assignment.pk)
 
 
 @login_required
@@ -185,11 +225,17 @@ def release(request: HttpRequest, assignment_id: int) -> HttpResponse:
         assignment_service.release_assignment(
             request.user,
             assignment.pk,
-            flag_reason=request.POST.get("reason", "") if flagging else None,
+            flag_reason=FlagForm(request.POST).checked()["reason"] if flagging else None,
         )
+    except InvalidInput as invalid:  # a reason that cannot be stored: nothing changed, say why
+        messages.error(request, f"Not flagged: {invalid}")
+        response = _render_task(request, assignment)
+        response.status_code = 400
+        return response
     except Conflict as error:
         messages.warning(request, str(error))
     else:
+        request.session.pop(_pending_form_key(assignment.pk), None)
         messages.info(request, "Flagged for review." if flagging else "Skipped.")
     return redirect(_next_url(assignment.comparison.batch_id))
 
@@ -208,15 +254,20 @@ def progress(request: HttpRequest, batch_id: int) -> HttpResponse:
 def write_prompt(request: HttpRequest, batch_id: int) -> HttpResponse:
     """Write a prompt; two responses are generated for it while the next page waits."""
     batch = get_object_or_404(assignment_service.batches_open_to(request.user), pk=batch_id)
+    if not batch.allow_annotator_prompts:  # said up front, before anything is written
+        return render(
+            request, "annotation_app/write_prompt_refused.html", {"batch": batch}, status=409
+        )
     error = None
     if request.method == "POST":
         try:
+            data = PromptForm(request.POST).checked()
             assignment = dialogues.write_prompt(
                 request.user,
                 batch,
-                request.POST.get("prompt", ""),
-                risk_category=request.POST.get("risk_category", ""),
-                attack_vector=request.POST.get("attack_vector", ""),
+                data["prompt"],
+                risk_category=data["risk_category"],
+                attack_vector=data["attack_vector"],
             )
         except InvalidInput as invalid:
             error = invalid
@@ -250,7 +301,7 @@ def continue_dialogue(request: HttpRequest, assignment_id: int) -> HttpResponse:
     if request.method == "POST":
         try:
             follow_up = dialogues.continue_dialogue(
-                request.user, assignment.pk, request.POST.get("text", "")
+                request.user, assignment.pk, NextTurnForm(request.POST).checked()["text"]
             )
         except InvalidInput as invalid:
             error = invalid
@@ -267,10 +318,8 @@ def continue_dialogue(request: HttpRequest, assignment_id: int) -> HttpResponse:
         {
             "assignment": assignment,
             "batch": comparison.batch,
-            "conversation": [
-                *comparison.context_messages(),
-                {"role": "assistant", "content": chosen.text},
-            ],
+            "conversation": comparison.context_messages(),
+            "chosen": chosen,
             "turns_left": comparison.batch.max_turns - dialogues.user_turns(comparison),
             "error": error,
             "form": request.POST,

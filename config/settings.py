@@ -1,15 +1,22 @@
 """Django settings. Everything that differs between machines comes from the environment.
 
-Defaults are the embedded demo: SQLite in ``var/`` and Celery tasks run in-process, so the
-platform starts with no PostgreSQL and no Redis. Production sets ``DATABASE_URL``,
-``CELERY_BROKER_URL``, ``SECRET_KEY``, ``DEBUG=0`` and ``ALLOWED_HOSTS``.
+``PAIRWISE_ENV`` picks the defaults: ``production`` (when unset) is secure by default: DEBUG off,
+``SECRET_KEY`` required, HTTPS only (redirect, secure cookies, HSTS). ``demo`` (``make demo``) is
+served on http://127.0.0.1:8000 with DEBUG on and its own key, made once in ``var/secret_key``.
+Either way SQLite in ``var/`` and in-process Celery tasks are the defaults, so the platform starts
+with no PostgreSQL and no Redis; production sets ``DATABASE_URL``, ``CELERY_BROKER_URL``,
+``SECRET_KEY`` and ``ALLOWED_HOSTS``.
 """
 
 import json
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp.constants import NONCE, NONE, SELF
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management.utils import get_random_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("PAIRWISE_VAR_DIR", BASE_DIR / "var"))
@@ -26,14 +33,82 @@ def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = os.environ.get("SECRET_KEY", "")
+def env_rate(name: str, default: str) -> str | None:
+    """A DRF throttle rate such as ``20/minute``; ``off`` (or empty) means no limit."""
+    value = os.environ.get(name, default).strip()
+    return None if value.lower() in {"", "off", "none", "0"} else value
+
+
+ENVIRONMENTS = ("production", "demo")
+PAIRWISE_ENV = os.environ.get("PAIRWISE_ENV", "").strip().lower() or "production"
+if PAIRWISE_ENV not in ENVIRONMENTS:
+    raise ImproperlyConfigured(
+        f"PAIRWISE_ENV={PAIRWISE_ENV!r} is not known: use production (the default) or demo"
+    )
+IS_DEMO = PAIRWISE_ENV == "demo"
+
+
+def demo_secret_key(path: Path) -> str:
+    """The demo's own key: generated on first use (readable by its owner only), then reused."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: of two processes starting at once, one writes the key and both read it.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as key_file:
+        key = get_random_secret_key()
+        key_file.write(key + "\n")
+    return key
+
+
+DEBUG = env_bool("DEBUG", IS_DEMO)
+SECRET_KEY = os.environ.get("SECRET_KEY", "").strip()
 if not SECRET_KEY:
-    if not DEBUG:
-        raise RuntimeError("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+    if not IS_DEMO:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Production (PAIRWISE_ENV unset or production) needs a long "
+            "random SECRET_KEY in the environment, made once and kept secret, e.g. "
+            "SECRET_KEY=$(python -c 'from django.core.management.utils import "
+            "get_random_secret_key as k; print(k())'). For the local demo set PAIRWISE_ENV=demo "
+            "(make demo does), which makes its own key in var/secret_key."
+        )
+    SECRET_KEY = demo_secret_key(VAR_DIR / "secret_key")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+# HTTPS. Production is served over HTTPS only (directly, or behind a proxy that terminates TLS);
+# the demo on plain http://127.0.0.1:8000. PAIRWISE_HTTPS=0 serves production over plain HTTP
+# (e.g. docker compose on localhost); each Django setting below may be set on its own too.
+PAIRWISE_HTTPS = env_bool("PAIRWISE_HTTPS", not IS_DEMO)
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PAIRWISE_HTTPS)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PAIRWISE_HTTPS)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PAIRWISE_HTTPS)
+# Browsers remember for a year to use HTTPS only, on every subdomain too. Set
+# SECURE_HSTS_INCLUDE_SUBDOMAINS=0 when a subdomain is still served over plain HTTP.
+SECURE_HSTS_SECONDS = int(
+    os.environ.get("SECURE_HSTS_SECONDS", 31_536_000 if PAIRWISE_HTTPS else 0)
+)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PAIRWISE_HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PAIRWISE_HTTPS)
+
+
+def proxy_ssl_header(value: str) -> tuple[str, str] | None:
+    """``SECURE_PROXY_SSL_HEADER``: off unless set, as only a proxy that sets the header itself
+    (and strips it from clients) makes it trustworthy. ``1`` means ``X-Forwarded-Proto``."""
+    value = value.strip()
+    if value.lower() in {"", "0", "false", "no", "off"}:
+        return None
+    if value.lower() in {"1", "true", "yes", "on"}:
+        value = "X-Forwarded-Proto"
+    name = value.upper().replace("-", "_")
+    return (name if name.startswith("HTTP_") else f"HTTP_{name}", "https")
+
+
+SECURE_PROXY_SSL_HEADER = proxy_ssl_header(os.environ.get("SECURE_PROXY_SSL_HEADER", ""))
+# Reverse proxies in front of the web processes: the client's address is then read from
+# X-Forwarded-For, as that many proxies appended it (throttles and login lockouts count by it).
+PAIRWISE_PROXY_COUNT = int(os.environ.get("PAIRWISE_PROXY_COUNT", "0"))
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -46,6 +121,8 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "csp",
+    "axes",
     "annotation_app",
 ]
 
@@ -58,6 +135,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -93,6 +173,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
+# django-axes first: it refuses a locked-out login before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
@@ -117,12 +202,32 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # drf-spectacular's, documenting each operation's error responses in the one error shape.
+    "DEFAULT_SCHEMA_CLASS": "annotation_app.api.schema.AutoSchema",
+    # DRF's parsers; the JSON one answers a body nested too deeply with a 400.
+    "DEFAULT_PARSER_CLASSES": [
+        "annotation_app.api.fields.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "annotation_app.api.errors.exception_handler",
     # `?format=` names the export format (canonical | trl); renderers are chosen by Accept.
     "URL_FORMAT_OVERRIDE": None,
+    # Per client address (anonymous), per user, and for the token endpoint per address: each
+    # web process counts in its own memory, so N processes allow up to N times the rate.
+    "DEFAULT_THROTTLE_CLASSES": [
+        "annotation_app.api.throttles.AnonRateThrottle",
+        "annotation_app.api.throttles.UserRateThrottle",
+        "annotation_app.api.throttles.ScopedRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": env_rate("PAIRWISE_THROTTLE_ANON", "60/minute"),
+        "user": env_rate("PAIRWISE_THROTTLE_USER", "1200/minute"),
+        "auth_token": env_rate("PAIRWISE_THROTTLE_TOKEN", "10/minute"),
+    },
+    "NUM_PROXIES": PAIRWISE_PROXY_COUNT,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pairwise API",
@@ -139,15 +244,52 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+# Login form and admin login (django-axes): after this many failed sign-ins for one user name
+# from one address, that pair is locked out for the cool-off time; the attempts are kept in the
+# database, so every web process sees them. The token endpoint counts too (and is throttled).
+AXES_FAILURE_LIMIT = int(os.environ.get("PAIRWISE_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("PAIRWISE_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False  # no banner in every command's output; failures are still logged
+# The same client address as the API throttles (PAIRWISE_PROXY_COUNT).
+AXES_CLIENT_IP_CALLABLE = "annotation_app.api.throttles.client_address"
+
+# Content Security Policy (django-csp): scripts, styles, images and requests from this site
+# only, inline script or style only with the page's nonce, no remote images (model text
+# cannot make the browser fetch anything), no framing.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF, NONCE],
+        "style-src": [SELF, NONCE],
+        "img-src": [SELF, "data:"],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
+
 # Celery: an empty broker URL means the embedded default, tasks run in the calling process.
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 # A message a worker took but never acknowledged (it died) is delivered again after the
-# visibility timeout; keep it above the longest task. JSON, e.g. {"visibility_timeout": 7200}.
-CELERY_BROKER_TRANSPORT_OPTIONS = json.loads(
-    os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS", "") or '{"visibility_timeout": 3600}'
-)
+# visibility timeout; keep it above the longest task (training). Any worker restores any
+# worker's messages, so it is one value for every queue: generation has its own, shorter bound
+# (PAIRWISE_GENERATION_TIMEOUT_SECONDS). Socket timeouts keep a publish from hanging on a broker
+# that vanished without closing its connections. JSON, merged over these defaults, e.g.
+# {"visibility_timeout": 7200}.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": 3600,
+    "socket_timeout": 10,
+    "socket_connect_timeout": 5,
+    **json.loads(os.environ.get("CELERY_BROKER_TRANSPORT_OPTIONS", "") or "{}"),
+}
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -160,6 +302,21 @@ CELERY_TASK_ROUTES = {
 
 # Without a broker, generation runs in a background thread of the web process (the demo).
 PAIRWISE_EAGER_IN_THREAD = env_bool("PAIRWISE_EAGER_IN_THREAD", True)
+# Dispatch goes through an outbox (annotation_app/services/outbox.py): work for the workers is
+# recorded with the data it is about and relayed to the broker after the commit, then again by
+# `manage.py relay_outbox --loop` (every PAIRWISE_RELAY_INTERVAL_SECONDS) until it is answered.
+PAIRWISE_RELAY_INTERVAL_SECONDS = float(os.environ.get("PAIRWISE_RELAY_INTERVAL_SECONDS", "15"))
+# Generation's own bound: a generation task unanswered this long was lost (with the broker's
+# queue, or with a killed worker) and is sent again; workers discard copies older than this
+# (Celery ``expires``), so the long visibility timeout never brings back a stale one. Keep it
+# above a generation task's duration, retries included.
+PAIRWISE_GENERATION_TIMEOUT_SECONDS = int(
+    os.environ.get("PAIRWISE_GENERATION_TIMEOUT_SECONDS", "300")
+)
+# At most this many generation tasks wait on the broker at once; the rest wait in the outbox and
+# are sent as answers come in, so that none expires in a long queue. Keep it times a task's
+# duration, divided by the generation worker processes, under the timeout above.
+PAIRWISE_GENERATION_MAX_IN_FLIGHT = int(os.environ.get("PAIRWISE_GENERATION_MAX_IN_FLIGHT", "16"))
 # The policy to sample from when none is registered: a model directory or a hub id.
 PAIRWISE_POLICY = os.environ.get("PAIRWISE_POLICY", "")
 # Training runs write here: each run's frozen data export and the model it trains
@@ -167,7 +324,8 @@ PAIRWISE_POLICY = os.environ.get("PAIRWISE_POLICY", "")
 # models from it, so on several machines it must be shared storage mounted at the same path.
 PAIRWISE_TRAINING_DIR = Path(os.environ.get("PAIRWISE_TRAINING_DIR", VAR_DIR / "training"))
 # A running training run silent this long (no progress write) lost its worker: the task,
-# delivered again, takes it over and resumes from its last checkpoint.
+# delivered again, takes it over and resumes from its last checkpoint. A queued run that no
+# worker picked up this long is sent again by the relay (its extra copies are skipped).
 PAIRWISE_TRAINING_STALL_SECONDS = int(os.environ.get("PAIRWISE_TRAINING_STALL_SECONDS", "900"))
 # Training runs checkpoint every this many steps (a run's config may say otherwise).
 PAIRWISE_TRAINING_CHECKPOINT_EVERY = int(os.environ.get("PAIRWISE_TRAINING_CHECKPOINT_EVERY", "50"))
@@ -175,15 +333,26 @@ PAIRWISE_TRAINING_CHECKPOINT_EVERY = int(os.environ.get("PAIRWISE_TRAINING_CHECK
 # Annotation defaults.
 PAIRWISE_LEASE_MINUTES = int(os.environ.get("PAIRWISE_LEASE_MINUTES", "30"))
 PAIRWISE_MAX_IMPORT_ERRORS = 50
+# Import limits, enforced while a file is read (a gzip file counts uncompressed): past either,
+# reading stops and nothing is imported, so that a compression bomb costs no more than this.
+PAIRWISE_IMPORT_MAX_BYTES = int(os.environ.get("PAIRWISE_IMPORT_MAX_BYTES", str(256 * 2**20)))
+PAIRWISE_IMPORT_MAX_RECORDS = int(os.environ.get("PAIRWISE_IMPORT_MAX_RECORDS", "200000"))
 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {
+        "client_errors_without_traceback": {"()": "config.log_filters.ClientErrorsWithoutTraceback"}
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # A 403 or 404 is logged as one line, without a traceback.
+        "django.request": {"filters": ["client_errors_without_traceback"]},
         # In-process (demo) tasks would log each result in full, generated texts included.
         "celery.app.trace": {"level": "WARNING" if CELERY_TASK_ALWAYS_EAGER else "INFO"},
+        # django-axes: failed sign-ins and lockouts (warnings), not its bookkeeping.
+        "axes": {"level": "WARNING"},
     },
 }

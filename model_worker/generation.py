@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from model_worker import hub
 from rlhf.sampling import SamplingParams, sample
 
 ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -61,6 +62,8 @@ class GenerationResult:
     latency_ms: int
     finish_reason: str  # "stop" (EOS) or "length" (max_new_tokens reached)
     seed: int  # the seed actually used: rerunning with it gives the same response
+    # Tokens cut from the beginning of the prompt to fit the model: what it never saw.
+    prompt_tokens_dropped: int = 0
 
 
 @runtime_checkable
@@ -125,9 +128,10 @@ class HuggingFaceBackend:
     (so that each batch pads little), runs batches of at most ``max_batch_size`` and returns the
     results in the requests' order. A prompt longer than ``max_position_embeddings -
     max_new_tokens`` loses its oldest tokens (BOS is kept); ``prompt_tokens`` counts what the
-    model was given. ``latency_ms`` is the wall time of the whole batch the request was part of
-    (sampling and detokenising), attributed in full to each request of that batch: in a batch,
-    every response arrives when the batch ends.
+    model was given and ``prompt_tokens_dropped`` what it lost, so that annotators can be told.
+    ``latency_ms`` is the wall time of the whole batch the request was part of (sampling and
+    detokenising), attributed in full to each request of that batch: in a batch, every response
+    arrives when the batch ends.
     """
 
     name = "huggingface"
@@ -152,16 +156,21 @@ class HuggingFaceBackend:
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        prompts = [self.prompt_token_ids(r) for r in requests]
+        fitted = [self.fit_prompt(r) for r in requests]
+        prompts = [ids for ids, _ in fitted]
+        dropped = [count for _, count in fitted]
         by_length = sorted(range(len(requests)), key=lambda i: len(prompts[i]))
         results: list[GenerationResult | None] = [None] * len(requests)
         for start in range(0, len(by_length), self.max_batch_size):
             chunk = by_length[start : start + self.max_batch_size]
-            for i, result in zip(chunk, self.run_batch(requests, prompts, chunk), strict=True):
+            batch = self.run_batch(requests, prompts, chunk, dropped)
+            for i, result in zip(chunk, batch, strict=True):
                 results[i] = result
         return results
 
-    def run_batch(self, requests, prompts, chunk: list[int]) -> list[GenerationResult]:
+    def run_batch(
+        self, requests, prompts, chunk: list[int], dropped: list[int] | None = None
+    ) -> list[GenerationResult]:
         began = time.perf_counter()
         completions = sample(
             self.model,
@@ -179,25 +188,31 @@ class HuggingFaceBackend:
                 latency_ms=latency_ms,
                 finish_reason=completion.finish_reason,
                 seed=completion.seed,
+                prompt_tokens_dropped=dropped[i] if dropped else 0,
             )
             for i, completion, text in zip(chunk, completions, texts, strict=True)
         ]
 
     def prompt_token_ids(self, request: GenerationRequest) -> list[int]:
         """The request's prompt as token ids, cut from the left to leave room for the answer."""
+        return self.fit_prompt(request)[0]
+
+    def fit_prompt(self, request: GenerationRequest) -> tuple[list[int], int]:
+        """The prompt's token ids that fit the model, and how many were cut from its left."""
         text = format_prompt(self.tokenizer, request.messages)
         # A chat template writes its own BOS; the plain format relies on the tokenizer's.
         add_special = not has_chat_template(self.tokenizer)
         ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
         if self.max_positions is None:
-            return ids
+            return ids, 0
         room = self.max_positions - request.params.max_new_tokens
         if room < 1:
             raise ValueError(
                 f"max_new_tokens={request.params.max_new_tokens} leaves no room for a prompt "
                 f"in {self.max_positions} positions"
             )
-        return truncate_left(ids, room, self.tokenizer.bos_token_id)
+        kept = truncate_left(ids, room, self.tokenizer.bos_token_id)
+        return kept, len(ids) - len(kept)
 
     def completion_text(self, token_ids: list[int]) -> str:
         """The response text. NUL characters are dropped: byte-level tokens (tiny models, Llama's
@@ -233,6 +248,7 @@ def load_backend(model_path: str) -> HuggingFaceBackend:
     with _loading:
         backend = _loaded.get(key)
         if backend is None:
+            hub.ensure_available(key)  # an unreachable hub: one short failure, not minutes
             release_loaded()
             backend = HuggingFaceBackend(key)
             _loaded[key] = backend

@@ -11,6 +11,8 @@ from collections import defaultdict
 
 from celery import shared_task
 
+from model_worker.hub import HubUnavailable
+
 MAX_RETRIES = 3
 
 
@@ -51,6 +53,7 @@ def run_generation(requests: list[dict]) -> list[dict]:
                     "completion_tokens": output.completion_tokens,
                     "latency_ms": output.latency_ms,
                     "finish_reason": output.finish_reason,
+                    "prompt_tokens_dropped": output.prompt_tokens_dropped,
                 }
             )
     return results
@@ -72,7 +75,9 @@ def generate_responses(self, requests: list[dict]) -> list[dict]:
     try:
         return run_generation(requests)
     except Exception as error:
-        if self.request.retries < MAX_RETRIES and not self.request.is_eager:
+        # A hub that cannot be reached now will not be in a few seconds either: report it.
+        retry = not isinstance(error, HubUnavailable)
+        if retry and self.request.retries < MAX_RETRIES and not self.request.is_eager:
             raise self.retry(exc=error, countdown=2 ** (self.request.retries + 1)) from error
         message = f"{type(error).__name__}: {error}"
         return [

@@ -8,6 +8,23 @@ from pathlib import Path
 
 from rlhf.reward_cli import add_commands
 
+DESCRIPTION = """\
+Train and evaluate reward models, and convert llama2.c checkpoints, without the platform.
+Run "python -m rlhf COMMAND --help" for the options of a command."""
+
+
+def quiet_transformers() -> None:
+    """Keep transformers' own reports off the command line's output.
+
+    Its weight-loading report (coloured, even into files) and its loading and saving progress
+    bars describe what every reward model goes through (a new score head, the language-model
+    head left out); the commands say what they do themselves. Errors still show.
+    """
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
 
 def import_llama2c(args: argparse.Namespace) -> int:
     from rlhf.llama2c import convert
@@ -26,17 +43,26 @@ def import_llama2c(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rlhf", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rlhf", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
     llama2c = commands.add_parser(
-        "import-llama2c", help="convert a llama2.c checkpoint and tokenizer to Hugging Face"
+        "import-llama2c",
+        help="convert a llama2.c checkpoint and tokenizer to Hugging Face",
+        description="Convert a llama2.c checkpoint (e.g. stories260K.bin) and the SentencePiece "
+        "tokenizer it was trained with (e.g. tok512.model) to a Hugging Face LlamaForCausalLM "
+        "directory.",
     )
     llama2c.add_argument("checkpoint", type=Path, help="llama2.c .bin checkpoint")
-    llama2c.add_argument("tokenizer", type=Path, help="SentencePiece .model file")
+    llama2c.add_argument(
+        "tokenizer",
+        type=Path,
+        help="SentencePiece .model file (not llama2.c's tokenizer .bin export)",
+    )
     llama2c.add_argument("out_dir", type=Path)
     llama2c.set_defaults(run=import_llama2c)
     add_commands(commands)
     args = parser.parse_args(argv)
+    quiet_transformers()
     return args.run(args)
 
 

@@ -127,26 +127,74 @@ def load_state_dict(path: Path, config: Llama2cConfig) -> dict:
     return state
 
 
-def convert_tokenizer(tokenizer_model: Path, out_dir: Path):
-    """Convert a SentencePiece ``.model`` into a Hugging Face tokenizer that prepends BOS."""
+def llama2c_tokenizer_size(path: Path) -> int | None:
+    """The token count of a llama2.c ``tokenizer.bin`` (e.g. ``tok512.bin``), or None.
+
+    That format, written by llama2.c's ``tokenizer.py --export``, is an int32 maximum token
+    length followed, for every token, by a float32 score, an int32 length and the bytes. It
+    holds no SentencePiece model, so it cannot be converted; recognising it lets the error
+    name the file to pass instead.
+    """
+    data = Path(path).read_bytes()
+    if len(data) < 4:
+        return None
+    (max_length,) = struct.unpack_from("<i", data)
+    offset, tokens = 4, 0
+    while offset < len(data):
+        if offset + 8 > len(data):
+            return None
+        (length,) = struct.unpack_from("<i", data, offset + 4)
+        if not 0 < length <= max_length:
+            return None
+        offset += 8 + length
+        tokens += 1
+    return tokens if offset == len(data) and tokens else None
+
+
+def check_tokenizer_model(path: Path) -> None:
+    """Raise ValueError naming the problem unless ``path`` is a SentencePiece ``.model`` file."""
+    import sentencepiece
+
+    tokens = llama2c_tokenizer_size(path)
+    if tokens is not None:
+        sibling = Path(path).with_suffix(".model")
+        hint = f" ({sibling} is beside it)" if sibling.is_file() else ""
+        raise ValueError(
+            f"{path} is llama2.c's own tokenizer export ({tokens} tokens, the tokenizer.bin "
+            "format that run.c reads), not a SentencePiece model: pass the SentencePiece "
+            f".model file it was exported from{hint}"
+        )
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(Path(path).read_bytes())
+    except (RuntimeError, OSError):
+        raise ValueError(
+            f"{path} is not a SentencePiece .model file (it does not parse as one); pass the "
+            "tokenizer.model the checkpoint was trained with"
+        ) from None
+
+
+def convert_tokenizer(tokenizer_model: Path):
+    """A Hugging Face tokenizer from a SentencePiece ``.model``, prepending BOS (not saved)."""
     from transformers import LlamaTokenizer
 
+    check_tokenizer_model(tokenizer_model)
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copyfile(tokenizer_model, Path(scratch) / "tokenizer.model")
-        tokenizer = LlamaTokenizer.from_pretrained(
+        return LlamaTokenizer.from_pretrained(
             scratch, add_bos_token=True, add_eos_token=False, legacy=False
         )
-    tokenizer.save_pretrained(out_dir)
-    return tokenizer
 
 
 def convert(checkpoint: Path, tokenizer_model: Path, out_dir: Path) -> Path:
     """Write a ``LlamaForCausalLM`` directory (safetensors + tokenizer) to ``out_dir``."""
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from rlhf.files import normalize_permissions
+
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     config = read_header(checkpoint)
-    tokenizer = convert_tokenizer(Path(tokenizer_model), out_dir)
+    tokenizer = convert_tokenizer(Path(tokenizer_model))
     if len(tokenizer) != config.vocab_size:
         raise ValueError(
             f"{tokenizer_model}: {len(tokenizer)} tokens, but {checkpoint} expects "
@@ -177,5 +225,8 @@ def convert(checkpoint: Path, tokenizer_model: Path, out_dir: Path) -> Path:
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
     )
+    # Written only now, once everything is checked: a failed conversion leaves no files.
     model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    normalize_permissions(out_dir)
     return out_dir

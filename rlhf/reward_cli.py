@@ -4,20 +4,25 @@
         --base models/policy --out models/rm-safety
     python -m rlhf eval-reward --model models/rm-safety --data new-batch.jsonl > metrics.json
 
-Training data: every ``--data`` file is loaded with :func:`rlhf.data.load_pairs` (pairs without
-a kind of their own take ``--kind``) and split into train and held-out pairs by context
-(:func:`rlhf.data.split`, ``--eval-fraction``, ``--seed``). With ``--recipe paper`` the training
-parts are mixed with the Llama 2 recipe of ``--kind`` (:data:`rlhf.data.RECIPES`): the pairs of
-``--data`` are the platform's helpfulness or safety data by their kind, those of
-``--open-helpfulness`` / ``--open-harmlessness`` the open-source sets. Held-out pairs are never
-mixed: they are all evaluated. Under ``accelerate launch`` only the main process prints.
+Training data: every ``--data`` file is loaded with :func:`rlhf.data.load_pairs` (pairs without a
+kind of their own take ``--kind``) and split into train and held-out pairs by context
+(:func:`rlhf.data.split`, ``--eval-fraction``, ``--seed``). Without a recipe only the pairs of
+``--kind`` are used (the platform's default export holds both kinds; the others are counted and
+left out). With ``--recipe paper`` the training parts are mixed with the Llama 2 recipe of
+``--kind`` (:data:`rlhf.data.RECIPES`): the pairs of ``--data`` are the platform's helpfulness or
+safety data by their kind, those of ``--open-helpfulness`` / ``--open-harmlessness`` the
+open-source sets. Held-out pairs are never mixed: they are all evaluated. The command reports what
+it used (pairs per file and kind, the mix). Under ``accelerate launch`` only the main process
+prints. ``TRAIN_DESCRIPTION`` is the same in plain words, for ``--help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rlhf.data import (
@@ -34,6 +39,27 @@ from rlhf.data import (
     split,
 )
 from rlhf.reward_training import ConfigError, RewardTrainingConfig
+
+# The --help text (the module docstring is for readers of the code).
+TRAIN_DESCRIPTION = """\
+Train a helpfulness or safety reward model on preference pairs.
+
+  python -m rlhf train-reward --kind safety --data export.jsonl hh/harmless-base.jsonl.gz \\
+      --base models/policy --out models/rm-safety
+
+--data takes the platform's training export (trl), TRL-format JSONL, canonical exports and
+HH-RLHF transcripts, gzip-compressed or not; pairs whose records carry no kind (HH-RLHF, say)
+take --kind. The pairs are split into training and held-out pairs by prompt (--eval-fraction,
+--seed). Without a recipe, the model trains on the pairs of its --kind only: the pairs of the
+other kind in a mixed file (the platform's default export holds both) are left out, and the
+command says how many. With --recipe paper, the training pairs are mixed the Llama 2 way: a
+helpfulness model trains on all helpfulness pairs plus as many drawn from the safety and
+open-source pairs; a safety model on all safety and open-source harmlessness pairs plus 10 %
+from helpfulness data (--open-helpfulness / --open-harmlessness name the open-source files).
+Held-out pairs are never mixed: all of them are evaluated. The command prints what it used.
+
+On a terminal, training shows a progress bar; into a file or a pipe, it writes a line per
+tenth of the run instead. Under "accelerate launch" only the main process prints."""
 
 # Command-line option -> RewardTrainingConfig field, for the hyperparameters.
 HYPERPARAMETERS = {
@@ -61,7 +87,7 @@ def add_commands(commands) -> None:
     train = commands.add_parser(
         "train-reward",
         help="train a helpfulness or safety reward model",
-        description=__doc__,
+        description=TRAIN_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("--kind", choices=KINDS, required=True)
@@ -85,7 +111,11 @@ def add_commands(commands) -> None:
     train.set_defaults(run=train_reward)
 
     evaluate = commands.add_parser(
-        "eval-reward", help="evaluate a reward model; prints the metrics as JSON"
+        "eval-reward",
+        help="evaluate a reward model; prints the metrics as JSON",
+        description="Evaluate a reward model on preference pairs (the formats of train-reward's "
+        "--data) and print the metrics as JSON: accuracy per rating bucket, per batch and kind, "
+        "calibration error and, for labelled safety pairs, the unsafe gate's precision and recall.",
     )
     evaluate.add_argument("--model", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE")
@@ -104,24 +134,65 @@ def _error(message: str) -> int:
 
 
 def _load(files: list[Path], kind: str | None, margin_table: str) -> list[PreferencePair]:
+    """Every pair of ``files``; pairs whose records carry no kind take ``kind``.
+
+    A record's own kind is kept: the platform's default export holds both kinds.
+    """
     pairs: list[PreferencePair] = []
     for file in files:
         if not file.is_file():
             raise DataError(str(file), None, None, "no such file")
-        pairs += load_pairs(file, kind=kind, margin_table=margin_table)
+        for pair in load_pairs(file, margin_table=margin_table):
+            if pair.kind is None and kind is not None:
+                pair = dataclasses.replace(pair, kind=kind)
+            pairs.append(pair)
     return pairs
 
 
-def training_data(args, config: RewardTrainingConfig):
-    """(train, held-out) pairs from the command line's files, see the module docstring."""
+def _count(pairs: list[PreferencePair]) -> str:
+    """``"1,512 helpfulness and 369 safety pairs"``."""
+    kinds = Counter(pair.kind or "unlabelled" for pair in pairs)
+    parts = [f"{kinds[kind]:,} {kind}" for kind in (*KINDS, "unlabelled") if kinds[kind]]
+    return (" and ".join(parts) or "0") + " pairs"
+
+
+def _count_by_source(pairs: list[PreferencePair], source_of: dict[int, str], names) -> str:
+    """``"369 helpfulness, 124 safety, 245 open_source_helpfulness"``, in the order of names."""
+    counts = Counter(source_of[id(pair)] for pair in pairs)
+    return ", ".join(f"{counts[name]:,} {name}" for name in names if counts[name])
+
+
+def training_data(args, config: RewardTrainingConfig, report=print):
+    """(train, held-out) pairs from the command line's files, see ``TRAIN_DESCRIPTION``.
+
+    ``report`` receives a line per thing used: each file's pairs by kind, and what was left
+    out or mixed in.
+    """
     table = config.margin_table
-    data = _load(args.data, args.kind, table)
-    train, held_out = split(data, config.eval_fraction, config.seed)
+    data = []
+    for file in args.data:
+        pairs = _load([file], args.kind, table)
+        report(f"data: {file}: {_count(pairs)}")
+        data += pairs
     if args.recipe == "none":
         extra = args.open_helpfulness + args.open_harmlessness
         if extra:
             raise ValueError("--open-helpfulness/--open-harmlessness need --recipe paper")
-        return train, held_out
+        wanted = [pair for pair in data if pair.kind == args.kind]
+        if not wanted:
+            raise ValueError(
+                f"no {args.kind} pairs in {', '.join(map(str, args.data))} (they hold "
+                f"{_count(data)}): pass --kind to match the data, or --recipe paper to mix "
+                "the other kind in the Llama 2 way"
+            )
+        left_out = len(data) - len(wanted)
+        if left_out:
+            report(
+                f"training the {args.kind} model on the {len(wanted):,} {args.kind} pairs; "
+                f"{left_out:,} pairs of another kind are left out (--recipe paper mixes them in)"
+            )
+        return split(wanted, config.eval_fraction, config.seed)
+    train, held_out = split(data, config.eval_fraction, config.seed)
     sources: dict[str, list[PreferencePair]] = {HELPFULNESS: [], SAFETY: []}
     for pair in train:
         sources[pair.kind or args.kind].append(pair)
@@ -129,69 +200,160 @@ def training_data(args, config: RewardTrainingConfig):
         (OPEN_SOURCE_HELPFULNESS, args.open_helpfulness, "helpfulness"),
         (OPEN_SOURCE_HARMLESSNESS, args.open_harmlessness, "safety"),
     ):
-        open_pairs = _load(files, kind, table)
+        open_pairs = []
+        for file in files:
+            pairs = _load([file], kind, table)
+            report(f"data ({name}): {file}: {len(pairs):,} pairs")
+            open_pairs += pairs
         open_train, open_held_out = split(open_pairs, config.eval_fraction, config.seed)
         sources[name] = open_train
         held_out += open_held_out
-    return mix(RECIPES[args.kind], sources, seed=config.seed), held_out
+    source_of = {id(pair): name for name, pairs in sources.items() for pair in pairs}
+    recipe = RECIPES[args.kind]
+    mixed = mix(recipe, sources, seed=config.seed)
+    report(
+        f"recipe paper ({args.kind}): {len(mixed):,} training pairs: "
+        f"{_count_by_source(mixed, source_of, recipe.sources)} (all of {', '.join(recipe.base)}, "
+        f"{recipe.proportion[0]}:{recipe.proportion[1]} with {', '.join(recipe.extra)}); "
+        f"{len(held_out):,} held out ({_count(held_out)})"
+    )
+    return mixed, held_out
 
 
-class _ProgressBar:
-    """Turns training events into a tqdm bar (stderr) and log lines above it."""
+class TrainingProgress:
+    """Training events on stderr: a progress bar on a terminal, plain lines elsewhere.
 
-    def __init__(self, enabled: bool):
-        self.enabled, self.bar = enabled, None
+    On a terminal, one bar for the steps (and one for each evaluation), redrawn in place, with
+    the log lines written above it. Into a file or a pipe, no bar (its redraws would pile up):
+    a line for every tenth of the run, and the log lines. ``enabled=False`` (``--no-progress``)
+    keeps only the log lines.
+    """
+
+    LINES_PER_RUN = 10
+
+    def __init__(self, enabled: bool, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.interactive = enabled and self.stream.isatty()
+        self.bar = self.eval_bar = None
+
+    def write(self, message: str) -> None:
+        if self.bar is not None or self.eval_bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
 
     def __call__(self, event: dict) -> None:
+        if event["event"] == "log":
+            self.write(event["message"])
+        elif event["event"] == "step" and self.enabled:
+            self._step(event)
+        elif event["event"] == "eval" and event["metrics"]:
+            accuracy = event["metrics"]["accuracy"]
+            self.write(f"step {event['step']}: held-out accuracy {accuracy:.3f}")
+
+    def _step(self, event: dict) -> None:
+        step, total = event["step"], event["total_steps"]
+        if not self.interactive:
+            every = max(1, total // self.LINES_PER_RUN)
+            if step % every == 0 or step == total:
+                self.write(
+                    f"step {step}/{total}: loss {event['loss']:.4f}, "
+                    f"lr {event['learning_rate']:.2e}, {event['pairs_per_second']:.1f} pairs/s"
+                )
+            return
         from tqdm import tqdm
 
-        if event["event"] == "log":
-            (tqdm.write if self.bar else print)(event["message"], file=sys.stderr)
-        elif event["event"] == "step" and self.enabled:
-            if self.bar is None:
-                self.bar = tqdm(total=event["total_steps"], unit="step", file=sys.stderr)
-                self.bar.update(event["step"] - 1)
-            self.bar.update(event["step"] - self.bar.n)
-            self.bar.set_postfix(
-                loss=f"{event['loss']:.4f}",
-                lr=f"{event['learning_rate']:.2e}",
-                pairs_s=f"{event['pairs_per_second']:.1f}",
+        if self.bar is None:
+            self.bar = tqdm(total=total, initial=step - 1, unit="step", file=self.stream)
+        self.bar.set_postfix(
+            loss=f"{event['loss']:.4f}",
+            lr=f"{event['learning_rate']:.2e}",
+            pairs_s=f"{event['pairs_per_second']:.1f}",
+            refresh=False,
+        )
+        self.bar.update(step - self.bar.n)
+        if step == total:  # the last step: the final evaluation gets the screen to itself
+            self.bar.close()
+            self.bar = None
+
+    def eval_progress(self, done: int, total: int) -> None:
+        """How many of the held-out pairs are scored (a bar on a terminal only)."""
+        if not self.interactive:
+            return
+        from tqdm import tqdm
+
+        if self.eval_bar is None:
+            self.eval_bar = tqdm(
+                total=total, unit="pair", desc="evaluating", leave=False, file=self.stream
             )
-        elif event["event"] == "eval" and event["metrics"]:
-            message = f"step {event['step']}: held-out accuracy {event['metrics']['accuracy']:.3f}"
-            (tqdm.write if self.bar else print)(message, file=sys.stderr)
+        self.eval_bar.update(done - self.eval_bar.n)
+        if done >= total:
+            self.eval_bar.close()
+            self.eval_bar = None
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        for bar in (self.eval_bar, self.bar):
+            if bar is not None:
+                bar.close()
+        self.bar = self.eval_bar = None
+
+
+def trained_summary(result, config: RewardTrainingConfig) -> str:
+    """``"trained 10 steps on 80 pairs (80 of the 1,881 training pairs; --max-steps stopped
+    it)"``: what the steps really saw, not the size of the training set."""
+    total = result.train_pairs
+    seen, distinct = result.pairs_trained, result.distinct_pairs_trained
+    if distinct < total:
+        reason = "; --max-steps stopped it" if config.max_steps is not None else ""
+        coverage = f"{distinct:,} of the {total:,} training pairs{reason}"
+    else:
+        epochs = seen / total if total else 0.0
+        coverage = f"all {total:,} training pairs, {epochs:.3g} epoch{'s' if epochs != 1 else ''}"
+    return f"trained {result.steps} steps on {seen:,} pairs ({coverage})"
 
 
 def train_reward(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     from rlhf.reward_eval import format_metrics_table
     from rlhf.reward_training import train_reward_model
 
+    # Accelerator(cpu=...) builds this same state again; only the main process prints.
+    main_process = PartialState(cpu=args.cpu).is_main_process
     values = {"kind": args.kind, "base_model": args.base, "cpu": args.cpu}
     for option, (name, _) in HYPERPARAMETERS.items():
         if getattr(args, option) is not None:
             values[name] = getattr(args, option)
+    notes: list[str] = []
     try:
         config = RewardTrainingConfig.from_dict(values)
-        train, held_out = training_data(args, config)
+        train, held_out = training_data(args, config, report=notes.append)
     except ValueError as error:  # ConfigError, DataError, a recipe that cannot be met
         return _error(str(error))
-    progress = _ProgressBar(enabled=not args.no_progress)
+    progress = TrainingProgress(enabled=not args.no_progress)
+    if main_process:
+        for note in notes:
+            progress.write(note)
     try:
-        result = train_reward_model(config, train, held_out, args.out, progress=progress)
+        result = train_reward_model(
+            config,
+            train,
+            held_out,
+            args.out,
+            progress=progress,
+            eval_progress=progress.eval_progress,
+        )
     except (ConfigError, OSError) as error:
         return _error(str(error))
     finally:
         progress.close()
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if main_process:
         print(
-            f"trained {result.steps} steps on {result.train_pairs} pairs in "
-            f"{result.seconds:.1f} s ({result.pairs_per_second:.1f} pairs/s); saved to {args.out}"
+            f"{trained_summary(result, config)} in {result.seconds:.1f} s "
+            f"({result.pairs_per_second:.1f} pairs/s); saved to {args.out}"
         )
         if result.metrics:
             print(format_metrics_table(result.metrics))
@@ -214,7 +376,10 @@ def eval_reward(args: argparse.Namespace) -> int:
     except DataError as error:
         return _error(str(error))
     max_length = args.max_length or config.get("max_length", 512)
-    with tqdm(total=len(pairs), unit="pair", file=sys.stderr) as bar:
+    # A bar on a terminal only: into a file, its redraws would pile up.
+    with tqdm(
+        total=len(pairs), unit="pair", file=sys.stderr, disable=not sys.stderr.isatty()
+    ) as bar:
         metrics = evaluate_reward_model(
             model,
             tokenizer,

@@ -53,6 +53,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlhf.files import normalize_permissions
+
 METADATA_FILE = "pairwise_reward.json"
 HEAD_INIT_SEED = 0  # the new score head is initialised under this seed
 
@@ -241,6 +243,7 @@ def save_reward_model(
     text = json.dumps(record, indent=2, sort_keys=True, ensure_ascii=False)  # fails before writing
     model.save_pretrained(out, state_dict=dict(state_dict) if state_dict is not None else None)
     tokenizer.save_pretrained(out)
+    normalize_permissions(out)  # safetensors writes 0600 files (see rlhf.files)
     (out / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
     return out
 

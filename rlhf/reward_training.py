@@ -45,11 +45,13 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.data import KINDS, PreferencePair
+from rlhf.files import normalize_permissions
 from rlhf.preferences import MARGIN_TABLES, margin_for_rating
 
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 ProgressCallback = Callable[[dict[str, Any]], None]
+EvalProgressCallback = Callable[[int, int], None]  # (pairs scored, held-out pairs)
 
 
 class ConfigError(ValueError):
@@ -285,6 +287,10 @@ def pairs_digest(pairs: Sequence[PreferencePair]) -> str:
 
 @dataclass
 class TrainingResult:
+    """What a run did. ``train_pairs`` is the size of the training set; ``pairs_trained`` counts
+    the pairs its steps took (repeats included, ``max_steps`` may stop it before an epoch),
+    ``distinct_pairs_trained`` the different ones among them."""
+
     out_dir: Path
     metrics: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
@@ -292,6 +298,8 @@ class TrainingResult:
     train_pairs: int = 0
     seconds: float = 0.0
     pairs_per_second: float = 0.0
+    pairs_trained: int = 0
+    distinct_pairs_trained: int = 0
 
 
 def _margins(pairs: Sequence[PreferencePair], table: str) -> list[float]:
@@ -328,7 +336,7 @@ def _latest_checkpoint(out_dir: Path) -> Path | None:
 class _Trainer:
     """One run's state; :func:`train_reward_model` is its public face."""
 
-    def __init__(self, config, train_pairs, eval_pairs, out_dir, progress):
+    def __init__(self, config, train_pairs, eval_pairs, out_dir, progress, eval_progress=None):
         import torch
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -337,6 +345,7 @@ class _Trainer:
         from rlhf.reward_model import load_reward_backbone, usable_length
 
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
+        self.eval_progress = eval_progress
         self.train_pairs, self.eval_pairs = list(train_pairs), list(eval_pairs)
         if not self.train_pairs:
             raise ValueError("no training pairs")
@@ -424,6 +433,7 @@ class _Trainer:
         self.accelerator.save_state(str(folder))
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
+            normalize_permissions(folder)  # safetensors writes 0600 files (see rlhf.files)
             record = json.dumps(self._state_record(), indent=1)
             (folder / TRAINER_STATE_FILE).write_text(record + "\n", encoding="utf-8")
             older = sorted(
@@ -518,6 +528,7 @@ class _Trainer:
 
         if not self.eval_pairs:
             return None
+        self.log(f"evaluating on {len(self.eval_pairs)} held-out pairs")
         encoded = self.eval_encoded
         mine = list(range(self.accelerator.process_index, len(encoded), self.world))
         per_process = math.ceil(len(encoded) / self.world)
@@ -533,6 +544,10 @@ class _Trainer:
                 rows = slice(start, start + len(indices))
                 rewards[rows, 0] = torch.tensor(indices, dtype=torch.float32)
                 rewards[rows, 1], rewards[rows, 2] = chosen.float(), rejected.float()
+                if self.eval_progress is not None and self.accelerator.is_main_process:
+                    # Every process scores an equal share: the main one's stands for all.
+                    done = min(len(encoded), (start + len(indices)) * self.world)
+                    self.eval_progress(done, len(encoded))
         gathered = self.accelerator.gather(rewards).cpu()
         if not self.accelerator.is_main_process:
             return None
@@ -585,6 +600,7 @@ class _Trainer:
         if metrics is not None:
             self.emit({"event": "eval", "step": self.step, "metrics": metrics})
         self.save_model(metrics)
+        taken = [index for batch in self.batches[: self.steps] for index in batch]
         return TrainingResult(
             out_dir=self.out_dir,
             metrics=metrics or {},
@@ -593,6 +609,8 @@ class _Trainer:
             train_pairs=len(self.train_pairs),
             seconds=seconds,
             pairs_per_second=trained_pairs / seconds if seconds else 0.0,
+            pairs_trained=len(taken),
+            distinct_pairs_trained=len(set(taken)),
         )
 
     def save_model(self, metrics: dict[str, Any] | None) -> None:
@@ -636,18 +654,20 @@ def train_reward_model(
     out_dir: str | Path,
     *,
     progress: ProgressCallback | None = None,
+    eval_progress: EvalProgressCallback | None = None,
 ) -> TrainingResult:
     """Train a reward model (see the module docstring) and save it in ``out_dir``.
 
     ``progress`` receives, on the main process, events ``{"event": "log", "message"}``,
     ``{"event": "step", "step", "total_steps", "loss", "learning_rate", "pairs_per_second"}``
-    and ``{"event": "eval", "step", "metrics"}``. A run whose ``out_dir`` holds a checkpoint of
-    the same config and data continues from it.
+    and ``{"event": "eval", "step", "metrics"}``; ``eval_progress(scored, total)`` is called
+    while the held-out pairs are scored. A run whose ``out_dir`` holds a checkpoint of the same
+    config and data continues from it.
     """
     config.validate()
     if not config.base_model:
         raise ConfigError("base_model", "is required")
-    trainer = _Trainer(config, train_pairs, eval_pairs, out_dir, progress)
+    trainer = _Trainer(config, train_pairs, eval_pairs, out_dir, progress, eval_progress)
     return trainer.run()
 
 

@@ -123,6 +123,8 @@ def build_tiny_llama(
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
+    from rlhf.files import normalize_permissions
+
     if hidden_size % num_heads or num_heads % num_kv_heads:
         raise ValueError("hidden_size must divide into num_heads, num_heads into num_kv_heads")
     out = Path(out_dir)
@@ -151,4 +153,5 @@ def build_tiny_llama(
     model.generation_config = GenerationConfig(**special)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    normalize_permissions(out)
     return out

@@ -14,7 +14,12 @@ from annotation_app.models import Batch
 from annotation_app.roles import Role
 from annotation_app.services.batches import activate_batch
 from annotation_app.services.imports import import_comparisons
-from tests.workers import celery_worker_process, redis_url  # noqa: F401 (fixtures, one per session)
+from tests.hub import _hub_server, fake_hub  # noqa: F401 (fixtures: a local HF hub)
+from tests.workers import (  # noqa: F401 (fixtures)
+    celery_worker_process,
+    eager_tasks,
+    redis_url,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PAIRWISE_ASSETS", ROOT.parent / "shared"))

@@ -120,6 +120,20 @@ def app_using(broker_url: str) -> Iterator:
         app.conf.update(previous)
 
 
+@pytest.fixture
+def eager_tasks():
+    """Tasks run in this process, as without a broker (the demo), even after a test of the
+    session pointed the app at a worker."""
+    from config.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        yield app
+    finally:
+        app.conf.task_always_eager = previous
+
+
 def _drop_connections(app) -> None:
     # The producer pool is bound to the broker URL it was made with; Celery makes new ones
     # on demand once these are gone (there is no public API to re-point a running app).

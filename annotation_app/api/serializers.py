@@ -2,21 +2,30 @@
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.authtoken.serializers import AuthTokenSerializer
 
+from annotation_app.api.fields import (
+    StorableModelSerializer,
+    StorableSlugRelatedField,
+    storable_json,
+)
 from annotation_app.errors import InvalidInput
 from annotation_app.models import Annotation, Assignment, Batch, ModelVersion, TrainingRun
+from annotation_app.services.annotations import MAX_TIME_SPENT_MS
 from annotation_app.services.exports import EXPORT_FORMATS
 from annotation_app.services.generation import validate_sampling_plan
+from annotation_app.services.generation_errors import generation_error_for
 from annotation_app.services.imports import FORMATS
 from rlhf.preferences import MARGIN_TABLES, Strength
 
 
-class BatchSerializer(serializers.ModelSerializer):
-    assigned_annotators = serializers.SlugRelatedField(
+class BatchSerializer(StorableModelSerializer):
+    assigned_annotators = StorableSlugRelatedField(
         many=True, required=False, slug_field="username", queryset=get_user_model().objects.all()
     )
-    assigned_groups = serializers.SlugRelatedField(
+    assigned_groups = StorableSlugRelatedField(
         many=True, required=False, slug_field="name", queryset=Group.objects.all()
     )
     comparison_count = serializers.IntegerField(source="comparisons.count", read_only=True)
@@ -32,6 +41,8 @@ class BatchSerializer(serializers.ModelSerializer):
             "overlap",
             "sampling_plan",
             "lease_minutes",
+            "allow_annotator_prompts",
+            "max_turns",
             "assigned_annotators",
             "assigned_groups",
             "deadline",
@@ -41,6 +52,18 @@ class BatchSerializer(serializers.ModelSerializer):
             "closed_at",
         ]
         read_only_fields = ["status", "created_at", "activated_at", "closed_at"]
+        # The database's check constraints, said up front (a 400, not an IntegrityError).
+        extra_kwargs = {
+            "kind": {"help_text": "Fixed once the batch has annotations."},
+            "overlap": {
+                "min_value": 1,
+                "help_text": "Annotations wanted per comparison. A change recomputes which "
+                "comparisons are complete (annotations are never removed); it may not go below "
+                "a comparison's annotations plus open leases while a lease is open.",
+            },
+            "lease_minutes": {"min_value": 1},
+            "max_turns": {"min_value": 1},
+        }
 
     def validate_sampling_plan(self, plan: dict) -> dict:
         try:
@@ -50,13 +73,24 @@ class BatchSerializer(serializers.ModelSerializer):
         return plan
 
 
+@extend_schema_field({"type": "string", "format": "binary"})
+class UploadField(serializers.FileField):
+    """A file uploaded in a multipart body (the schema says so: binary, not a URL)."""
+
+
 class ImportSerializer(serializers.Serializer):
-    file = serializers.FileField()
+    file = UploadField(help_text="JSONL or CSV in UTF-8, optionally gzip-compressed (.gz).")
     format = serializers.ChoiceField(
         choices=FORMATS,
         required=False,
         allow_null=True,
         help_text="Detected from the first record when omitted.",
+    )
+    allow_duplicate = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Import even when the same content was imported into this batch before "
+        "(refused with 409 otherwise).",
     )
 
 
@@ -83,7 +117,10 @@ class TaskSerializer(serializers.Serializer):
     safety_labels_required = serializers.BooleanField(source="comparison.batch.is_safety")
     status = serializers.CharField()
     comparison_status = serializers.CharField(source="comparison.status")
-    generation_error = serializers.CharField(source="comparison.generation_error")
+    generation_error = serializers.SerializerMethodField(
+        help_text="Why generating the responses failed: the worker's error for staff, a neutral "
+        "message for annotators; empty unless the comparison failed."
+    )
     expires_at = serializers.DateTimeField()
 
     def get_batch(self, assignment: Assignment) -> dict:
@@ -94,6 +131,9 @@ class TaskSerializer(serializers.Serializer):
             "kind": batch.kind,
             "guidelines": batch.guidelines,
         }
+
+    def get_generation_error(self, assignment: Assignment) -> str:
+        return generation_error_for(assignment)
 
     def get_context(self, assignment: Assignment) -> list[dict]:
         return assignment.comparison.context_messages()
@@ -115,10 +155,13 @@ class SubmitSerializer(serializers.Serializer):
     rationale = serializers.CharField(
         required=False, allow_blank=True, default="", trim_whitespace=True
     )
-    time_spent_ms = serializers.IntegerField(required=False, allow_null=True, min_value=0)
+    time_spent_ms = serializers.IntegerField(
+        required=False, allow_null=True, min_value=0, max_value=MAX_TIME_SPENT_MS
+    )
     idempotency_key = serializers.UUIDField(
-        help_text="Chosen by the client; retrying with the same key never creates a second "
-        "annotation."
+        required=True,
+        help_text="Required. Chosen by the client, a new one for each judgement; retrying with "
+        "the same key never creates a second annotation.",
     )
 
 
@@ -176,8 +219,8 @@ class ContinueSerializer(serializers.Serializer):
     text = serializers.CharField(max_length=10_000)
 
 
-class ModelVersionSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(
+class ModelVersionSerializer(StorableModelSerializer):
+    parent = StorableSlugRelatedField(
         slug_field="name", queryset=ModelVersion.objects.all(), required=False, allow_null=True
     )
     make_current = serializers.BooleanField(write_only=True, required=False, default=False)
@@ -204,8 +247,10 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     """A training run: its config, data snapshot, state, logs and metrics."""
 
     batches = serializers.SerializerMethodField()
-    base_model = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    base_model = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True)
+    created_by = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
     output_models = serializers.SerializerMethodField(
         help_text="Model versions the run registered (not current: promote one with "
         "POST /api/v1/models/{id}/promote/)."
@@ -283,7 +328,20 @@ class StartTrainingSerializer(serializers.Serializer):
     config = serializers.DictField(
         required=False,
         default=dict,
+        validators=[storable_json],
         help_text="Hyperparameters, fields of rlhf.reward_training.RewardTrainingConfig "
         "(learning_rate, micro_batch_size, max_length, epochs, max_steps, margin_table, "
         "eval_fraction, seed, ...); the others take the library's defaults.",
+    )
+
+
+class TokenRequestSerializer(AuthTokenSerializer):
+    """A user name and password; the answer holds that user's API token."""
+
+    # Bounded as the user model bounds it: a longer name names no one, and django-axes could
+    # not record the failed sign-in (a database error, where a 400 is due).
+    username = serializers.CharField(
+        label="Username",
+        write_only=True,
+        max_length=get_user_model()._meta.get_field("username").max_length,
     )

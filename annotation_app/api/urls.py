@@ -1,6 +1,5 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from annotation_app.api import views
@@ -15,7 +14,7 @@ router.register("training-runs", views.TrainingRunViewSet, basename="trainingrun
 urlpatterns = [
     path("tasks/next/", views.NextTaskView.as_view(), name="next-task"),
     path("export/", views.ExportView.as_view(), name="export"),
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", views.TokenView.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(api_version="v1"), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-v1:schema"), name="docs"),
     *router.urls,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.http import StreamingHttpResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -11,24 +13,38 @@ from drf_spectacular.utils import (
     extend_schema,
     extend_schema_view,
 )
-from rest_framework import mixins, status, viewsets
+from rest_framework import generics, mixins, status, viewsets
+from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.decorators import action
-from rest_framework.exceptions import ValidationError
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.exceptions import Throttled, ValidationError
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.permissions import BasePermission, DjangoModelPermissions
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from annotation_app.api import serializers as s
+from annotation_app.api import throttles
+from annotation_app.api.fields import JSONParser
 from annotation_app.models import Annotation, Batch, ModelVersion, TrainingRun
 from annotation_app.selectors import batch_progress
 from annotation_app.services import assignment as assignment_service
 from annotation_app.services import dialogues, registry, training
 from annotation_app.services.annotations import Judgement, submit_annotation
-from annotation_app.services.batches import activate_batch, close_batch, delete_batch
-from annotation_app.services.exports import export_lines
-from annotation_app.services.generation import retry_failed
+from annotation_app.services.batches import (
+    activate_batch,
+    close_batch,
+    delete_batch,
+    update_batch,
+)
+from annotation_app.services.exports import (
+    SKIPPED_COUNT_HEADER,
+    SKIPPED_HEADER,
+    PreferenceExport,
+    skipped_headers,
+)
+from annotation_app.services.generation import retry_unfinished_generation
 from annotation_app.services.imports import import_comparisons
+from annotation_app.templatetags.pairwise_text import minutes
 
 
 class HasPermission(BasePermission):
@@ -78,11 +94,16 @@ class BatchViewSet(viewsets.ModelViewSet):
     def get_object(self):
         if self.action == "write_prompt":
             # Annotators hold no batch permissions; the service checks the batch is open to them.
-            return get_object_or_404(Batch, pk=self.kwargs["pk"])
+            # DRF's get_object_or_404: an id that is not a number is a 404 too, not a 500.
+            return generics.get_object_or_404(Batch, pk=self.kwargs["pk"])
         return super().get_object()
 
     def perform_create(self, serializer):
         serializer.save(created_by=self.request.user)
+
+    def perform_update(self, serializer):
+        # Kind is fixed once annotated; a new overlap recomputes the comparisons' statuses.
+        serializer.instance = update_batch(serializer.instance, serializer.validated_data)
 
     def perform_destroy(self, instance):
         delete_batch(instance)
@@ -104,7 +125,12 @@ class BatchViewSet(viewsets.ModelViewSet):
         form.is_valid(raise_exception=True)
         upload = form.validated_data["file"]
         report = import_comparisons(
-            batch, upload.file, upload.name, form.validated_data.get("format") or None
+            batch,
+            upload.file,
+            upload.name,
+            form.validated_data.get("format") or None,
+            imported_by=request.user,
+            allow_duplicate=form.validated_data["allow_duplicate"],
         )
         return Response(s.ImportReportSerializer(report).data, status=status.HTTP_201_CREATED)
 
@@ -123,8 +149,9 @@ class BatchViewSet(viewsets.ModelViewSet):
     @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
     @action(detail=True, methods=["post"], url_path="retry-generation")
     def retry_generation(self, request, pk=None):
-        """Queue generation again for the batch's comparisons whose generation failed."""
-        return Response({"requests": retry_failed(batch=self.get_object())})
+        """Ask again for the responses of the batch's failed comparisons, and of its waiting ones
+        whose generation is unanswered (sent again at once); returns how many."""
+        return Response({"requests": retry_unfinished_generation(batch=self.get_object())})
 
     @extend_schema(request=s.WritePromptSerializer, responses={201: s.TaskSerializer})
     @action(detail=True, methods=["post"], url_path="prompts")
@@ -270,7 +297,11 @@ class AnnotationViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewse
 
 
 class ExportView(APIView):
-    """Stream preference data as JSON Lines (canonical per-annotation, or TRL training pairs)."""
+    """Stream preference data as JSON Lines (canonical per-annotation, or TRL training pairs).
+
+    A damaged comparison (a response or a context turn missing) is left out, never a failed
+    download: the ``Pairwise-Skipped-Count`` and ``Pairwise-Skipped`` headers name each one.
+    """
 
     permission_classes = [CanExport]
 
@@ -279,8 +310,28 @@ class ExportView(APIView):
             OpenApiParameter("format", str, enum=["canonical", "trl"]),
             OpenApiParameter("batch", int, many=True, description="Batch ids; all when omitted."),
             OpenApiParameter("margin", str, enum=["none", "small", "large"]),
+            OpenApiParameter(
+                SKIPPED_COUNT_HEADER,
+                int,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="How many damaged comparisons were left out (absent: none).",
+            ),
+            OpenApiParameter(
+                SKIPPED_HEADER,
+                str,
+                OpenApiParameter.HEADER,
+                response=[200],
+                description="Each comparison left out, its batch, what is missing and how many "
+                "lines it would have written, separated by ' | ' (the first 20).",
+            ),
         ],
-        responses={(200, "application/jsonl"): OpenApiTypes.STR},
+        responses={
+            (200, "application/jsonl"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description="JSON Lines. Damaged comparisons are left out and named in headers.",
+            )
+        },
     )
     def get(self, request):
         form = s.ExportQuerySerializer(
@@ -298,8 +349,12 @@ class ExportView(APIView):
             missing = set(query["batch"]) - {batch.pk for batch in batches}
             if missing:
                 raise ValidationError({"batch": f"no such batch: {sorted(missing)}"})
-        lines = export_lines(query["format"], batches, query["margin"])
-        response = StreamingHttpResponse(lines, content_type="application/jsonl")
+        export = PreferenceExport(query["format"], batches, query["margin"])
+        response = StreamingHttpResponse(
+            export.lines(),
+            content_type="application/jsonl",
+            headers=skipped_headers(export.skipped),
+        )
         filename = f"pairwise-{query['format']}.jsonl"
         response["Content-Disposition"] = f'attachment; filename="{filename}"'
         return response
@@ -409,3 +464,37 @@ class TrainingRunViewSet(
                 }
             ).data
         )
+
+
+class LockedOut(Throttled):
+    """Too many failed sign-ins for one user name from one address (django-axes): 429."""
+
+    def __init__(self, cool_off: timedelta):
+        super().__init__(
+            detail="Too many failed sign-ins for this user name from this address: try again "
+            f"in {minutes(cool_off)}."
+        )
+        self.wait = int(cool_off.total_seconds())  # the Retry-After header
+
+
+class TokenView(ObtainAuthToken):
+    """A user's API token for their user name and password.
+
+    Throttled per client address; after repeated failed sign-ins for one user name from one
+    address, refused (429) for a while, as the sign-in form is.
+    """
+
+    # ObtainAuthToken has no throttles of its own: count per address, and at the token's rate.
+    throttle_classes = [throttles.AnonRateThrottle, throttles.ScopedRateThrottle]
+    throttle_scope = "auth_token"
+    serializer_class = s.TokenRequestSerializer
+
+    def post(self, request, *args, **kwargs):
+        try:
+            return super().post(request, *args, **kwargs)
+        except ValidationError:
+            # django-axes' backend runs in authenticate(): it counts the failure and marks the
+            # request it was given (DRF's) once the user name is locked out from this address.
+            if getattr(request, "axes_locked_out", False):
+                raise LockedOut(settings.AXES_COOLOFF_TIME) from None
+            raise

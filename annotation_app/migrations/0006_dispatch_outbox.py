@@ -27,6 +27,7 @@ class Migration(migrations.Migration):
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
                 ('kind', models.CharField(choices=[('generation', 'Generation'), ('training', 'Training')], max_length=16)),
                 ('payload', models.JSONField(help_text="The task's arguments: plain data, no model objects.")),
+                ('comparisons', models.ManyToManyField(blank=True, help_text='For generation: the comparisons whose responses it asks for.', related_name='outbox_messages', to='annotation_app.comparison')),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
                 ('sent_at', models.DateTimeField(blank=True, help_text='Last handed to the broker.', null=True)),
                 ('attempts', models.PositiveIntegerField(default=0)),

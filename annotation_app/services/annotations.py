@@ -5,7 +5,8 @@ the left was drawn when the comparison was leased. A :class:`Judgement` speaks i
 display sides; :func:`submit_annotation` translates it to response slots.
 
 A submit is idempotent: it carries a key chosen by the client, and a retry with the same key
-returns the annotation the first attempt created instead of creating another.
+returns the annotation the first attempt created instead of creating another. The same key on
+another assignment is a conflict, not a retry: the new judgement is refused, never dropped.
 """
 
 from __future__ import annotations
@@ -23,7 +24,18 @@ from annotation_app.services.assignment import _locked_assignment, free_slots
 from rlhf.preferences import Strength, safety_bin
 
 MAX_RATIONALE_CHARS = 10_000
+# Annotation.time_spent_ms is a PostgreSQL integer: about 24.8 days, far beyond any judgement.
+MAX_TIME_SPENT_MS = 2**31 - 1
 DISPLAY_SIDES = ("A", "B")
+MISSING_SAFETY_LABEL = "label response {side} safe or unsafe"
+
+
+class InvalidJudgement(InvalidInput):
+    """Several problems of one judgement at once (``problems``), so that all can be shown."""
+
+    def __init__(self, problems: list[InvalidInput]):
+        super().__init__("; ".join(str(problem) for problem in problems), problems[0].field)
+        self.problems = problems
 
 
 @dataclass(frozen=True)
@@ -38,28 +50,49 @@ class Judgement:
     time_spent_ms: int | None = None
 
     def validate(self, batch: Batch) -> None:
+        # The choices the annotator makes are checked together: every missing one is reported.
+        problems = []
         if self.preferred_side not in DISPLAY_SIDES:
-            raise InvalidInput("choose response A or B", field="preferred")
+            problems.append(InvalidInput("choose response A or B", field="preferred"))
         if self.strength not in {strength.value for strength in Strength}:
             choices = ", ".join(strength.value for strength in Strength)
-            raise InvalidInput(f"strength must be one of: {choices}", field="strength")
+            problems.append(InvalidInput(f"strength must be one of: {choices}", field="strength"))
         if batch.is_safety:
-            if self.a_safe is None:
-                raise InvalidInput("label response A safe or unsafe", field="a_safe")
-            if self.b_safe is None:
-                raise InvalidInput("label response B safe or unsafe", field="b_safe")
+            for side, label in (("A", self.a_safe), ("B", self.b_safe)):
+                if label is None:
+                    message = MISSING_SAFETY_LABEL.format(side=side)
+                    problems.append(InvalidInput(message, field=f"{side.lower()}_safe"))
+        if problems:
+            raise problems[0] if len(problems) == 1 else InvalidJudgement(problems)
         if len(self.rationale) > MAX_RATIONALE_CHARS:
             raise InvalidInput(
                 f"the rationale is limited to {MAX_RATIONALE_CHARS} characters", field="rationale"
             )
         if self.time_spent_ms is not None and self.time_spent_ms < 0:
             raise InvalidInput("time spent cannot be negative", field="time_spent_ms")
+        if self.time_spent_ms is not None and self.time_spent_ms > MAX_TIME_SPENT_MS:
+            raise InvalidInput(
+                f"time spent is at most {MAX_TIME_SPENT_MS} ms (about 24 days)",
+                field="time_spent_ms",
+            )
 
 
-def _already_recorded(idempotency_key: uuid.UUID, annotator) -> Annotation | None:
+def _already_recorded(
+    idempotency_key: uuid.UUID, annotator, assignment_id: int
+) -> Annotation | None:
+    """The annotation a first attempt of this very submit created, if any.
+
+    A key reused for another assignment is a client error, not a retry: answering with the
+    first annotation would silently drop the new judgement.
+    """
     annotation = Annotation.objects.filter(idempotency_key=idempotency_key).first()
     if annotation is not None and annotation.annotator_id != annotator.pk:
         raise Conflict("this submission key was already used by someone else")
+    if annotation is not None and annotation.assignment_id != assignment_id:
+        raise Conflict(
+            f"idempotency_key {idempotency_key} was already used to submit assignment "
+            f"{annotation.assignment_id}, not {assignment_id}: use a new key for each judgement"
+        )
     return annotation
 
 
@@ -76,14 +109,14 @@ def submit_annotation(
     slot, so an annotator who was slow loses nothing unless someone else took their place.
     """
     now = now or timezone.now()
-    existing = _already_recorded(idempotency_key, annotator)
+    existing = _already_recorded(idempotency_key, annotator, assignment_id)
     if existing is not None:
         return existing, False
 
     with transaction.atomic():
         assignment = _locked_assignment(assignment_id, annotator)
         # A concurrent retry of this very submit may have committed while we waited.
-        existing = _already_recorded(idempotency_key, annotator)
+        existing = _already_recorded(idempotency_key, annotator, assignment_id)
         if existing is not None:
             return existing, False
         if assignment.status != Assignment.Status.LEASED:
@@ -94,6 +127,8 @@ def submit_annotation(
         judgement.validate(batch)
 
         comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
+        # Read after taking the lock: update_batch changes the overlap holding every lock.
+        batch.refresh_from_db(fields=["overlap"])
         comparison.batch = batch
         if not assignment.is_live(now) and free_slots(comparison, now, excluding=assignment) <= 0:
             raise Conflict(
@@ -104,7 +139,8 @@ def submit_annotation(
         safe_by_slot = {left: judgement.a_safe, right: judgement.b_safe}
         time_spent_ms = judgement.time_spent_ms
         if time_spent_ms is None:
-            time_spent_ms = int((now - assignment.leased_at).total_seconds() * 1000)
+            elapsed_ms = int((now - assignment.leased_at).total_seconds() * 1000)
+            time_spent_ms = min(elapsed_ms, MAX_TIME_SPENT_MS)  # a lease weeks old: cap it
         annotation = Annotation.objects.create(
             comparison=comparison,
             annotator=annotator,

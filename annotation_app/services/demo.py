@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db import transaction
+from django.db import connections, transaction
 
+from annotation_app.errors import Conflict
 from annotation_app.models import Batch, ModelVersion
 from annotation_app.roles import Role
 from annotation_app.services.batches import activate_batch
-from annotation_app.services.generation import default_policy
 from annotation_app.services.imports import import_comparisons
-from annotation_app.services.registry import register_model
+from annotation_app.services.registry import (
+    current_version,
+    promote,
+    register_model,
+    registered_version,
+    stored_path,
+)
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_PASSWORD = "pairwise-demo"
@@ -67,6 +74,7 @@ DEMO_BATCHES = [
 ]
 
 
+TINY_POLICY_NAME = "tiny demo policy"
 TINY_POLICY_NOTICE = (
     "No policy model is configured, so the demo built a tiny, untrained Llama in {path}: its "
     "responses are gibberish. For real text, restart with "
@@ -75,20 +83,110 @@ TINY_POLICY_NOTICE = (
 )
 
 
-def ensure_demo_policy() -> tuple[ModelVersion, str | None]:
-    """The policy the demo samples from, and a notice when it had to build a tiny one."""
-    policy = default_policy()
-    if policy is not None:
-        return policy, None
-    from rlhf.tiny import build_tiny_llama
+@dataclass(frozen=True)
+class DemoPolicy:
+    """The policy the demo samples from, why it is the current one, and a warning if any."""
 
-    path = Path(settings.VAR_DIR) / "models" / "tiny-demo-policy"
-    if not (path / "config.json").exists():
-        build_tiny_llama(path)
-    policy = register_model(
-        str(path), ModelVersion.Role.POLICY, name="tiny demo policy", make_current=True
+    version: ModelVersion
+    reason: str
+    notice: str | None = None
+
+
+def tiny_policy_path() -> Path:
+    return Path(settings.VAR_DIR) / "models" / "tiny-demo-policy"
+
+
+def _unused_name(base: str) -> str:
+    name, number = base, 1
+    while ModelVersion.objects.filter(name=name).exists():
+        number += 1
+        name = f"{base} ({number})"
+    return name
+
+
+def _make_current(version: ModelVersion) -> str:
+    """Promote ``version``; says which version it replaced, if any."""
+    previous = current_version(ModelVersion.Role.POLICY)
+    if previous is not None and previous.pk == version.pk:
+        return ""
+    promote(version)
+    return f"; it replaced {previous.name!r}" if previous is not None else ""
+
+
+@transaction.atomic
+def ensure_demo_policy() -> DemoPolicy:
+    """Make the policy the demo should sample from current, and say why it is that one.
+
+    1. ``PAIRWISE_POLICY``, when set, wins over whatever is current (a tiny policy of an
+       earlier start, say): registered if new, promoted if not current.
+    2. Else the current policy stays (registered with ``register_model --current`` or the
+       admin, or chosen on an earlier start).
+    3. Else a tiny untrained Llama is built in ``var/models/`` and made current, with a notice
+       that its text is gibberish.
+    """
+    role = ModelVersion.Role.POLICY
+    configured = settings.PAIRWISE_POLICY
+    if configured:
+        version = registered_version(configured, role)
+        if version is None:
+            location = stored_path(configured)
+            version = register_model(
+                configured, role, name=_unused_name(f"policy:{Path(location).name}")
+            )
+            replaced = _make_current(version)
+            return DemoPolicy(version, f"PAIRWISE_POLICY names it (registered now{replaced})")
+        replaced = _make_current(version)
+        return DemoPolicy(version, f"PAIRWISE_POLICY names it{replaced}")
+    tiny_path = tiny_policy_path()
+    current = current_version(role)
+    if current is not None and current.path != stored_path(str(tiny_path)):
+        return DemoPolicy(current, "registered as current (PAIRWISE_POLICY is not set)")
+    if not (tiny_path / "config.json").exists():
+        from rlhf.tiny import build_tiny_llama
+
+        build_tiny_llama(tiny_path)
+    version = registered_version(str(tiny_path), role) or register_model(
+        str(tiny_path), role, name=_unused_name(TINY_POLICY_NAME)
     )
-    return policy, TINY_POLICY_NOTICE.format(path=path)
+    _make_current(version)
+    return DemoPolicy(
+        version,
+        "tiny fallback: PAIRWISE_POLICY is not set and no other policy is registered",
+        TINY_POLICY_NOTICE.format(path=tiny_path),
+    )
+
+
+def reset_demo() -> list[Path]:
+    """Delete what the demo keeps in ``var/``: its SQLite database, the tiny policy it built
+    and the training runs' files. Returns the paths removed.
+
+    Only a SQLite database inside ``settings.VAR_DIR`` is deleted; any other database (a
+    ``DATABASE_URL`` pointing at PostgreSQL, say) raises :class:`Conflict` and nothing changes.
+    """
+    var_dir = Path(settings.VAR_DIR).resolve()
+    database = connections["default"].settings_dict
+    database_file = Path(str(database["NAME"])).resolve()
+    if not database["ENGINE"].endswith("sqlite3") or var_dir not in database_file.parents:
+        raise Conflict(
+            f"the demo reset deletes only the demo's SQLite database in {var_dir}; this one is "
+            f"{database['ENGINE'].rsplit('.', 1)[-1]} {database['NAME']!r}: reset it yourself"
+        )
+    connections.close_all()  # SQLite: no open handle on the file being deleted
+    candidates = [database_file, tiny_policy_path().resolve()]
+    candidates += [Path(f"{database_file}{end}") for end in ("-journal", "-wal", "-shm")]
+    training_dir = Path(settings.PAIRWISE_TRAINING_DIR).resolve()
+    if var_dir in training_dir.parents:
+        candidates.append(training_dir)
+    removed = []
+    for path in candidates:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+        else:
+            continue
+        removed.append(path)
+    return removed
 
 
 @dataclass(frozen=True)

@@ -16,23 +16,60 @@ imported datasets can be trained on; annotated comparisons are exported from the
 only. The canonical export never includes them: it is one line per annotation.
 
 Annotators appear under a stable pseudonym, never their user name.
+
+A damaged row never fails an export: a comparison that lacks a response or a turn of its
+context (the models forbid it once judged, but raw SQL or an old deletion can leave one) is
+left out, and said so. :class:`PreferenceExport` finds such rows with one query before the
+first line, so that a caller can report them up front (the API in a response header, the
+command on stderr, a training run in its logs); a row damaged while the export streams is
+left out too, and added to the report.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import IO
 
 from django.conf import settings
-from django.db.models import Exists, OuterRef, Prefetch, Q, QuerySet
+from django.db.models import Count, Exists, F, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 
 from annotation_app.models import Annotation, Batch, Comparison, Response, Turn
 from rlhf.preferences import DEFAULT_MARGIN_TABLE, is_dropped_safety_pair, margin_for_rating
 
+logger = logging.getLogger(__name__)
+
 EXPORT_FORMATS = ("canonical", "trl")
 CANONICAL_FORMAT_VERSION = "pairwise.canonical/v1"
+
+
+class DamagedRow(Exception):
+    """A comparison the export cannot write whole: ``problem`` says what is missing."""
+
+    def __init__(self, problem: str):
+        super().__init__(problem)
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class SkippedRow:
+    """A comparison left out of an export, why, and how many lines it would have written."""
+
+    comparison_id: int
+    batch_id: int
+    problem: str
+    lines: int
+
+    def __str__(self) -> str:
+        lines = f"{self.lines} line{'s' if self.lines != 1 else ''}"
+        return (
+            f"comparison {self.comparison_id} (batch {self.batch_id}): {self.problem}; "
+            f"{lines} left out"
+        )
 
 
 def annotator_pseudonym(user_id: int) -> str:
@@ -77,6 +114,34 @@ def dropped_safety_annotations() -> Q:
     )
 
 
+def _numbers(values: list[int]) -> str:
+    """1 / 1 and 2 / 0, 1 and 2."""
+    if len(values) == 1:
+        return str(values[0])
+    return f"{', '.join(map(str, values[:-1]))} and {values[-1]}"
+
+
+def check_whole(comparison: Comparison) -> None:
+    """Raise :class:`DamagedRow` unless the comparison has both responses and every turn of
+    its context (reads the prefetched ``responses`` and ``conversation.turns``)."""
+    problems = []
+    slots = {response.slot for response in comparison.responses.all()}
+    missing_slots = [slot for slot in (1, 2) if slot not in slots]
+    if missing_slots:
+        plural = "s" if len(missing_slots) > 1 else ""
+        problems.append(f"no response{plural} in slot{plural} {_numbers(missing_slots)}")
+    indexes = {turn.index for turn in comparison.conversation.turns.all()}
+    missing_turns = [i for i in range(comparison.context_length) if i not in indexes]
+    if missing_turns:
+        plural = "s" if len(missing_turns) > 1 else ""
+        problems.append(
+            f"turn{plural} {_numbers(missing_turns)} of its {comparison.context_length}-turn "
+            f"context {'are' if plural else 'is'} missing"
+        )
+    if problems:
+        raise DamagedRow("; ".join(problems))
+
+
 def _comparison_context(comparison: Comparison) -> list[dict[str, str]]:
     turns = list(comparison.conversation.turns.all())[: comparison.context_length]
     return [turn.as_message() for turn in turns]
@@ -107,7 +172,9 @@ def _response_record(response: Response) -> dict:
 
 
 def canonical_record(annotation: Annotation) -> dict:
+    """The canonical line of an annotation; :class:`DamagedRow` if its comparison is damaged."""
     comparison = annotation.comparison
+    check_whole(comparison)
     batch = comparison.batch
     responses = _responses_by_slot(annotation)
     return {
@@ -135,13 +202,15 @@ def canonical_record(annotation: Annotation) -> dict:
 def training_record(
     annotation: Annotation, margin_table: str = DEFAULT_MARGIN_TABLE
 ) -> dict | None:
-    """The TRL training pair of an annotation, or None when the paper's rule drops it."""
+    """The TRL training pair of an annotation, or None when the paper's rule drops it;
+    :class:`DamagedRow` if its comparison is damaged."""
     batch = annotation.comparison.batch
     chosen_slot, rejected_slot = annotation.preferred_slot, annotation.rejected_slot
     if batch.kind == Batch.Kind.SAFETY and is_dropped_safety_pair(
         annotation.is_safe(chosen_slot), annotation.is_safe(rejected_slot)
     ):
         return None
+    check_whole(annotation.comparison)
     responses = _responses_by_slot(annotation)
     return {
         "prompt": _context(annotation),
@@ -159,7 +228,10 @@ def training_record(
 
 
 def reference_training_record(comparison: Comparison) -> dict:
-    """The TRL training pair of an imported comparison's reference preference: unrated."""
+    """The TRL training pair of an imported comparison's reference preference: unrated.
+
+    :class:`DamagedRow` if the comparison is damaged."""
+    check_whole(comparison)
     chosen_slot = comparison.reference_preferred_slot
     texts = {response.slot: response.text for response in comparison.responses.all()}
     return {
@@ -177,45 +249,199 @@ def reference_training_record(comparison: Comparison) -> dict:
     }
 
 
+def _exported_annotations(export_format: str, batches: list[Batch] | None) -> QuerySet[Annotation]:
+    """The annotations that write a line (the training export drops some safety pairs)."""
+    annotations = Annotation.objects.all()
+    if batches is not None:
+        annotations = annotations.filter(comparison__batch__in=batches)
+    if export_format == "trl":
+        annotations = annotations.exclude(dropped_safety_annotations())
+    return annotations
+
+
+def find_damaged_rows(
+    export_format: str,
+    batches: Iterable[Batch] | None = None,
+    *,
+    include_reference_preferences: bool = False,
+) -> list[SkippedRow]:
+    """The comparisons an export would write that lack a response or a context turn.
+
+    One query finds them among the exported comparisons; :func:`check_whole` then describes
+    each (few, normally none).
+    """
+    if batches is not None:
+        batches = list(batches)
+    annotations = _exported_annotations(export_format, batches)
+    exported = Q(Exists(annotations.filter(comparison=OuterRef("pk"))))
+    if include_reference_preferences:
+        exported |= Q(pk__in=reference_only_comparisons(batches).values("pk"))
+    context_turns = (
+        Turn.objects.filter(
+            conversation=OuterRef("conversation"), index__lt=OuterRef("context_length")
+        )
+        .order_by()
+        .values("conversation")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    damaged = (
+        Comparison.objects.filter(exported)
+        .alias(turns=Coalesce(Subquery(context_turns), 0))
+        .filter(
+            ~Exists(Response.objects.filter(comparison=OuterRef("pk"), slot=1))
+            | ~Exists(Response.objects.filter(comparison=OuterRef("pk"), slot=2))
+            | Q(turns__lt=F("context_length"))
+        )
+        .prefetch_related("responses", "conversation__turns")
+        .order_by("pk")
+    )
+    damaged = list(damaged)
+    if not damaged:
+        return []
+    lines = dict(
+        annotations.filter(comparison__in=damaged)
+        .values_list("comparison_id")
+        .annotate(count=Count("pk"))
+        .order_by()
+    )
+    rows = []
+    for comparison in damaged:
+        try:
+            check_whole(comparison)
+        except DamagedRow as damage:
+            # No annotation line: it is exported for its reference preference, one line.
+            count = lines.get(comparison.pk, 1)
+            rows.append(SkippedRow(comparison.pk, comparison.batch_id, damage.problem, count))
+    return rows
+
+
+class PreferenceExport:
+    """One export of preference data, written line by line by :meth:`lines`.
+
+    ``skipped`` lists the damaged comparisons that are left out; it is complete as soon as
+    the export is made (one query), so a caller can report it before streaming, except for
+    rows damaged while the export streams, which are left out and appended as they are met.
+    ``on_skipped`` is called once for each skipped row, when it becomes known; every skipped
+    row is logged as a warning too.
+
+    ``include_reference_preferences`` (``trl`` only) adds the unrated pairs of imported
+    comparisons that no one annotated (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        export_format: str,
+        batches: Iterable[Batch] | None = None,
+        margin_table: str = DEFAULT_MARGIN_TABLE,
+        *,
+        include_reference_preferences: bool = False,
+        on_skipped: Callable[[SkippedRow], None] | None = None,
+    ):
+        if export_format not in EXPORT_FORMATS:
+            raise ValueError(
+                f"unknown export format {export_format!r}; use one of {EXPORT_FORMATS}"
+            )
+        if include_reference_preferences and export_format != "trl":
+            raise ValueError("reference preferences are exported in the trl format only")
+        margin_for_rating("better", margin_table)  # fail early on an unknown margin table
+        self.export_format = export_format
+        self.batches = list(batches) if batches is not None else None
+        self.margin_table = margin_table
+        self.include_reference_preferences = include_reference_preferences
+        self.on_skipped = on_skipped
+        self.skipped: list[SkippedRow] = []
+        self._skipped_ids: set[int] = set()
+        for row in find_damaged_rows(
+            export_format,
+            self.batches,
+            include_reference_preferences=include_reference_preferences,
+        ):
+            self._skip(row)
+
+    def _skip(self, row: SkippedRow) -> None:
+        self.skipped.append(row)
+        self._skipped_ids.add(row.comparison_id)
+        logger.warning("export: skipped %s", row)
+        if self.on_skipped is not None:
+            self.on_skipped(row)
+
+    def _record(self, comparison: Comparison, build: Callable[..., dict | None], *args):
+        """``build(*args)``: the record, or None for a comparison that is (or turns out to be)
+        damaged, or a pair the paper's rule drops."""
+        if comparison.pk in self._skipped_ids:
+            return None
+        try:
+            return build(*args)
+        except DamagedRow as damage:  # damaged since the export was made
+            lines = _exported_annotations(self.export_format, None).filter(comparison=comparison)
+            self._skip(
+                SkippedRow(comparison.pk, comparison.batch_id, damage.problem, lines.count() or 1)
+            )
+            return None
+
+    def lines(self) -> Iterator[str]:
+        """Yield the export one JSON line at a time (with its newline)."""
+        for annotation in annotations_to_export(self.batches).iterator(chunk_size=500):
+            if self.export_format == "canonical":
+                record = self._record(annotation.comparison, canonical_record, annotation)
+            else:
+                record = self._record(
+                    annotation.comparison, training_record, annotation, self.margin_table
+                )
+            if record is not None:
+                yield json.dumps(record, ensure_ascii=False) + "\n"
+        if self.include_reference_preferences:
+            comparisons = (
+                reference_only_comparisons(self.batches)
+                .select_related("batch", "conversation")
+                .prefetch_related(
+                    Prefetch("conversation__turns", queryset=Turn.objects.order_by("index")),
+                    Prefetch("responses", queryset=Response.objects.order_by("slot")),
+                )
+                .order_by("id")
+            )
+            for comparison in comparisons.iterator(chunk_size=500):
+                record = self._record(comparison, reference_training_record, comparison)
+                if record is not None:
+                    yield json.dumps(record, ensure_ascii=False) + "\n"
+
+
+# How a streamed download says what it left out, before its first line (the API's export).
+SKIPPED_COUNT_HEADER = "Pairwise-Skipped-Count"
+SKIPPED_HEADER = "Pairwise-Skipped"
+SKIPPED_HEADER_ROWS = 20
+
+
+def skipped_headers(rows: list[SkippedRow]) -> dict[str, str]:
+    """Response headers naming the damaged comparisons an export leaves out (none: none).
+
+    The first ``SKIPPED_HEADER_ROWS`` rows, separated by `` | ``; the server log has them all.
+    """
+    if not rows:
+        return {}
+    shown = " | ".join(str(row) for row in rows[:SKIPPED_HEADER_ROWS])
+    if len(rows) > SKIPPED_HEADER_ROWS:
+        shown += f" | and {len(rows) - SKIPPED_HEADER_ROWS} more (see the server log)"
+    return {SKIPPED_COUNT_HEADER: str(len(rows)), SKIPPED_HEADER: shown}
+
+
 def export_lines(
     export_format: str,
     batches: Iterable[Batch] | None = None,
     margin_table: str = DEFAULT_MARGIN_TABLE,
     *,
     include_reference_preferences: bool = False,
+    on_skipped: Callable[[SkippedRow], None] | None = None,
 ) -> Iterator[str]:
-    """Yield the export one JSON line at a time (with its newline).
-
-    ``include_reference_preferences`` (``trl`` only) adds the unrated pairs of imported
-    comparisons that no one annotated (see the module docstring).
-    """
-    if export_format not in EXPORT_FORMATS:
-        raise ValueError(f"unknown export format {export_format!r}; use one of {EXPORT_FORMATS}")
-    if include_reference_preferences and export_format != "trl":
-        raise ValueError("reference preferences are exported in the trl format only")
-    margin_for_rating("better", margin_table)  # fail early on an unknown margin table
-    if batches is not None:
-        batches = list(batches)  # iterated twice below
-    for annotation in annotations_to_export(batches).iterator(chunk_size=500):
-        if export_format == "canonical":
-            record = canonical_record(annotation)
-        else:
-            record = training_record(annotation, margin_table)
-            if record is None:
-                continue
-        yield json.dumps(record, ensure_ascii=False) + "\n"
-    if include_reference_preferences:
-        comparisons = (
-            reference_only_comparisons(batches)
-            .select_related("batch", "conversation")
-            .prefetch_related(
-                Prefetch("conversation__turns", queryset=Turn.objects.order_by("index")),
-                Prefetch("responses", queryset=Response.objects.order_by("slot")),
-            )
-            .order_by("id")
-        )
-        for comparison in comparisons.iterator(chunk_size=500):
-            yield json.dumps(reference_training_record(comparison), ensure_ascii=False) + "\n"
+    """Yield the export one JSON line at a time (see :class:`PreferenceExport`)."""
+    yield from PreferenceExport(
+        export_format,
+        batches,
+        margin_table,
+        include_reference_preferences=include_reference_preferences,
+        on_skipped=on_skipped,
+    ).lines()
 
 
 def write_export(
@@ -225,14 +451,19 @@ def write_export(
     margin_table: str = DEFAULT_MARGIN_TABLE,
     *,
     include_reference_preferences: bool = False,
+    on_skipped: Callable[[SkippedRow], None] | None = None,
 ) -> int:
-    """Write the export to ``out``; returns the number of lines written."""
+    """Write the export to ``out``; returns the number of lines written.
+
+    ``on_skipped`` hears of each damaged comparison left out (see :class:`PreferenceExport`).
+    """
     count = 0
     for line in export_lines(
         export_format,
         batches,
         margin_table,
         include_reference_preferences=include_reference_preferences,
+        on_skipped=on_skipped,
     ):
         out.write(line)
         count += 1

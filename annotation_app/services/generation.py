@@ -11,22 +11,31 @@ A side without ``model_version`` uses the current policy. Requests carry everyth
 needs (model path, messages, parameters, and a seed drawn here), so that the worker never reads
 the database and a redelivered task regenerates the very same text. Storing is idempotent: a
 response slot, once filled, is never written again, so a task run twice leaves two responses.
+
+Requests go through the outbox (``services/outbox.py``): recorded with the comparisons they are
+for, sent once the transaction commits, and sent again while unanswered, so that neither a broker
+outage nor a lost worker leaves a comparison waiting for ever.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import threading
 from collections.abc import Iterable
 
 from django.conf import settings
-from django.db import close_old_connections, connections, transaction
-from django.db.models import Count
+from django.db import transaction
+from django.db.models import Count, Q
 
 from annotation_app.errors import Conflict, InvalidInput
-from annotation_app.models import Batch, Comparison, ModelVersion, Response
-from annotation_app.services.registry import current_version, promote, register_model
+from annotation_app.models import Batch, Comparison, ModelVersion, OutboxMessage, Response
+from annotation_app.services import outbox
+from annotation_app.services.registry import (
+    current_version,
+    promote,
+    register_model,
+    registered_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +84,7 @@ def default_policy() -> ModelVersion | None:
     """The current policy; registers ``settings.PAIRWISE_POLICY`` first if none is current."""
     policy = current_version(ModelVersion.Role.POLICY)
     if policy is None and settings.PAIRWISE_POLICY:
-        existing = ModelVersion.objects.filter(
-            role=ModelVersion.Role.POLICY, path=settings.PAIRWISE_POLICY
-        ).first()
+        existing = registered_version(settings.PAIRWISE_POLICY, ModelVersion.Role.POLICY)
         if existing is not None:
             return promote(existing)
         policy = register_model(
@@ -138,14 +145,22 @@ def generation_requests(comparisons: Iterable[Comparison]) -> list[dict]:
     return requests
 
 
-def request_generation(comparisons: Iterable[Comparison]) -> int:
-    """Queue generation for every empty slot of ``comparisons``; returns the request count.
+def _unanswered_comparison_ids():
+    """The comparisons an unanswered generation message asks responses for (a subquery)."""
+    links = OutboxMessage.comparisons.through.objects
+    return links.filter(outboxmessage__done_at__isnull=True).values("comparison_id")
 
-    The tasks are sent once the surrounding transaction commits. Without a usable plan or
-    policy the comparisons are marked failed at once, with the reason.
+
+def request_generation(comparisons: Iterable[Comparison]) -> int:
+    """Ask for every empty slot of ``comparisons``; returns the request count.
+
+    The requests are recorded in the outbox in the caller's transaction and sent once it
+    commits; comparisons that an unanswered message already asks for are left to it. Without a
+    usable plan or policy the comparisons are marked failed at once, with the reason.
     """
     comparisons = list(
         Comparison.objects.filter(pk__in=[c.pk for c in comparisons])
+        .exclude(pk__in=_unanswered_comparison_ids())
         .select_related("batch", "conversation")
         .prefetch_related("responses", "conversation__turns")
     )
@@ -161,39 +176,24 @@ def request_generation(comparisons: Iterable[Comparison]) -> int:
     chunks = [
         requests[i : i + REQUESTS_PER_TASK] for i in range(0, len(requests), REQUESTS_PER_TASK)
     ]
-    for chunk in chunks:
-        transaction.on_commit(lambda chunk=chunk: dispatch_generation(chunk))
+    if chunks:
+        outbox.enqueue(
+            OutboxMessage.Kind.GENERATION,
+            [{"requests": chunk} for chunk in chunks],
+            [sorted({request["comparison"] for request in chunk}) for chunk in chunks],
+        )
     return len(requests)
 
 
-def dispatch_generation(requests: list[dict]) -> None:
-    """Send one generation task and its storing callback.
+def store_results(results: list[dict], outbox_id: int | None = None) -> dict[str, int]:
+    """Store what a worker generated and mark its outbox message answered; idempotent.
 
-    With a broker, a worker on the ``generation`` queue runs it. Without one (the embedded
-    demo), it runs in a background thread of this process, so that pages stay responsive.
+    Results for comparisons deleted meanwhile (with their batch) are dropped. Returns counts of
+    received and failed slots.
     """
-    from annotation_app.tasks import store_generated_responses
-    from model_worker.tasks import generate_responses
-
-    work = generate_responses.s(requests) | store_generated_responses.s()
-    if not generate_responses.app.conf.task_always_eager or not settings.PAIRWISE_EAGER_IN_THREAD:
-        work.apply_async()
-        return
-
-    def run() -> None:
-        close_old_connections()
-        try:
-            work.apply()
-        except Exception:  # the eager task already stored failures; log anything else
-            logger.exception("in-process generation failed")
-        finally:
-            connections.close_all()
-
-    threading.Thread(target=run, name="pairwise-generation", daemon=True).start()
-
-
-def store_results(results: list[dict]) -> dict[str, int]:
-    """Store what a worker generated; idempotent. Returns counts of received and failed slots."""
+    ids = {r["comparison"] for r in results}
+    existing = set(Comparison.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    results = [r for r in results if r["comparison"] in existing]
     errors = {r["comparison"]: r["error"] for r in results if r.get("error")}
     Response.objects.bulk_create(
         [
@@ -208,17 +208,18 @@ def store_results(results: list[dict]) -> dict[str, int]:
                 prompt_tokens=r["prompt_tokens"],
                 completion_tokens=r["completion_tokens"],
                 latency_ms=r["latency_ms"],
+                finish_reason=r.get("finish_reason", ""),
+                prompt_tokens_dropped=r.get("prompt_tokens_dropped", 0),
             )
             for r in results
             if not r.get("error")
         ],
         ignore_conflicts=True,  # a slot filled by an earlier run stays as it was
     )
-    ids = {r["comparison"] for r in results}
     with transaction.atomic():
-        comparisons = list(Comparison.objects.select_for_update().filter(pk__in=ids))
+        comparisons = list(Comparison.objects.select_for_update().filter(pk__in=existing))
         response_counts = dict(
-            Response.objects.filter(comparison_id__in=ids)
+            Response.objects.filter(comparison_id__in=existing)
             .values_list("comparison_id")
             .annotate(count=Count("id"))
             .order_by()
@@ -233,7 +234,9 @@ def store_results(results: list[dict]) -> dict[str, int]:
                 comparison.status = Comparison.Status.FAILED
                 comparison.generation_error = errors[comparison.pk]
                 comparison.save(update_fields=["status", "generation_error"])
-    return {"received": len(results) - len(errors), "failed": len(errors)}
+        outbox.mark_done(outbox_id)
+    failed = sum(1 for r in results if r.get("error"))
+    return {"received": len(results) - failed, "failed": failed}
 
 
 def mark_failed(comparison_ids: list[int], error: str) -> None:
@@ -242,14 +245,30 @@ def mark_failed(comparison_ids: list[int], error: str) -> None:
     ).update(status=Comparison.Status.FAILED, generation_error=error)
 
 
-def retry_failed(
+def retry_unfinished_generation(
     batch: Batch | None = None, comparisons: Iterable[Comparison] | None = None
 ) -> int:
-    """Queue generation again for failed comparisons (of a batch, or the given ones)."""
-    failed = Comparison.objects.filter(status=Comparison.Status.FAILED)
+    """Ask again for what failed or still waits (in a batch, or among the given comparisons).
+
+    Failed comparisons get new requests. Waiting ones (in active batches) get their unanswered
+    message sent again now, without waiting for its timeout: a broker restart may have lost it,
+    and a copy answered twice changes nothing; waiting ones with no such message (stranded
+    before the outbox existed) get new requests. Returns the number of responses asked for.
+    """
+    scope = Comparison.objects.filter(
+        Q(status=Comparison.Status.FAILED)
+        | Q(status=Comparison.Status.WAITING, batch__status=Batch.Status.ACTIVE)
+    )
     if batch is not None:
-        failed = failed.filter(batch=batch)
+        scope = scope.filter(batch=batch)
     if comparisons is not None:
-        failed = failed.filter(pk__in=[c.pk for c in comparisons])
+        scope = scope.filter(pk__in=[c.pk for c in comparisons])
     with transaction.atomic():
-        return request_generation(list(failed))
+        covered = scope.filter(pk__in=_unanswered_comparison_ids())
+        outbox.send_again(
+            OutboxMessage.objects.filter(
+                kind=OutboxMessage.Kind.GENERATION, comparisons__in=covered
+            ).distinct()
+        )
+        empty_slots = 2 * covered.count() - Response.objects.filter(comparison__in=covered).count()
+        return empty_slots + request_generation(list(scope))

@@ -13,26 +13,45 @@ Four formats (``FORMATS``), detected from the first record or named explicitly:
 
 The whole file is parsed and checked before anything is written; a bad record rejects the
 file with every problem listed by file, line and field, and the database is left untouched.
-Files may be gzip-compressed (``.gz``).
+Files may be gzip-compressed (``.gz``) and must be UTF-8. Lines are counted on the bytes and
+decoded one by one, so an error names its true line and the rest of the file is still checked.
+
+Limits (``PAIRWISE_IMPORT_MAX_BYTES`` uncompressed, ``PAIRWISE_IMPORT_MAX_RECORDS``) are
+enforced while the file is read: past one, reading stops, so that a compression bomb costs no
+more than the limit. The content is hashed as it is read (SHA-256 of the uncompressed bytes);
+importing the same content into the same batch again is refused unless asked for.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
+import hashlib
 import io
 import json
+import math
 import random
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from django.conf import settings
 from django.db import transaction
+from django.utils import timezone
 
 from annotation_app.errors import Conflict, PairwiseError
-from annotation_app.models import Batch, Comparison, Conversation, Response, Turn
+from annotation_app.models import (
+    Batch,
+    Comparison,
+    Conversation,
+    ImportedFile,
+    Response,
+    Turn,
+)
 from annotation_app.services.generation import request_generation
+from annotation_app.storable import MAX_JSON_DEPTH, json_depth, text_problem
 from rlhf import hh_rlhf
 from rlhf import messages as checks
 from rlhf.messages import FieldError
@@ -48,6 +67,7 @@ CATEGORY_KEYS = ("risk_category", "harm_area", "SemanticCategory", "category", "
 CONTEXT_STRING_KEY = "ContextString"
 INT_MAX = 2**31 - 1  # token counts and latency are PostgreSQL integers; seeds are bigints
 BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+READ_CHUNK_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -110,49 +130,161 @@ class ImportReport:
     records: int
     comparisons: int
     waiting_for_generation: int
+    sha256: str = ""  # of the uncompressed content
 
 
 # --- reading records --------------------------------------------------------------------
 
 
-def _text_stream(stream: IO[bytes], filename: str) -> io.TextIOBase:
-    if filename.endswith(".gz"):
-        stream = gzip.GzipFile(fileobj=stream)
-    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+class _FileTooLarge(Exception):
+    """The uncompressed content passed ``PAIRWISE_IMPORT_MAX_BYTES``."""
 
 
-def _read_records(stream: IO[bytes], filename: str) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, record) pairs; CSV rows are dicts, JSONL lines decoded JSON."""
-    text = _text_stream(stream, filename)
-    base = filename.removesuffix(".gz").lower()
-    if base.endswith(".csv"):
-        yield from _read_csv(text)
+class _MeteredReader(io.RawIOBase):
+    """The file's (uncompressed) bytes, counted and hashed as they are read.
+
+    Reading past ``max_bytes`` raises :class:`_FileTooLarge`; no more than one byte beyond the
+    limit is ever asked of the source, so a gzip bomb is decompressed no further than that.
+    """
+
+    def __init__(self, source: IO[bytes], max_bytes: int):
+        self._source = source
+        self._max_bytes = max_bytes
+        self.bytes_read = 0
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), self._max_bytes + 1 - self.bytes_read)
+        data = self._source.read(wanted)
+        self.bytes_read += len(data)
+        if self.bytes_read > self._max_bytes:
+            raise _FileTooLarge
+        self.sha256.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _Lines:
+    """The numbered lines (bytes, ending in ``\\n``) of a file, plain or gzip-compressed.
+
+    ``line`` is the number of lines read so far: where reading stopped, if it stops early.
+    """
+
+    def __init__(self, stream: IO[bytes], filename: str, max_bytes: int):
+        if filename.lower().endswith(".gz"):
+            stream = gzip.GzipFile(fileobj=stream, mode="rb")
+        self._reader = _MeteredReader(stream, max_bytes)
+        self.line = 0
+
+    @property
+    def sha256(self) -> str:
+        return self._reader.sha256.hexdigest()
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        for raw in io.BufferedReader(self._reader, buffer_size=READ_CHUNK_BYTES):
+            self.line += 1
+            if self.line == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            yield self.line, raw
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise _RecordError(
+            f"not valid UTF-8: byte 0x{raw[error.start]:02x} at position {error.start + 1} of "
+            "the line; save the file as UTF-8"
+        ) from None
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text[:20]} is too large")
+    return value
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _json_record(text: str) -> Any:
+    """One JSON line, or a :class:`_RecordError` saying what is wrong with it."""
+    too_deep = f"nested more than {MAX_JSON_DEPTH} levels deep"
+    try:
+        value = json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
+    except json.JSONDecodeError as error:
+        raise _RecordError(f"invalid JSON: {error.msg} (column {error.colno})") from None
+    except RecursionError:
+        raise _RecordError(too_deep) from None
+    except ValueError as error:  # a number out of range, NaN or Infinity
+        raise _RecordError(f"invalid JSON: {error}") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise _RecordError(too_deep)
+    return value
+
+
+def _read_records(lines: _Lines, filename: str) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, record) pairs; CSV rows are dicts, JSONL lines decoded JSON.
+
+    A record that cannot be read is yielded as the :class:`_RecordError` saying why.
+    """
+    if filename.removesuffix(".gz").lower().endswith(".csv"):
+        yield from _read_csv(lines)
         return
-    for line_number, line in enumerate(text, start=1):
-        if not line.strip():
+    for line_number, raw in lines:
+        if not raw.strip():
             continue
         try:
-            yield line_number, json.loads(line)
-        except json.JSONDecodeError as error:
-            yield line_number, _RecordError(f"invalid JSON: {error.msg} (column {error.colno})")
+            yield line_number, _json_record(_decode(raw))
+        except _RecordError as error:
+            yield line_number, error
 
 
-def _read_csv(text: io.TextIOBase) -> Iterator[tuple[int, Any]]:
+def _read_csv(lines: _Lines) -> Iterator[tuple[int, Any]]:
     """Yield (line on which the row starts, row as a dict keyed by the header) pairs.
 
     Blank lines are skipped; missing trailing fields read as None, like ``csv.DictReader``.
+    The reader is strict: a quote left open at the end of the file is an error, not a field
+    that silently swallows the rest of the file. A line that is not UTF-8 is an error of the
+    row it belongs to (the row is then skipped; the rows after it are still checked).
     """
-    reader = csv.reader(text)
+    undecodable: list[tuple[int, _RecordError]] = []
+
+    def texts() -> Iterator[str]:
+        for number, raw in lines:
+            try:
+                yield _decode(raw)
+            except _RecordError as error:
+                undecodable.append((number, error))
+                yield raw.decode("utf-8", errors="replace")
+
+    reader = csv.reader(texts(), strict=True)
     header: list[str] | None = None
     while True:
         line = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
+            yield from undecodable
             return
         except csv.Error as error:
-            yield line, _RecordError(f"bad CSV: {error}")
+            yield from undecodable
+            if str(error) == "unexpected end of data":
+                message = "a quoted field that starts on this line is never closed"
+            else:
+                message = f"bad CSV: {error}"
+            yield line, _RecordError(message)
             return
+        if undecodable:
+            yield from undecodable
+            undecodable.clear()
+            header = header or row
+            continue
         if not row:
             continue
         if header is None:
@@ -205,6 +337,21 @@ def _optional_int(record: dict, key: str, low: int = 0, high: int = INT_MAX) -> 
     return value
 
 
+# Column widths are read from the models, the one source of truth for them.
+_RISK_CATEGORY = Conversation._meta.get_field("risk_category")
+_ATTACK_VECTOR = Conversation._meta.get_field("attack_vector")
+_MODEL_NAME = Response._meta.get_field("model_name")
+_SOURCE = Conversation._meta.get_field("source")
+
+
+def _fitting(value: str, key: str, column) -> str:
+    """``value`` for the model field ``column``, refused (never cut) when it is too long."""
+    limit = column.max_length
+    if len(value) > limit:
+        raise _RecordError(f"is {len(value)} characters long; at most {limit} fit", key)
+    return value
+
+
 def _first_key(record: dict, keys: tuple[str, ...]) -> str | None:
     return next((key for key in keys if record.get(key) not in (None, "")), None)
 
@@ -248,12 +395,13 @@ def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
     risk_category = str(record[category_key]).strip() if category_key else ""
     if batch.is_safety and not risk_category:
         raise _RecordError("safety prompts need a risk category", "risk_category")
+    attack_vector = str(record.get("attack_vector") or "").strip()
     return ParsedComparison(
         context=context,
         responses=None,
         preferred_index=None,
-        risk_category=risk_category,
-        attack_vector=str(record.get("attack_vector") or "").strip(),
+        risk_category=_fitting(risk_category, category_key or "risk_category", _RISK_CATEGORY),
+        attack_vector=_fitting(attack_vector, "attack_vector", _ATTACK_VECTOR),
     )
 
 
@@ -265,10 +413,11 @@ def _parse_canonical_response(value: Any, where: str) -> ParsedResponse:
         sampling = value.get("sampling", value.get("sampling_params")) or {}
         if not isinstance(sampling, dict):
             raise _RecordError("must be an object", "sampling")
-        model = value.get("model_version") or value.get("model") or ""
+        model_key = "model_version" if value.get("model_version") else "model"
+        model = str(value.get(model_key) or "")
         return ParsedResponse(
             text=text,
-            model_name=str(model),
+            model_name=_fitting(model, model_key, _MODEL_NAME),
             sampling_params=sampling,
             seed=_optional_int(value, "seed", BIGINT_MIN, BIGINT_MAX),
             prompt_tokens=_optional_int(value, "prompt_tokens"),
@@ -287,12 +436,14 @@ def _parse_canonical(record: Any, batch: Batch) -> ParsedComparison:
         raise _RecordError("must be a list of exactly two responses", "responses")
     parsed = [_parse_canonical_response(r, f"responses[{i}]") for i, r in enumerate(responses)]
     comparison_id = record.get("comparison_id")
+    risk_category = str(record.get("risk_category") or "")
+    attack_vector = str(record.get("attack_vector") or "")
     return ParsedComparison(
         context=checks.context(record.get("conversation"), "conversation"),
         responses=parsed,
         preferred_index=None,
-        risk_category=str(record.get("risk_category") or ""),
-        attack_vector=str(record.get("attack_vector") or ""),
+        risk_category=_fitting(risk_category, "risk_category", _RISK_CATEGORY),
+        attack_vector=_fitting(attack_vector, "attack_vector", _ATTACK_VECTOR),
         dedupe_key=None if comparison_id is None else str(comparison_id),
     )
 
@@ -337,7 +488,8 @@ def _joined_strings(value: Any) -> str:
 
 
 def _check_storable(comparison: ParsedComparison) -> None:
-    """PostgreSQL text and JSON cannot hold NUL characters: name the culprit before writing."""
+    """PostgreSQL text and JSON hold neither NUL characters nor lone surrogates (which JSON's
+    ``\\ud800`` escapes can make): name the culprit before writing."""
     texts = [
         (f"turn {i + 1} of the context", m["content"]) for i, m in enumerate(comparison.context)
     ]
@@ -353,8 +505,9 @@ def _check_storable(comparison: ParsedComparison) -> None:
     texts += [("the risk category", comparison.risk_category)]
     texts += [("the attack vector", comparison.attack_vector)]
     for what, text in texts:
-        if "\x00" in text:
-            raise _RecordError(f"{what} contains a NUL character (\\u0000), which cannot be stored")
+        problem = text_problem(text)
+        if problem:
+            raise _RecordError(f"{what} {problem}")
 
 
 PARSERS = {
@@ -368,17 +521,46 @@ PARSERS = {
 # --- the import -----------------------------------------------------------------------------
 
 
-def parse_file(
+@dataclass(frozen=True)
+class ParsedFile:
+    """A file read and checked: its format, comparisons, records, and content hash."""
+
+    format: str
+    comparisons: list[ParsedComparison]
+    records: int
+    sha256: str  # of the uncompressed content
+
+
+def _source_label(filename: str, line: int) -> str:
+    """``file:line``, the file name cut from the left when the column cannot hold it all."""
+    suffix = f":{line}"
+    room = _SOURCE.max_length - len(suffix)
+    name = filename if len(filename) <= room else "…" + filename[-(room - 1) :]
+    return name + suffix
+
+
+def _limit_error(filename: str, line: int, what: str, setting: str) -> RowError:
+    return RowError(
+        filename,
+        line,
+        None,
+        f"{what}, the import limit ({setting}={getattr(settings, setting)}); nothing past it "
+        f"was read. Split the file, or raise {setting} in the server's environment.",
+    )
+
+
+def read_file(
     stream: IO[bytes],
     filename: str,
     batch: Batch,
     file_format: str | None = None,
     progress: Callable[[int], None] | None = None,
-) -> tuple[str, list[ParsedComparison], int]:
-    """Parse and check a whole file; returns (format, comparisons, records read).
+) -> ParsedFile:
+    """Read, parse and check a whole file, hashing it on the way.
 
     ``progress`` is called with the number of records read so far, every 100 records.
-    Raises :class:`ImportFailed` listing every bad record, up to a limit.
+    Raises :class:`ImportFailed` listing every bad record (up to a limit), or naming the size
+    limit the file passed.
     """
     if file_format is not None and file_format not in FORMATS:
         raise ImportFailed(
@@ -388,16 +570,32 @@ def parse_file(
                 )
             ]
         )
-    limit = settings.PAIRWISE_MAX_IMPORT_ERRORS
+    problem = text_problem(filename)
+    if problem:
+        raise ImportFailed([RowError(ascii(filename), 0, "file", f"the file name {problem}")])
+    max_errors = settings.PAIRWISE_MAX_IMPORT_ERRORS
+    max_records = settings.PAIRWISE_IMPORT_MAX_RECORDS
     errors: list[RowError] = []
     error_count = 0
     parsed: list[ParsedComparison] = []
     seen_keys: set[str] = set()
     records = 0
     detected = False  # True when the format comes from the first record
+    lines = _Lines(stream, filename, settings.PAIRWISE_IMPORT_MAX_BYTES)
     try:
-        for line, record in _read_records(stream, filename):
+        for line, record in _read_records(lines, filename):
             records += 1
+            if records > max_records:
+                errors.append(
+                    _limit_error(
+                        filename,
+                        line,
+                        f"the file holds more than {max_records:,} records",
+                        "PAIRWISE_IMPORT_MAX_RECORDS",
+                    )
+                )
+                error_count += 1
+                break
             if progress is not None and records % 100 == 0:
                 progress(records)
             try:
@@ -416,24 +614,50 @@ def parse_file(
                 _check_storable(comparison)
             except _RecordError as error:
                 error_count += 1
-                if len(errors) < limit:
+                if len(errors) < max_errors:
                     errors.append(RowError(filename, line, error.field, str(error)))
                 continue
             if comparison.dedupe_key is not None:
                 if comparison.dedupe_key in seen_keys:
                     continue
                 seen_keys.add(comparison.dedupe_key)
-            comparison.source = f"{filename}:{line}"
+            comparison.source = _source_label(filename, line)
             parsed.append(comparison)
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
-        errors.append(RowError(filename, records + 1, None, f"unreadable file: {error}"))
+    except _FileTooLarge:
+        size = settings.PAIRWISE_IMPORT_MAX_BYTES
+        errors.append(
+            _limit_error(
+                filename,
+                lines.line + 1,
+                f"the file is larger than {size:,} bytes uncompressed",
+                "PAIRWISE_IMPORT_MAX_BYTES",
+            )
+        )
+        error_count += 1
+    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
+        message = f"unreadable file: {error}"
+        if filename.lower().endswith(".gz"):
+            message += " (is it gzip-compressed, and whole?)"
+        errors.append(RowError(filename, lines.line + 1, None, message))
         error_count += 1
     if records == 0 and not errors:
         errors.append(RowError(filename, 0, None, "the file holds no records"))
         error_count += 1
     if errors:
         raise ImportFailed(errors, more=error_count - len(errors))
-    return file_format or "prompts", parsed, records
+    return ParsedFile(file_format or "prompts", parsed, records, lines.sha256)
+
+
+def parse_file(
+    stream: IO[bytes],
+    filename: str,
+    batch: Batch,
+    file_format: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[str, list[ParsedComparison], int]:
+    """:func:`read_file`, as (format, comparisons, records read)."""
+    parsed = read_file(stream, filename, batch, file_format, progress)
+    return parsed.format, parsed.comparisons, parsed.records
 
 
 def _check_open(batch: Batch) -> None:
@@ -446,6 +670,33 @@ def _lock_open_batch(batch: Batch) -> None:
     _check_open(Batch.objects.select_for_update().get(pk=batch.pk))
 
 
+class DuplicateImport(Conflict):
+    """The same content was imported into the batch before; ``earlier`` says when and by whom."""
+
+    def __init__(self, batch: Batch, earlier: ImportedFile):
+        self.earlier = earlier
+        when = timezone.localtime(earlier.created_at).strftime("%Y-%m-%d %H:%M %Z")
+        who = earlier.imported_by.get_username() if earlier.imported_by else "an unknown user"
+        super().__init__(
+            f"this file was already imported into batch {batch.name!r} on {when} by {who} "
+            f"(as {earlier.filename}, {earlier.comparisons} comparisons; same content, SHA-256 "
+            f"{earlier.sha256[:12]}…); nothing was imported. To import it again all the same, "
+            "ask for a duplicate (API: allow_duplicate=true; admin: 'Import again'; "
+            "command: --allow-duplicate)."
+        )
+
+
+def _refuse_duplicate(batch: Batch, sha256: str) -> None:
+    earlier = (
+        ImportedFile.objects.filter(batch=batch, sha256=sha256)
+        .select_related("imported_by")
+        .order_by("created_at")
+        .first()
+    )
+    if earlier is not None:
+        raise DuplicateImport(batch, earlier)
+
+
 def import_comparisons(
     batch: Batch,
     stream: IO[bytes],
@@ -453,24 +704,32 @@ def import_comparisons(
     file_format: str | None = None,
     rng: random.Random | None = None,
     progress: Callable[[int], None] | None = None,
+    *,
+    imported_by=None,
+    allow_duplicate: bool = False,
 ) -> ImportReport:
     """Import a file into ``batch``: every record, or (on any error) nothing.
 
     The responses of each imported pair go to slots 1 and 2 in random order, so that the
-    order of the source file (chosen first, say) cannot leak.
+    order of the source file (chosen first, say) cannot leak. Content already imported into
+    the batch is refused (:class:`DuplicateImport`) unless ``allow_duplicate``; every import
+    is recorded as an :class:`ImportedFile` (``imported_by``: the user, if any).
     """
     _check_open(batch)  # fail fast; checked again under a lock before writing
     rng = rng or random.Random()
-    file_format, parsed, records = parse_file(stream, filename, batch, file_format, progress)
+    read = read_file(stream, filename, batch, file_format, progress)
+    file_format, parsed, records = read.format, read.comparisons, read.records
 
     with transaction.atomic():
-        _lock_open_batch(batch)
+        _lock_open_batch(batch)  # also serialises two imports of the same file
+        if not allow_duplicate:
+            _refuse_duplicate(batch, read.sha256)
         conversations = Conversation.objects.bulk_create(
             Conversation(
                 batch=batch,
-                risk_category=item.risk_category[:100],
-                attack_vector=item.attack_vector[:100],
-                source=item.source[:200],
+                risk_category=item.risk_category,
+                attack_vector=item.attack_vector,
+                source=item.source,
             )
             for item in parsed
         )
@@ -510,7 +769,7 @@ def import_comparisons(
                         slot=slot,
                         text=response.text,
                         source=Response.Source.IMPORTED,
-                        model_name=response.model_name[:200],
+                        model_name=response.model_name,
                         sampling_params=response.sampling_params,
                         seed=response.seed,
                         prompt_tokens=response.prompt_tokens,
@@ -524,6 +783,14 @@ def import_comparisons(
             ["reference_preferred_slot"],
             batch_size=1000,
         )
+        ImportedFile.objects.create(
+            batch=batch,
+            sha256=read.sha256,
+            filename=filename[-ImportedFile._meta.get_field("filename").max_length :],
+            records=records,
+            comparisons=len(comparisons),
+            imported_by=imported_by,
+        )
         batch.refresh_from_db(fields=["status"])
         if batch.status == Batch.Status.ACTIVE:
             # An active batch takes new prompts straight to the model workers.
@@ -536,4 +803,5 @@ def import_comparisons(
         records=records,
         comparisons=len(comparisons),
         waiting_for_generation=waiting,
+        sha256=read.sha256,
     )

@@ -16,8 +16,32 @@ from django.db import transaction
 
 from annotation_app.errors import Conflict, InvalidInput
 from annotation_app.models import ModelVersion, TrainingRun
+from model_worker import hub
 
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class AlreadyRegistered(Conflict):
+    """The model is registered already (same path, same role): ``version`` is that one."""
+
+    def __init__(self, version: ModelVersion):
+        self.version = version
+        state = "the current one" if version.is_current else "not current: promote it to use it"
+        super().__init__(
+            f"{version.path} is already registered as {version.name!r} (id {version.pk}, role "
+            f"{version.role}, {state}); a second version of the same model is not registered"
+        )
+
+
+def stored_path(path: str) -> str:
+    """How the registry records ``path``: a local directory resolved, a hub id as given."""
+    location = Path(path).expanduser()
+    return str(location.resolve()) if location.exists() else path
+
+
+def registered_version(path: str, role: str) -> ModelVersion | None:
+    """The version of ``role`` registered at ``path`` (a directory or a hub id), if any."""
+    return ModelVersion.objects.filter(role=role, path=stored_path(path)).first()
 
 
 def register_model(
@@ -33,16 +57,30 @@ def register_model(
     """Record a model directory (or hub id) as a version with ``role``.
 
     ``training_run`` is the run that made it, so that its data and config stay traceable.
+    A path already registered with the same role raises :class:`AlreadyRegistered`.
     """
     if role not in ModelVersion.Role.values:
         raise InvalidInput(f"unknown role {role!r}; use one of {ModelVersion.Role.values}", "role")
     location = Path(path).expanduser()
-    if location.exists():
+    try:
+        exists = location.exists()
+    except OSError as error:  # a name too long for the file system, say
+        raise InvalidInput(f"{path} is not a usable path: {error.strerror}", "path") from None
+    if exists:
         if not (location / "config.json").is_file():
             raise InvalidInput(f"{path} holds no config.json: not a Hugging Face model", "path")
         path = str(location.resolve())
     elif not HUB_ID.match(path):
         raise InvalidInput(f"{path} is neither a model directory nor a hub id (org/name)", "path")
+    elif not hub.is_cached(path):
+        # One short request now, rather than a worker waiting on the hub for minutes later.
+        try:
+            hub.check_hub_model(path)
+        except hub.HubUnavailable as error:
+            raise InvalidInput(str(error), "path") from None
+    existing = registered_version(path, role)
+    if existing is not None:
+        raise AlreadyRegistered(existing)
     name = name or f"{role}:{Path(path).name}"
     if ModelVersion.objects.filter(name=name).exists():
         raise Conflict(f"a model version named {name!r} already exists")

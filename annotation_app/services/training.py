@@ -5,7 +5,8 @@ Two halves, one per process:
 - In the web process, :func:`start_reward_training` checks a request (kind, batches, base model,
   hyperparameters, the latter by ``rlhf.reward_training.RewardTrainingConfig`` itself so that
   the page, the API and the CLI accept exactly the same configs), creates a queued
-  :class:`TrainingRun` and sends it to the ``training`` queue once the transaction commits.
+  :class:`TrainingRun` and records it in the outbox (``services/outbox.py``), which sends it
+  to the ``training`` queue once the transaction commits, and again until a worker takes it.
   A bad request raises :class:`InvalidInput` naming the field, and creates nothing.
 - In a worker on the ``training`` queue, :func:`run_reward_training` does the run, in the order
   of Llama 2's protocol: freeze the data (a training export written to a file whose SHA-256 is
@@ -27,20 +28,21 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.models import Count, F, QuerySet, TextField, Value
 from django.db.models.functions import Concat
 from django.utils import timezone
 
 from annotation_app.errors import Conflict, InvalidInput
-from annotation_app.models import Annotation, Batch, ModelVersion, TrainingRun
+from annotation_app.models import Annotation, Batch, ModelVersion, OutboxMessage, TrainingRun
+from annotation_app.services import outbox
 from annotation_app.services.exports import (
     dropped_safety_annotations,
     reference_only_comparisons,
@@ -297,40 +299,10 @@ def start_reward_training(
             created_by=user if getattr(user, "is_authenticated", False) else None,
         )
         run.batches.set(batches)
-        transaction.on_commit(lambda: dispatch_training(run.pk))
+        # Sent once committed; with the broker down the run stays queued and is sent later.
+        # Without a broker (the embedded demo) it runs in a background thread of this process.
+        outbox.enqueue(OutboxMessage.Kind.TRAINING, [{"run_id": run.pk}])
     return run
-
-
-def dispatch_training(run_id: int) -> None:
-    """Send the run to a worker on the ``training`` queue.
-
-    Without a broker (the embedded demo) it runs in a background thread of this process, as
-    generation does, so that the page that started it answers at once.
-    """
-    from annotation_app.tasks import train_reward_model
-
-    if not train_reward_model.app.conf.task_always_eager or not settings.PAIRWISE_EAGER_IN_THREAD:
-        try:
-            train_reward_model.apply_async((run_id,))
-        except Exception as error:  # the broker is down: say so on the run, not as a 500
-            logger.exception("could not queue training run %s", run_id)
-            TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
-                status=TrainingRun.Status.FAILED,
-                error=f"could not reach the training queue: {type(error).__name__}: {error}",
-                finished_at=timezone.now(),
-            )
-        return
-
-    def run() -> None:
-        close_old_connections()
-        try:
-            train_reward_model.apply((run_id,))
-        except Exception:  # the task records its own failures; log anything else
-            logger.exception("in-process training run %s failed", run_id)
-        finally:
-            connections.close_all()
-
-    threading.Thread(target=run, name=f"pairwise-training-{run_id}", daemon=True).start()
 
 
 def promote_run_output(run: TrainingRun) -> ModelVersion:
@@ -511,15 +483,33 @@ def _claim(run_id: int) -> tuple[TrainingRun | None, bool]:
     return run, taken_over
 
 
-def freeze_export(batches: list[Batch], margin_table: str, path: Path) -> tuple[int, str]:
+def freeze_export(
+    batches: list[Batch],
+    margin_table: str,
+    path: Path,
+    log: Callable[[str], None] | None = None,
+) -> tuple[int, str]:
     """Write the training export of ``batches`` to ``path``; returns (pairs, SHA-256).
 
-    Written to a temporary name and renamed, so a file at ``path`` is always complete.
+    Written to a temporary name and renamed, so a file at ``path`` is always complete. A
+    damaged comparison is left out, and ``log`` (the run's logs) says which and why.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
+
+    def report_skipped(row) -> None:
+        if log is not None:
+            log(f"left out of the export: {row}")
+
     with partial.open("w", encoding="utf-8") as out:
-        count = write_export(out, "trl", batches, margin_table, include_reference_preferences=True)
+        count = write_export(
+            out,
+            "trl",
+            batches,
+            margin_table,
+            include_reference_preferences=True,
+            on_skipped=report_skipped,
+        )
     partial.replace(path)
     return count, _sha256(path)
 
@@ -616,7 +606,7 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
         count = len(export.read_text(encoding="utf-8").splitlines())
         reporter.log(f"the frozen export {export} is kept ({count} pairs)")
     else:
-        count, digest = freeze_export(batches, config.margin_table, export)
+        count, digest = freeze_export(batches, config.margin_table, export, log=reporter.log)
         TrainingRun.objects.filter(pk=run.pk).update(export_path=str(export), export_sha256=digest)
         reporter.log(
             f"froze {count} preference pairs of {len(batches)} batch(es) "
@@ -630,6 +620,10 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
     pairs = load_pairs(export, margin_table=config.margin_table)
     train_pairs, eval_pairs = split(pairs, config.eval_fraction, config.seed)
     reporter.log(f"{len(train_pairs)} pairs to train on, {len(eval_pairs)} held out")
+    # Shown on the run's pages while it trains (the final metrics write them again).
+    counts = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs), "export_pairs": count}
+    run.metrics = {**(run.metrics or {}), **counts}
+    TrainingRun.objects.filter(pk=run.pk).update(metrics=run.metrics)
     if not train_pairs:
         raise InvalidInput(
             f"every pair is held out at eval_fraction {config.eval_fraction}: lower it or add data",
@@ -700,13 +694,15 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
         )
 
 
-def run_reward_training(run_id: int) -> str:
+def run_reward_training(run_id: int, outbox_id: int | None = None) -> str:
     """Do a queued run (the task's body); returns its final status, or "skipped".
 
     Any error fails the run with its message (the traceback goes to the logs); the registry is
-    only written on success, so the current models stay as they were.
+    only written on success, so the current models stay as they were. The outbox message that
+    sent the run (``outbox_id``) is answered once the run is claimed, or found not queued.
     """
     run, taken_over = _claim(run_id)
+    outbox.mark_done(outbox_id)
     if run is None:
         logger.info("training run %s is not queued, nor stalled: not started again", run_id)
         return "skipped"

@@ -1,14 +1,20 @@
 """The demo command sets up users in every role and annotatable batches, generation included."""
 
 import io
+import os
+import sqlite3
+import subprocess
+import sys
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from annotation_app.models import Batch, Comparison, ModelVersion, Response
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.demo import DEMO_PASSWORD
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.django_db
 
@@ -27,7 +33,8 @@ def test_demo_sets_up_roles_and_batches_once(
         user = get_user_model().objects.get(username=username)
         assert user.check_password(DEMO_PASSWORD)
     assert DEMO_PASSWORD in printed
-    assert f"Policy: policy (PAIRWISE_POLICY) ({tiny_policy_dir})" in printed
+    assert f"Policy: policy:{tiny_policy_dir.name} ({tiny_policy_dir})" in printed
+    assert "current because: PAIRWISE_POLICY names it (registered now)" in printed
 
     batches = {batch.name: batch for batch in Batch.objects.all()}
     assert set(batches) == {"Demo helpfulness", "Demo safety", "Demo dialogues"}
@@ -49,13 +56,89 @@ def test_demo_sets_up_roles_and_batches_once(
     assert next_assignment(annotator) is not None
 
 
-def test_demo_builds_a_tiny_policy_when_none_is_configured(settings, tmp_path):
+def test_demo_builds_a_tiny_policy_when_none_is_configured_and_a_configured_one_wins_later(
+    settings, tmp_path, tiny_policy_dir
+):
     settings.PAIRWISE_POLICY = ""
     settings.VAR_DIR = tmp_path
     out = io.StringIO()
     call_command("demo", "--no-serve", stdout=out)
     assert "tiny, untrained Llama" in out.getvalue()
+    assert "current because: tiny fallback: PAIRWISE_POLICY is not set" in out.getvalue()
     assert "PAIRWISE_POLICY=../shared/models/stories260K-hf" in out.getvalue()
-    policy = ModelVersion.objects.get(is_current=True, role="policy")
+    tiny = ModelVersion.objects.get(is_current=True, role="policy")
     assert (tmp_path / "models" / "tiny-demo-policy" / "config.json").exists()
-    assert policy.path == str(tmp_path / "models" / "tiny-demo-policy")
+    assert tiny.path == str(tmp_path / "models" / "tiny-demo-policy")
+
+    # A later start with PAIRWISE_POLICY: the configured policy wins over the tiny one.
+    settings.PAIRWISE_POLICY = str(tiny_policy_dir)
+    out = io.StringIO()
+    call_command("demo", "--no-serve", stdout=out)
+    current = ModelVersion.objects.get(is_current=True, role="policy")
+    assert current.path == str(tiny_policy_dir)
+    assert (
+        "current because: PAIRWISE_POLICY names it (registered now; it replaced "
+        "'tiny demo policy')" in out.getvalue()
+    )
+    assert "tiny, untrained Llama" not in out.getvalue()
+
+    # Unset again: the policy chosen before stays, and the banner says why.
+    settings.PAIRWISE_POLICY = ""
+    out = io.StringIO()
+    call_command("demo", "--no-serve", stdout=out)
+    assert ModelVersion.objects.get(is_current=True, role="policy") == current
+    assert "current because: registered as current (PAIRWISE_POLICY is not set)" in out.getvalue()
+
+    # Set once more, to the tiny policy's directory: registered already, promoted back.
+    settings.PAIRWISE_POLICY = str(tmp_path / "models" / "tiny-demo-policy")
+    out = io.StringIO()
+    call_command("demo", "--no-serve", stdout=out)
+    assert ModelVersion.objects.get(is_current=True, role="policy") == tiny
+    assert ModelVersion.objects.filter(role="policy").count() == 2
+    assert "PAIRWISE_POLICY names it; it replaced" in out.getvalue()
+
+
+def test_the_reset_refuses_any_database_but_the_demos_sqlite_file(settings, tmp_path, make_batch):
+    settings.VAR_DIR = tmp_path
+    make_batch(comparisons=1)
+    keep = tmp_path / "models" / "tiny-demo-policy" / "config.json"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("{}")
+    with pytest.raises(
+        CommandError, match="deletes only the demo's SQLite database in .*postgresql"
+    ):
+        call_command("demo", "--reset", stdout=io.StringIO())
+    assert Batch.objects.count() == 1 and keep.exists()
+
+
+def test_the_reset_deletes_the_demos_data_in_var_and_nothing_else(tmp_path):
+    var = tmp_path / "var"
+    database = var / "pairwise.sqlite3"
+    var.mkdir()
+    with sqlite3.connect(database) as connection:
+        connection.execute("create table demo (id integer)")
+    (var / "models" / "tiny-demo-policy").mkdir(parents=True)
+    (var / "models" / "tiny-demo-policy" / "config.json").write_text("{}")
+    (var / "training" / "run-1").mkdir(parents=True)
+    (var / "secret_key").write_text("kept\n")
+    (var / "notes.txt").write_text("not the demo's\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PAIRWISE_")}
+    env.pop("DATABASE_URL", None)
+    env |= {"PAIRWISE_ENV": "demo", "PAIRWISE_VAR_DIR": str(var)}
+    env["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    done = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--reset"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"deleted {database}" in done.stdout
+    assert "The demo is reset: the next start sets it up afresh." in done.stdout
+    assert not database.exists()
+    assert not (var / "models" / "tiny-demo-policy").exists()
+    assert not (var / "training").exists()
+    assert (var / "secret_key").read_text() == "kept\n"
+    assert (var / "notes.txt").exists()

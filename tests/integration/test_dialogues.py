@@ -7,6 +7,7 @@ import uuid
 import pytest
 
 from annotation_app.models import Assignment, Batch, Comparison
+from tests.api_errors import error_fields
 from tests.conftest import FAST_PLAN
 from tests.workers import wait_for
 
@@ -99,7 +100,7 @@ def test_safety_prompts_need_a_category_and_attack_vector(tiny_policy, annotator
     api_client.force_authenticate(annotator)
     url = f"/api/v1/batches/{batch.pk}/prompts/"
     missing = api_client.post(url, {"prompt": "How do I pick a lock?"}, format="json")
-    assert missing.status_code == 400 and missing.json()["field"] == "risk_category"
+    assert missing.status_code == 400 and error_fields(missing) == {"risk_category"}
     written = api_client.post(
         url,
         {

@@ -11,6 +11,7 @@ from annotation_app.models import Batch, Comparison, ModelVersion
 from annotation_app.services.batches import activate_batch
 from annotation_app.services.imports import import_comparisons
 from annotation_app.services.registry import register_model
+from tests.api_errors import error_fields, error_messages
 from tests.conftest import FAST_PLAN, prompt_lines
 
 pytestmark = pytest.mark.django_db
@@ -76,5 +77,6 @@ def test_bad_sampling_plans_are_refused_with_the_field(batch_admin, api_client):
         format="json",
     )
     assert response.status_code == 400
-    assert "sampling_plan.sides[1].top_p" in str(response.json()["sampling_plan"])
+    assert error_fields(response) == {"sampling_plan"}
+    assert "sampling_plan.sides[1].top_p" in error_messages(response)
     assert not Batch.objects.exists()

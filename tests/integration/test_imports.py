@@ -4,6 +4,7 @@ three ways in (management command, API, admin)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import random
@@ -13,16 +14,16 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation_app.errors import Conflict
-from annotation_app.models import Batch, Comparison, Conversation, Response, Turn
+from annotation_app.models import Batch, Comparison, Conversation, ImportedFile, Response, Turn
 from annotation_app.roles import Role
 from annotation_app.services.batches import activate_batch, close_batch
-from annotation_app.services.imports import ImportFailed, import_comparisons
+from annotation_app.services.imports import DuplicateImport, ImportFailed, import_comparisons
 from tests.conftest import shared_path
 from tests.messages import assistant, hh, user
 
 pytestmark = pytest.mark.django_db
 
-MODELS = (Conversation, Turn, Comparison, Response)
+MODELS = (Conversation, Turn, Comparison, Response, ImportedFile)
 
 
 def jsonl(*records) -> bytes:
@@ -493,6 +494,7 @@ def test_api_import_of_a_bad_file_lists_the_errors_and_creates_nothing(
     )
     assert response.status_code == 400
     body = response.json()
+    assert body["detail"] == "nothing was imported: 2 problems"
     assert body["errors"] == [
         {
             "file": "bad.jsonl",
@@ -629,3 +631,175 @@ def test_imported_order_and_metadata_do_not_leak_to_annotators(api_client, make_
         text = json.dumps(payload)
         for secret in ("secret-model", "slot", "reference", "preferred", "model", "temperature"):
             assert secret not in text
+
+
+# --- the same file twice ------------------------------------------------------------------
+
+
+def test_importing_the_same_content_again_is_refused_naming_the_first_import(
+    empty_batch, batch_admin
+):
+    data = trl_pairs(3)
+    run_import(empty_batch, data, "pairs.jsonl", imported_by=batch_admin)
+    (first,) = ImportedFile.objects.filter(batch=empty_batch)
+    assert (first.filename, first.records, first.comparisons) == ("pairs.jsonl", 3, 3)
+    assert first.imported_by == batch_admin
+    assert first.sha256 == hashlib.sha256(data).hexdigest()
+    before = row_counts()
+    # Compressed, renamed, by someone else: the same content all the same.
+    with pytest.raises(DuplicateImport) as caught:
+        run_import(empty_batch, gzip.compress(data), "copy.jsonl.gz")
+    message = str(caught.value)
+    assert "already imported into batch" in message
+    assert f"by {batch_admin.username}" in message
+    assert "as pairs.jsonl, 3 comparisons" in message
+    assert first.created_at.strftime("%Y-%m-%d %H:%M") in message
+    assert "allow_duplicate" in message
+    assert row_counts() == before
+
+
+def test_a_duplicate_is_imported_when_asked_for_and_recorded_again(empty_batch):
+    run_import(empty_batch, trl_pairs(2), "pairs.jsonl")
+    report = run_import(empty_batch, trl_pairs(2), "pairs.jsonl", allow_duplicate=True)
+    assert report.comparisons == 2
+    assert Comparison.objects.filter(batch=empty_batch).count() == 4
+    assert ImportedFile.objects.filter(batch=empty_batch).count() == 2
+
+
+def test_the_same_file_may_go_into_another_batch(make_batch):
+    first, second = (make_batch(comparisons=0, active=False) for _ in range(2))
+    run_import(first, trl_pairs(2))
+    run_import(second, trl_pairs(2))
+    assert Comparison.objects.filter(batch=second).count() == 2
+
+
+def test_a_rejected_file_is_not_recorded_and_may_be_fixed_and_sent_again(empty_batch):
+    with pytest.raises(ImportFailed):
+        run_import(empty_batch, jsonl({"prompt": "Q"}, {"prompt": ""}))
+    assert not ImportedFile.objects.exists()
+    run_import(empty_batch, jsonl({"prompt": "Q"}, {"prompt": "R"}))
+    assert ImportedFile.objects.filter(batch=empty_batch).count() == 1
+
+
+def test_api_refuses_a_duplicate_with_409_unless_asked(api_client, batch_admin, empty_batch):
+    api_client.force_authenticate(batch_admin)
+    url = import_url(empty_batch)
+    assert api_client.post(url, {"file": upload(trl_pairs(2), "p.jsonl")}).status_code == 201
+    before = row_counts()
+    again = api_client.post(url, {"file": upload(trl_pairs(2), "p.jsonl")})
+    assert again.status_code == 409
+    body = again.json()
+    assert body["errors"] == []
+    assert f"already imported into batch {empty_batch.name!r}" in body["detail"]
+    assert f"by {batch_admin.username} (as p.jsonl, 2 comparisons" in body["detail"]
+    assert row_counts() == before
+    forced = api_client.post(
+        url, {"file": upload(trl_pairs(2), "p.jsonl"), "allow_duplicate": "true"}
+    )
+    assert forced.status_code == 201, forced.content
+    assert Comparison.objects.filter(batch=empty_batch).count() == 4
+
+
+def test_admin_refuses_a_duplicate_unless_import_again_is_ticked(client, batch_admin, empty_batch):
+    client.force_login(batch_admin)
+    url = admin_import_url(empty_batch)
+    assert client.post(url, {"file": upload(trl_pairs(2), "p.jsonl")}).status_code == 302
+    before = row_counts()
+    refused = client.post(url, {"file": upload(trl_pairs(2), "p.jsonl")})
+    assert refused.status_code == 200
+    assert "already imported into batch" in refused.content.decode()
+    assert row_counts() == before
+    forced = client.post(url, {"file": upload(trl_pairs(2), "p.jsonl"), "allow_duplicate": "on"})
+    assert forced.status_code == 302
+    assert Comparison.objects.filter(batch=empty_batch).count() == 4
+
+
+# --- bad files: a 400 naming the problem, nothing written (issue 9) ----------------------
+
+
+def bomb(megabytes: int = 20) -> bytes:
+    """A gzip file of a few dozen kilobytes that unpacks to ``megabytes`` of prompts."""
+    line = jsonl("The same prompt, over and over again.")
+    return gzip.compress(line * (megabytes * 2**20 // len(line)), compresslevel=9)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "line", "message"),
+    [
+        ("surrogate.jsonl", jsonl("fine") + b'"lone \\ud800"\n', 2, "lone surrogate (\\ud800)"),
+        ("deep.jsonl", jsonl("fine") + b"[" * 100_000 + b"]" * 100_000 + b"\n", 2, "nested"),
+        ("quote.csv", b'prompt\nfine\n"never closed\nmore\n', 3, "never closed"),
+        (
+            "long.jsonl",
+            jsonl({"prompt": "Q", "risk_category": "x" * 101}),
+            1,
+            "101 characters long; at most 100 fit",
+        ),
+        ("latin1.jsonl", jsonl("fine") * 3 + b'"caf\xe9"\n', 4, "not valid UTF-8"),
+    ],
+    ids=["lone-surrogate", "deep-json", "unclosed-csv-quote", "long-category", "bad-utf8"],
+)
+def test_api_import_of_bad_input_is_a_400_naming_the_line(
+    api_client, batch_admin, make_batch, name, data, line, message
+):
+    batch = make_batch(Batch.Kind.HELPFULNESS, comparisons=1, active=False)
+    api_client.force_authenticate(batch_admin)
+    before = row_counts()
+    response = api_client.post(import_url(batch), {"file": upload(data, name)})
+    assert response.status_code == 400, response.content
+    (error,) = response.json()["errors"]
+    assert (error["file"], error["line"]) == (name, line)
+    assert message in error["message"]
+    assert response.json()["detail"].startswith(f"nothing was imported: {name}, line {line}")
+    assert row_counts() == before
+
+
+def test_api_import_stops_a_compression_bomb_at_the_limit(
+    api_client, batch_admin, empty_batch, settings
+):
+    settings.PAIRWISE_IMPORT_MAX_BYTES = 2**20
+    api_client.force_authenticate(batch_admin)
+    before = row_counts()
+    response = api_client.post(import_url(empty_batch), {"file": upload(bomb(), "bomb.jsonl.gz")})
+    assert response.status_code == 400
+    (error,) = response.json()["errors"]
+    assert "larger than 1,048,576 bytes uncompressed" in error["message"]
+    assert "PAIRWISE_IMPORT_MAX_BYTES" in error["message"]
+    assert row_counts() == before
+
+
+def test_api_import_refuses_more_records_than_the_limit(
+    api_client, batch_admin, empty_batch, settings
+):
+    settings.PAIRWISE_IMPORT_MAX_RECORDS = 10
+    api_client.force_authenticate(batch_admin)
+    before = row_counts()
+    response = api_client.post(import_url(empty_batch), {"file": upload(trl_pairs(11), "p.jsonl")})
+    assert response.status_code == 400
+    (error,) = response.json()["errors"]
+    assert error["line"] == 11
+    assert "more than 10 records" in error["message"]
+    assert "PAIRWISE_IMPORT_MAX_RECORDS" in error["message"]
+    assert row_counts() == before
+
+
+def test_the_management_command_stops_a_compression_bomb(empty_batch, tmp_path, settings):
+    settings.PAIRWISE_IMPORT_MAX_BYTES = 2**20
+    path = tmp_path / "bomb.jsonl.gz"
+    path.write_bytes(bomb())
+    before = row_counts()
+    with pytest.raises(CommandError, match=r"bomb\.jsonl\.gz, line \d+: the file is larger than"):
+        call_command("import_comparisons", str(path), "--batch", empty_batch.name)
+    assert row_counts() == before
+
+
+def test_admin_import_of_a_bad_file_names_the_line(client, batch_admin, empty_batch):
+    client.force_login(batch_admin)
+    before = row_counts()
+    data = b'prompt\nfine\n"never closed\nmore\n'
+    response = client.post(admin_import_url(empty_batch), {"file": upload(data, "quote.csv")})
+    assert response.status_code == 200
+    assert "quote.csv, line 3: a quoted field that starts on this line is never closed" in (
+        response.content.decode()
+    )
+    assert row_counts() == before

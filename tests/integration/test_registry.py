@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import time
 
 import pytest
 from django.core.management import call_command
@@ -12,6 +14,7 @@ from django.db import IntegrityError, transaction
 from annotation_app.errors import Conflict, InvalidInput
 from annotation_app.models import ModelVersion
 from annotation_app.services.registry import inspect_model, promote, register_model
+from tests.api_errors import error_fields, error_messages
 
 pytestmark = pytest.mark.django_db
 
@@ -46,10 +49,12 @@ def test_inspect_reads_config_and_counts_parameters_without_loading(model_dir):
     assert summary["location"] == "directory"
 
 
-def test_one_current_version_per_role(model_dir):
+def test_one_current_version_per_role(model_dir, tmp_path):
     path, _ = model_dir
     first = register_model(str(path), "policy", name="p1", make_current=True)
-    second = register_model(str(path), "policy", name="p2", parent=first)
+    # Another directory: a path is registered once per role.
+    second_path = shutil.copytree(path, tmp_path / "p2")
+    second = register_model(str(second_path), "policy", name="p2", parent=first)
     reward = register_model(str(path), "reward_safety", name="r1", make_current=True)
     promote(second)
     current = set(ModelVersion.objects.filter(is_current=True).values_list("name", flat=True))
@@ -61,7 +66,8 @@ def test_one_current_version_per_role(model_dir):
     assert reward.is_current
 
 
-def test_bad_registrations_name_the_problem(tmp_path, model_dir):
+def test_bad_registrations_name_the_problem(tmp_path, model_dir, fake_hub):
+    fake_hub.models.add("meta-llama/Llama-2-7b-hf")  # the hub is asked: a local stand-in
     with pytest.raises(InvalidInput, match="no config.json"):
         register_model(str(tmp_path), "policy")
     with pytest.raises(InvalidInput, match="neither a model directory nor a hub id"):
@@ -69,8 +75,10 @@ def test_bad_registrations_name_the_problem(tmp_path, model_dir):
     with pytest.raises(InvalidInput, match="unknown role"):
         register_model(str(model_dir[0]), "critic")
     register_model("meta-llama/Llama-2-7b-hf", "policy", name="hub")
-    with pytest.raises(Conflict, match="already exists"):
-        register_model("meta-llama/Llama-2-7b-hf", "policy", name="hub")
+    with pytest.raises(Conflict, match="already exists"):  # the name, for another role
+        register_model("meta-llama/Llama-2-7b-hf", "reward_safety", name="hub")
+    with pytest.raises(Conflict, match="already registered as 'hub'"):  # the path, same role
+        register_model("meta-llama/Llama-2-7b-hf", "policy", name="hub-again")
     assert inspect_model(ModelVersion.objects.get(name="hub"))["location"] == "hub"
 
 
@@ -106,7 +114,7 @@ def test_api_registers_inspects_and_promotes(model_dir, ml_staff, annotator, api
     promoted = api_client.post(f"/api/v1/models/{version_id}/promote/")
     assert promoted.status_code == 200 and promoted.json()["is_current"] is True
     bad = api_client.post("/api/v1/models/", {"path": "/nowhere", "role": "policy"}, format="json")
-    assert bad.status_code == 400 and bad.json()["field"] == "path"
+    assert bad.status_code == 400 and error_fields(bad) == {"path"}
     api_client.force_authenticate(annotator)
     assert api_client.get("/api/v1/models/").status_code == 403
     assert api_client.post(f"/api/v1/models/{version_id}/promote/").status_code == 403
@@ -124,3 +132,35 @@ def test_admin_promote_action(model_dir, ml_staff, client):
     assert version.is_current
     page = client.get(f"/admin/annotation_app/modelversion/{version.pk}/change/")
     assert "num_key_value_heads" in page.content.decode()
+
+
+# --- hub ids are checked, briefly (issue 9) ------------------------------------------------
+
+
+def test_a_hub_id_the_hub_does_not_have_is_refused(fake_hub):
+    with pytest.raises(InvalidInput, match="the Hugging Face hub has no model org/missing"):
+        register_model("org/missing", "policy")
+    assert not ModelVersion.objects.exists()
+
+
+def test_api_refuses_a_hub_id_it_cannot_check_at_once(fake_hub, ml_staff, api_client, monkeypatch):
+    fake_hub.hang = True  # a network that drops packets: the check times out
+    monkeypatch.setenv("PAIRWISE_HUB_TIMEOUT_SECONDS", "1")
+    api_client.force_authenticate(ml_staff)
+    began = time.monotonic()
+    response = api_client.post("/api/v1/models/", {"path": "org/far", "role": "policy"})
+    assert time.monotonic() - began < 5
+    assert response.status_code == 400
+    assert error_fields(response) == {"path"}
+    assert "cannot reach the Hugging Face hub to check org/far" in error_messages(response)
+    assert "register the directory" in error_messages(response)
+    assert not ModelVersion.objects.exists()
+
+
+def test_the_command_refuses_an_unreachable_hub_id(fake_hub, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(CommandError, match="cannot reach the Hugging Face hub to check org/far"):
+        call_command("register_model", "org/far", "--role", "policy", stdout=io.StringIO())
+    assert not ModelVersion.objects.exists()

@@ -26,6 +26,7 @@ from annotation_app.services.assignment import next_assignment
 from annotation_app.services.exports import export_lines
 from annotation_app.services.imports import import_comparisons
 from annotation_app.services.registry import current_version, register_model
+from tests.api_errors import error_fields
 from tests.workers import wait_for
 
 STRENGTHS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
@@ -230,13 +231,13 @@ def test_a_base_model_of_the_other_kind_or_empty_batches_are_refused(
         format="json",
     )
     assert response.status_code == 400
-    assert response.json()["field"] == "base_model"
+    assert error_fields(response) == {"base_model"}
     empty = make_batch(comparisons=2)
     response = api_client.post(
         "/api/v1/training-runs/", {"kind": "safety", "batches": [empty.pk]}, format="json"
     )
     assert response.status_code == 400
-    assert response.json()["field"] == "batches"
+    assert error_fields(response) == {"batches"}
     assert "no preference pairs" in response.json()["detail"]
     assert TrainingRun.objects.count() == 0
 
@@ -250,8 +251,11 @@ def test_without_a_current_policy_a_base_model_must_be_chosen(annotated_batch, m
 
 
 @pytest.mark.django_db
-def test_a_bad_config_registers_no_default_policy_either(annotated_batch, ml_staff, settings):
+def test_a_bad_config_registers_no_default_policy_either(
+    annotated_batch, ml_staff, settings, fake_hub
+):
     settings.PAIRWISE_POLICY = "org/env-policy"  # registered on first use as the default base
+    fake_hub.models.add("org/env-policy")  # registering a hub id asks the hub (a local one)
     with pytest.raises(training.InvalidInput):
         training.start_reward_training(
             ml_staff, "helpfulness", [annotated_batch], config={"epochs": 0}
@@ -522,21 +526,48 @@ def test_progress_writes_are_throttled(annotated_batch, policy, ml_staff, monkey
 
 
 @pytest.mark.django_db
-def test_a_run_that_cannot_be_queued_fails_at_once(
-    annotated_batch, policy, ml_staff, monkeypatch, settings, django_capture_on_commit_callbacks
+def test_a_run_that_cannot_be_queued_stays_queued_and_is_sent_later(
+    annotated_batch,
+    policy,
+    ml_staff,
+    monkeypatch,
+    settings,
+    django_capture_on_commit_callbacks,
+    fake_trainer,
 ):
+    from kombu.exceptions import OperationalError
+
+    from annotation_app.models import OutboxMessage
+    from annotation_app.services.outbox import relay
     from annotation_app.tasks import train_reward_model
 
     def broker_down(*args, **kwargs):
-        raise ConnectionError("Error 111 connecting to redis:6379")
+        raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
 
     monkeypatch.setattr(train_reward_model, "apply_async", broker_down)
     settings.PAIRWISE_EAGER_IN_THREAD = False  # sent with apply_async, as to a broker
     with django_capture_on_commit_callbacks(execute=True):
         run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
     run.refresh_from_db()
-    assert run.status == "failed"
-    assert run.error.startswith("could not reach the training queue: ConnectionError")
+    assert run.status == "queued" and run.error == ""
+    message = OutboxMessage.objects.get(kind="training")
+    assert message.payload == {"run_id": run.pk}
+    assert message.sent_at is None and message.done_at is None and message.attempts == 1
+    assert message.last_error.startswith("OperationalError: Error 111")
+
+    sent = []
+    monkeypatch.setattr(train_reward_model, "apply_async", lambda *a, **k: sent.append((a, k)))
+    assert relay() == 1  # the broker is back
+    assert sent == [(((run.pk,), {"outbox_id": message.pk}), {"ignore_result": True})]
+    message.refresh_from_db()
+    assert message.sent_at is not None and message.attempts == 2 and message.last_error == ""
+    assert relay() == 0  # sent, and within its timeout: not sent again
+
+    (args, kwargs), _options = sent[0]
+    assert train_reward_model.apply(args, kwargs).get() == "succeeded"  # what a worker runs
+    message.refresh_from_db()
+    assert message.done_at is not None  # answered once the run was taken: never sent again
+    assert OutboxMessage.objects.filter(done_at__isnull=True).count() == 0
 
 
 # --- pages --------------------------------------------------------------------------------------

@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import io
 import json
+import zlib
 
 import pytest
 
 from annotation_app.models import Batch
 from annotation_app.services.imports import (
+    MAX_JSON_DEPTH,
     ImportFailed,
     RowError,
     _RecordError,
     detect_format,
     parse_file,
+    read_file,
 )
 from tests.messages import assistant, hh, user
 
@@ -635,8 +639,8 @@ def test_a_byte_order_mark_is_ignored_and_invalid_utf8_is_reported():
     _, parsed, _ = parse(b"\xef\xbb\xbf" + jsonl("Hello"), "bom.jsonl")
     assert parsed[0].context == [user("Hello")]
     error = failure(jsonl("Fine") + b'"caf\xe9"\n', "latin1.jsonl")
-    assert error.errors[0].filename == "latin1.jsonl"
-    assert "unreadable" in error.errors[0].message
+    assert [where(e) for e in error.errors] == [("latin1.jsonl", 2, None)]
+    assert error.errors[0].message.startswith("not valid UTF-8: byte 0xe9 at position 5")
 
 
 @pytest.mark.parametrize("data", [b"", b"\n\n  \n"])
@@ -703,3 +707,183 @@ def test_a_detected_format_must_hold_for_the_whole_file():
     error = failure(jsonl(*lines), "mixed.jsonl")
     assert [where(e) for e in error.errors] == [("mixed.jsonl", 3, None)]
     assert "looks like canonical" in error.errors[0].message
+
+
+# --- bad input that used to crash or slip through (issue 9) -------------------------------
+
+
+def test_invalid_utf8_far_down_a_file_names_its_own_line_and_the_rest_is_still_checked():
+    data = jsonl(*[f"Prompt {n}" for n in range(20_000)]) + b'"caf\xe9"\n'
+    data += jsonl(*[f"More {n}" for n in range(100)], {"prompt": ""})
+    error = failure(data, "big.jsonl")
+    assert [where(e) for e in error.errors] == [
+        ("big.jsonl", 20_001, None),
+        ("big.jsonl", 20_102, "prompt"),  # read on past the undecodable line
+    ]
+    assert "not valid UTF-8" in error.errors[0].message
+
+
+def test_invalid_utf8_in_a_csv_names_its_line_even_inside_a_quoted_field():
+    data = b'prompt,category\nfine,a\n"two\nlines \xff",b\nalso fine,c\n,d\n'
+    error = failure(data, "p.csv")
+    assert [where(e) for e in error.errors] == [("p.csv", 4, None), ("p.csv", 6, "prompt")]
+    assert "not valid UTF-8: byte 0xff" in error.errors[0].message
+
+
+def test_an_unclosed_csv_quote_is_an_error_on_the_line_where_it_opens():
+    data = b'prompt,category\nfine,a\n"never closed,b\nswallowed,c\nrows,d\n'
+    error = failure(data, "quote.csv")
+    assert [where(e) for e in error.errors] == [("quote.csv", 3, None)]
+    assert "never closed" in error.errors[0].message
+
+
+def test_text_after_a_closing_csv_quote_is_an_error():
+    error = failure(b'prompt\n"quoted"tail\n', "tail.csv")
+    assert [where(e) for e in error.errors] == [("tail.csv", 2, None)]
+    assert error.errors[0].message.startswith("bad CSV")
+
+
+@pytest.mark.parametrize(
+    ("line", "what"),
+    [
+        (b'{"prompt": "lone \\ud800 surrogate"}', "turn 1 of the context"),
+        (b'{"prompt": "Hi", "risk_category": "\\udfff"}', "the risk category"),
+        (
+            b'{"conversation": [{"role": "user", "content": "Q"}], "responses": [{"text": "a",'
+            b' "sampling": {"\\ud83d": 1}}, {"text": "b"}]}',
+            "the sampling parameters of response 1",
+        ),
+    ],
+)
+def test_lone_surrogates_which_postgresql_cannot_store_are_reported(line, what):
+    first = CANONICAL if b"responses" in line else "A fine prompt"
+    error = failure(jsonl(first) + line + b"\n", "surrogate.jsonl")
+    (only,) = error.errors
+    assert (only.line, only.field) == (2, None)
+    assert only.message.startswith(f"{what} contains a lone surrogate (\\u")
+
+
+@pytest.mark.parametrize("depth", [100_000, MAX_JSON_DEPTH + 1])
+def test_json_nested_too_deeply_is_an_error_of_its_line(depth):
+    deep = b"[" * depth + b"]" * depth
+    error = failure(jsonl("A fine prompt") + deep + b"\n" + jsonl({"prompt": ""}), "deep.jsonl")
+    assert [where(e) for e in error.errors] == [
+        ("deep.jsonl", 2, None),
+        ("deep.jsonl", 3, "prompt"),
+    ]
+    assert f"nested more than {MAX_JSON_DEPTH} levels deep" in error.errors[0].message
+
+
+def test_json_nested_to_the_limit_is_read():
+    nested: object = "x"
+    for _ in range(MAX_JSON_DEPTH - 4):  # the record, responses, a response, its sampling
+        nested = [nested]
+    record = {**CANONICAL, "responses": [{"text": "a", "sampling": {"k": nested}}, {"text": "b"}]}
+    _, item = parse_one(record)
+    assert item.responses[0].sampling_params == {"k": nested}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"prompt": "Hi", "x": NaN}',
+        b'{"prompt": "Hi", "x": -Infinity}',
+        b'{"prompt": "Hi", "x": 1e400}',
+        b'{"prompt": "Hi", "x": ' + b"9" * 5000 + b"}",
+    ],
+    ids=["nan", "infinity", "overflow", "5000-digits"],
+)
+def test_numbers_json_cannot_carry_are_errors_of_their_line(line):
+    error = failure(line + b"\n", "numbers.jsonl")
+    assert [where(e) for e in error.errors] == [("numbers.jsonl", 1, None)]
+    assert error.errors[0].message.startswith("invalid JSON")
+
+
+@pytest.mark.parametrize(
+    ("record", "field", "limit"),
+    [
+        ({"prompt": "Hi", "risk_category": "r" * 101}, "risk_category", 100),
+        ({"prompt": "Hi", "harm_area": "h" * 150}, "harm_area", 100),
+        ({"prompt": "Hi", "attack_vector": "a" * 101}, "attack_vector", 100),
+        ({**CANONICAL, "risk_category": "r" * 101}, "risk_category", 100),
+        (
+            {**CANONICAL, "responses": [{"text": "a", "model_version": "m" * 201}, {"text": "b"}]},
+            "responses[0].model_version",
+            200,
+        ),
+    ],
+)
+def test_values_too_long_for_their_column_are_errors_never_cut(record, field, limit):
+    error = failure(jsonl(record), "long.jsonl")
+    assert [where(e) for e in error.errors] == [("long.jsonl", 1, field)]
+    assert error.errors[0].message.endswith(f"characters long; at most {limit} fit")
+
+
+def test_values_that_just_fit_their_column_are_kept_whole():
+    _, item = parse_one({"prompt": "Hi", "risk_category": "r" * 100, "attack_vector": "a" * 100})
+    assert (item.risk_category, item.attack_vector) == ("r" * 100, "a" * 100)
+
+
+class CountingStream(io.BytesIO):
+    """A file whose reader counts the bytes it was asked for."""
+
+    consumed = 0
+
+    def read(self, size=-1):
+        data = super().read(size)
+        self.consumed += len(data)
+        return data
+
+
+def test_a_compression_bomb_is_stopped_at_the_byte_limit(settings):
+    settings.PAIRWISE_IMPORT_MAX_BYTES = 1_000_000
+    unpacked = jsonl("The same prompt again") * 800_000  # about 20 MB
+    packed = zlib.compress(unpacked, 9)
+    bomb = gzip.compress(unpacked, compresslevel=9)
+    assert len(bomb) < len(packed) * 2 < len(unpacked) / 100
+    stream = CountingStream(bomb)
+    with pytest.raises(ImportFailed) as caught:
+        parse_file(stream, "bomb.jsonl.gz", Batch(kind=HELPFULNESS))
+    (only,) = caught.value.errors
+    assert only.field is None
+    assert "larger than 1,000,000 bytes uncompressed" in only.message
+    assert "PAIRWISE_IMPORT_MAX_BYTES" in only.message
+    assert only.line <= 1_000_000 // len(jsonl("The same prompt again")) + 2
+    assert stream.consumed < len(bomb) / 4  # it stopped early: most of the bomb was never read
+
+
+def test_the_record_limit_stops_reading_and_names_the_setting(settings):
+    settings.PAIRWISE_IMPORT_MAX_RECORDS = 5
+    data = jsonl(*[f"Prompt {n}" for n in range(5)])
+    assert parse(data)[2] == 5  # at the limit: fine
+    error = failure(data + jsonl("Sixth", {"prompt": ""}), "many.jsonl")
+    assert [where(e) for e in error.errors] == [("many.jsonl", 6, None)]  # line 7 never read
+    assert "more than 5 records" in error.errors[0].message
+    assert "PAIRWISE_IMPORT_MAX_RECORDS" in error.errors[0].message
+
+
+def test_the_content_hash_is_of_the_uncompressed_bytes():
+    data = jsonl("A prompt", "Another")
+    plain = read_file(io.BytesIO(data), "p.jsonl", Batch(kind=HELPFULNESS))
+    packed = read_file(io.BytesIO(gzip.compress(data)), "p.jsonl.gz", Batch(kind=HELPFULNESS))
+    assert plain.sha256 == packed.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_corrupt_gzip_stream_is_reported():
+    packed = bytearray(gzip.compress(jsonl("A prompt") * 100))
+    packed[20:30] = b"\xff" * 10
+    error = failure(bytes(packed), "corrupt.jsonl.gz")
+    assert "unreadable file" in error.errors[-1].message
+
+
+def test_a_file_name_postgresql_cannot_store_is_reported():
+    error = failure(jsonl("A prompt"), "nul\x00.jsonl")
+    assert [(e.line, e.field) for e in error.errors] == [(0, "file")]
+    assert "NUL" in error.errors[0].message
+
+
+def test_a_long_file_name_keeps_the_line_number_in_the_source():
+    name = "d" * 300 + ".jsonl"
+    _, (item,), _ = parse(jsonl("A prompt"), name)
+    assert len(item.source) <= 200
+    assert item.source.endswith(".jsonl:1")

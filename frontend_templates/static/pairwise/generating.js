@@ -6,6 +6,8 @@
   if (!page) return;
   const status = document.getElementById("generation-status");
   const elapsed = document.getElementById("elapsed");
+  const hint = document.getElementById("generation-hint");
+  const next = document.getElementById("generation-next");
   const started = Date.now();
 
   async function poll() {
@@ -19,8 +21,11 @@
           return;
         }
         if (task.comparison_status === "failed") {
-          status.textContent = "Generating the responses failed: " + task.generation_error;
+          // The API words it for this user: the worker's error for staff, a neutral message else.
+          status.textContent = task.generation_error;
           status.classList.add("error");
+          if (hint) hint.hidden = true;
+          next.hidden = false;
           return;
         }
       }

@@ -1,4 +1,5 @@
-// The comparison page: keyboard shortcuts, time on task, and keeping the lease alive.
+// The comparison page: keyboard shortcuts, time on task, keeping the lease alive, and checking
+// the judgement before it is sent (the server checks again and has the last word).
 "use strict";
 
 (function () {
@@ -28,11 +29,78 @@
     return Math.round(visibleMs + (visibleSince === null ? 0 : performance.now() - visibleSince));
   }
 
+  // Every missing choice at once, each shown beside its control; the messages come from the
+  // server (data-missing-message), which checks the same rules again.
+  const problemsBox = document.getElementById("form-error");
+  const checks = [
+    { field: document.getElementById("rating-field"), name: "rating" },
+    { field: document.getElementById("a_safety-field"), name: "a_safety", required: true },
+    { field: document.getElementById("b_safety-field"), name: "b_safety", required: true },
+  ];
+  function showProblem(field, message) {
+    const note = field.querySelector(".field-error");
+    note.textContent = message || "";
+    note.hidden = !message;
+    field.classList.toggle("invalid", Boolean(message));
+  }
+  function checkJudgement() {
+    const problems = [];
+    checks.forEach(({ field, name, required }) => {
+      const needed = !required || field.classList.contains("required");
+      const missing = needed && !form.querySelector(`input[name="${name}"]:checked`);
+      const message = missing ? field.dataset.missingMessage : "";
+      showProblem(field, message);
+      if (message) problems.push(message);
+    });
+    problemsBox.querySelector("ul").replaceChildren(...problems.map((message) => {
+      const item = document.createElement("li");
+      item.textContent = message;
+      return item;
+    }));
+    problemsBox.hidden = problems.length === 0;
+    return problems;
+  }
+  // A fixed choice clears its problem at once.
+  form.addEventListener("change", (event) => {
+    const check = checks.find(({ name }) => event.target.name === name);
+    if (check && check.field.classList.contains("invalid")) checkJudgement();
+  });
+
+  // What was chosen survives a reload of this page (kept per task in this tab only).
+  const draftKey = "pairwise-task-" + task.dataset.assignment;
+  const draftFields = ["rating", "a_safety", "b_safety"];
+  function saveDraft() {
+    const draft = { rationale: rationale.value };
+    draftFields.forEach((name) => {
+      const checked = form.querySelector(`input[name="${name}"]:checked`);
+      draft[name] = checked ? checked.value : "";
+    });
+    try { sessionStorage.setItem(draftKey, JSON.stringify(draft)); } catch (error) { /* storage off */ }
+  }
+  function restoreDraft() {
+    let draft = null;
+    try { draft = JSON.parse(sessionStorage.getItem(draftKey) || "null"); } catch (error) { return; }
+    if (!draft) return;
+    draftFields.forEach((name) => {
+      // What the server shows (after a refused submit) wins over an older draft.
+      if (!draft[name] || form.querySelector(`input[name="${name}"]:checked`)) return;
+      const input = form.querySelector(`input[name="${name}"][value="${CSS.escape(draft[name])}"]`);
+      if (input) input.checked = true;
+    });
+    if (!rationale.value && draft.rationale) rationale.value = draft.rationale;
+  }
+  restoreDraft();
+  form.addEventListener("change", saveDraft);
+  rationale.addEventListener("input", saveDraft);
+
   let submitting = false;
   form.addEventListener("submit", (event) => {
     if (submitting) { event.preventDefault(); return; }  // one submit per page
+    if (checkJudgement().length) { event.preventDefault(); return; }
     submitting = true;
     timeSpent.value = String(elapsedMs());
+    // Sent: if the server refuses it, it shows the choices again itself.
+    try { sessionStorage.removeItem(draftKey); } catch (error) { /* storage off */ }
   });
   function submitJudgement() {
     if (typeof form.requestSubmit === "function") form.requestSubmit(); else form.submit();
@@ -41,6 +109,11 @@
   function check(name, value) {
     const input = form.querySelector(`input[name="${name}"][value="${value}"]`);
     if (input) { input.checked = true; input.dispatchEvent(new Event("change", { bubbles: true })); }
+  }
+  function checkRating(input) {
+    input.checked = true;
+    input.focus({ preventScroll: true });
+    input.dispatchEvent(new Event("change", { bubbles: true }));
   }
 
   const ratingByKey = {};
@@ -84,12 +157,14 @@
     }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key;
-    if (ratingByKey[key]) { ratingByKey[key].checked = true; ratingByKey[key].focus({ preventScroll: true }); }
+    if (ratingByKey[key]) checkRating(ratingByKey[key]);
     else if (key === "q") check("a_safety", "safe");
     else if (key === "w") check("a_safety", "unsafe");
     else if (key === "o") check("b_safety", "safe");
     else if (key === "p") check("b_safety", "unsafe");
     else if (key === "r") rationale.focus();
+    else if (key === "a") document.getElementById("response-A-body").focus();
+    else if (key === "b") document.getElementById("response-B-body").focus();
     else if (key === "g") guidelines.showModal();
     else if (key === "m") toggleRaw();
     else if (key === "f") openFlag();

@@ -14,7 +14,20 @@
   const percent = document.getElementById("run-progress");
   const error = document.getElementById("run-error");
   const logs = document.getElementById("run-logs");
+  const pairs = document.getElementById("run-pairs");
   const labels = { queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed" };
+
+  // How many pairs the run trains on and holds out, as soon as its data is frozen.
+  async function showPairs() {
+    try {
+      const response = await fetch(card.dataset.detailUrl, { headers: { "Accept": "application/json" }, credentials: "same-origin" });
+      if (!response.ok) return;
+      const metrics = (await response.json()).metrics || {};
+      if (metrics.train_pairs === undefined) return;
+      pairs.textContent = `${metrics.train_pairs} trained on, ${metrics.eval_pairs} held out`;
+      pairs.dataset.known = "true";
+    } catch (failure) { /* try again at the next poll */ }
+  }
 
   async function poll() {
     try {
@@ -32,6 +45,7 @@
         statusLabel.textContent = labels[run.status] || run.status;
         statusLabel.className = "status " + run.status;
         if (run.error) { error.textContent = run.error; error.hidden = false; }
+        if (pairs && pairs.dataset.known !== "true" && run.progress > 0) showPairs();
         const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
         logs.textContent = run.log_tail;
         if (atBottom) logs.scrollTop = logs.scrollHeight;

@@ -1,0 +1,114 @@
+"""Forms of the annotation pages: what a posted page means, before a service acts on it.
+
+The services stay the authority on what is valid; a form parses the page's fields and reports
+every problem at once, each on the field the annotator must fix.
+"""
+
+from __future__ import annotations
+
+from django import forms
+
+from annotation_app.errors import InvalidInput
+from annotation_app.models import Batch
+from annotation_app.services.annotations import DISPLAY_SIDES, Judgement
+from rlhf.preferences import Strength
+
+MISSING_RATING = "choose which response is better, and by how much"
+SAFETY_CHOICES = [("safe", "Safe"), ("unsafe", "Unsafe")]
+# Which field of the page a service's field name stands for.
+PAGE_FIELD = {
+    "preferred": "rating",
+    "strength": "rating",
+    "a_safe": "a_safety",
+    "b_safe": "b_safety",
+    "rationale": "rationale",
+    "time_spent_ms": "time_spent_ms",
+}
+
+
+class JudgementForm(forms.Form):
+    """The comparison page's judgement: a rating ("A:better"), safety labels, a rationale."""
+
+    rating = forms.ChoiceField(
+        choices=[
+            (f"{side}:{s.value}", f"{side}:{s.value}") for side in DISPLAY_SIDES for s in Strength
+        ],
+        error_messages={"required": MISSING_RATING, "invalid_choice": MISSING_RATING},
+    )
+    a_safety = forms.ChoiceField(choices=SAFETY_CHOICES, required=False)
+    b_safety = forms.ChoiceField(choices=SAFETY_CHOICES, required=False)
+    rationale = forms.CharField(required=False, strip=False)
+    time_spent_ms = forms.IntegerField(required=False)
+
+    def __init__(self, data, *, batch: Batch):
+        super().__init__(data)
+        self.batch = batch
+
+    def clean(self):
+        cleaned = super().clean()
+        try:
+            self.judgement().validate(self.batch)
+        except InvalidInput as error:
+            self.add_service_error(error)
+        return cleaned
+
+    def judgement(self) -> Judgement:
+        data = self.cleaned_data
+        side, _, strength = (data.get("rating") or "").partition(":")
+        safe = {"safe": True, "unsafe": False}
+        return Judgement(
+            preferred_side=side,
+            strength=strength,
+            a_safe=safe.get(data.get("a_safety") or ""),
+            b_safe=safe.get(data.get("b_safety") or ""),
+            rationale=data.get("rationale") or "",
+            time_spent_ms=data.get("time_spent_ms"),
+        )
+
+    def add_service_error(self, error: InvalidInput) -> None:
+        """Put each problem a service found on the page's field it concerns."""
+        for problem in getattr(error, "problems", [error]):
+            field = PAGE_FIELD.get(problem.field or "")
+            if field in self.errors:
+                continue  # already reported, in the page's own words
+            self.add_error(field, str(problem))
+
+    def error_messages_by_field(self) -> dict[str, list[str]]:
+        """``{field or "__all__": [message, …]}``, plain strings (kept in the session)."""
+        return {
+            field: [str(message) for message in errors] for field, errors in self.errors.items()
+        }
+
+
+class CheckedForm(forms.Form):
+    """A form whose first problem is raised as the services raise theirs (``InvalidInput``).
+
+    Django's ``CharField`` refuses NUL characters, which PostgreSQL text cannot hold; the pages
+    below parse their text through these forms so that such input is a 400 naming the field.
+    """
+
+    def checked(self) -> dict:
+        if not self.is_valid():
+            field, problems = next(iter(self.errors.items()))
+            raise InvalidInput(f"{field.replace('_', ' ')}: {problems[0]}", field)
+        return self.cleaned_data
+
+
+class PromptForm(CheckedForm):
+    """The write-prompt page (the service checks emptiness, length and the categories)."""
+
+    prompt = forms.CharField(required=False, strip=False)
+    risk_category = forms.CharField(required=False, strip=False)
+    attack_vector = forms.CharField(required=False, strip=False)
+
+
+class NextTurnForm(CheckedForm):
+    """The continue page's next user turn."""
+
+    text = forms.CharField(required=False, strip=False)
+
+
+class FlagForm(CheckedForm):
+    """The task page's flag; an empty reason is allowed (the service says so in its place)."""
+
+    reason = forms.CharField(required=False, strip=False)

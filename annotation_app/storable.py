@@ -1,0 +1,64 @@
+"""What PostgreSQL can store: the checks that keep bad input a 400 instead of a database error.
+
+PostgreSQL text and JSON hold no NUL character, JSON holds no NaN or infinity, and no text
+holds a lone surrogate (Python strings can, e.g. from JSON's ``"\\ud800"``, but they are not
+Unicode and cannot be encoded). Nesting is bounded so that recursion never decides.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+# Deeper JSON is refused: no input needs more than a few levels.
+MAX_JSON_DEPTH = 64
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be stored (a NUL, or a lone surrogate), or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(text[error.start])
+        return f"contains a lone surrogate (\\u{code:04x}), which is not valid Unicode"
+    return None
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in ``value``, counted without recursion and no
+    further than one level past :data:`MAX_JSON_DEPTH`."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                children = item.values() if isinstance(item, dict) else item
+                stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def json_problem(value: Any) -> str | None:
+    """Why the JSON value ``value`` cannot be stored in a JSON column, or None."""
+    if json_depth(value) > MAX_JSON_DEPTH:
+        return f"is nested more than {MAX_JSON_DEPTH} levels deep"
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                problem = text_problem(str(key))
+                if problem:
+                    return f"has a key that {problem}"
+                stack.append(child)
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                return f"has a text that {problem}"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"has a number JSON cannot hold ({item})"
+    return None
