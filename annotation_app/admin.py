@@ -29,8 +29,10 @@ from annotation_app.models import (
     Batch,
     Comparison,
     Conversation,
+    ImportedFile,
     JudgedDataReadOnly,
     ModelVersion,
+    OutboxMessage,
     Response,
     TrainingRun,
     Turn,
@@ -43,6 +45,7 @@ from annotation_app.services.batches import (
 )
 from annotation_app.services.generation import retry_unfinished_generation, validate_sampling_plan
 from annotation_app.services.imports import FORMATS, import_comparisons
+from annotation_app.services.outbox import send_again
 from annotation_app.services.registry import inspect_model, promote
 
 admin.site.site_header = "Pairwise administration"
@@ -308,20 +311,8 @@ class ResponseInline(JudgedReadOnlyInline, admin.StackedInline):
     model = Response
     extra = 0
     max_num = 2
-    fields = [
-        "slot",
-        "text",
-        "source",
-        "model_version",
-        "model_name",
-        "sampling_params",
-        "seed",
-        "prompt_tokens",
-        "completion_tokens",
-        "finish_reason",
-        "prompt_tokens_dropped",
-        "latency_ms",
-    ]
+    # Everything judged about a response, its comparison aside (the page it is shown on).
+    fields = [name for name in Response.JUDGED_FIELDS if name != "comparison"]
 
 
 class AnnotationInline(admin.TabularInline):
@@ -589,3 +580,64 @@ class TrainingRunAdmin(admin.ModelAdmin):
         if run.train_pairs is None:
             return "—"
         return f"{run.train_pairs} / {run.eval_pairs}"
+
+
+class ReadOnlyRecordAdmin(admin.ModelAdmin):
+    """Records the platform writes for itself: looked at here, never written."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class PendingFilter(admin.SimpleListFilter):
+    title = "answered"
+    parameter_name = "answered"
+
+    def lookups(self, request, model_admin):
+        return [("no", "Not yet"), ("yes", "Answered")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("no", "yes"):
+            return queryset.filter(done_at__isnull=self.value() == "no")
+        return queryset
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(ReadOnlyRecordAdmin):
+    """Work sent to the workers (services/outbox.py): what is waiting, sent, or failed to send."""
+
+    list_display = ["id", "kind", "created_at", "sent_at", "attempts", "done_at", "error_start"]
+    list_filter = ["kind", PendingFilter]
+    fields = ["kind", "created_at", "sent_at", "attempts", "done_at", "last_error", "payload"]
+    readonly_fields = fields
+    actions = ["send_selected_again"]
+
+    @admin.display(description="Last error")
+    def error_start(self, message):
+        return Truncator(message.last_error).chars(80) or "—"
+
+    @admin.action(
+        description="Send the selected unanswered messages again now", permissions=["resend"]
+    )
+    def send_selected_again(self, request, queryset):
+        count = send_again(queryset)
+        self.message_user(request, f"{count} message(s) will be sent again.", messages.SUCCESS)
+
+    def has_resend_permission(self, request):
+        return request.user.has_perm("annotation_app.manage_batches")
+
+
+@admin.register(ImportedFile)
+class ImportedFileAdmin(ReadOnlyRecordAdmin):
+    """Every file imported into a batch, by content hash: what a refused re-import points to."""
+
+    list_display = ["filename", "batch", "records", "comparisons", "imported_by", "created_at"]
+    list_filter = ["batch"]
+    list_select_related = ["batch", "imported_by"]
+    search_fields = ["filename", "sha256"]

@@ -301,20 +301,6 @@ class TrainingProgress:
         self.bar = self.eval_bar = None
 
 
-def trained_summary(result, config: RewardTrainingConfig) -> str:
-    """``"trained 10 steps on 80 pairs (80 of the 1,881 training pairs; --max-steps stopped
-    it)"``: what the steps really saw, not the size of the training set."""
-    total = result.train_pairs
-    seen, distinct = result.pairs_trained, result.distinct_pairs_trained
-    if distinct < total:
-        reason = "; --max-steps stopped it" if config.max_steps is not None else ""
-        coverage = f"{distinct:,} of the {total:,} training pairs{reason}"
-    else:
-        epochs = seen / total if total else 0.0
-        coverage = f"all {total:,} training pairs, {epochs:.3g} epoch{'s' if epochs != 1 else ''}"
-    return f"trained {result.steps} steps on {seen:,} pairs ({coverage})"
-
-
 def train_reward(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
@@ -352,7 +338,8 @@ def train_reward(args: argparse.Namespace) -> int:
         progress.close()
     if main_process:
         print(
-            f"{trained_summary(result, config)} in {result.seconds:.1f} s "
+            f"{result.summary('--max-steps' if config.max_steps is not None else None)} "
+            f"in {result.seconds:.1f} s "
             f"({result.pairs_per_second:.1f} pairs/s); saved to {args.out}"
         )
         if result.metrics:

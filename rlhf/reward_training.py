@@ -301,6 +301,20 @@ class TrainingResult:
     pairs_trained: int = 0
     distinct_pairs_trained: int = 0
 
+    def summary(self, step_limit: str | None = None) -> str:
+        """``"trained 10 steps on 80 pairs (80 of the 1,881 training pairs; --max-steps stopped
+        it)"``: what the steps really saw, not the size of the training set. ``step_limit``
+        names the setting that capped the steps, if one did."""
+        total, seen, distinct = self.train_pairs, self.pairs_trained, self.distinct_pairs_trained
+        if distinct < total:
+            reason = f"; {step_limit} stopped it" if step_limit else ""
+            coverage = f"{distinct:,} of the {total:,} training pairs{reason}"
+        else:
+            epochs = seen / total if total else 0.0
+            plural = "s" if epochs != 1 else ""
+            coverage = f"all {total:,} training pairs, {epochs:.3g} epoch{plural}"
+        return f"trained {self.steps} steps on {seen:,} pairs ({coverage})"
+
 
 def _margins(pairs: Sequence[PreferencePair], table: str) -> list[float]:
     """Each pair's margin under ``table`` (a pair without a strength keeps its own margin)."""

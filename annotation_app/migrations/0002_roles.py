@@ -12,7 +12,11 @@ def create_role_groups(apps, schema_editor):
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
-    sync_role_groups(apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"))
+    # Not strict: this table names models that later migrations add; the sync after the last
+    # migration (annotation_app.apps) gives their permissions.
+    sync_role_groups(
+        apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"), strict=False
+    )
 
 
 def remove_role_groups(apps, schema_editor):

@@ -11,7 +11,8 @@ from annotation_app.models import Assignment, Comparison
 from annotation_app.roles import STAFF_ROLES, user_roles
 
 NEUTRAL_GENERATION_ERROR = (
-    "The responses could not be generated. An administrator has been told; try another comparison."
+    "The responses could not be generated. Administrators see it in the list of failed "
+    "comparisons; try another comparison."
 )
 
 

@@ -650,7 +650,8 @@ def _train(run: TrainingRun, reporter: RunReporter) -> None:
     reporter.flush()
     result = train_reward_model(config, train_pairs, eval_pairs, out_dir, progress=reporter.event)
     reporter.log(
-        f"trained {result.steps} steps on {result.train_pairs} pairs in {result.seconds:.1f} s"
+        f"{result.summary('max_steps' if config.max_steps is not None else None)} "
+        f"in {result.seconds:.1f} s"
     )
     reporter.flush()
 

@@ -206,3 +206,35 @@ def test_a_run_records_its_pair_counts_before_it_trains(
     assert training.run_reward_training(run.pk) == "failed"
     assert (seen["train_pairs"], seen["eval_pairs"]) == seen["given"]
     assert seen["train_pairs"] + seen["eval_pairs"] == seen["export_pairs"] == 10
+
+
+def test_the_outbox_and_the_import_history_are_listed_read_only(
+    client, batch_admin, ml_staff, make_batch
+):
+    from annotation_app.models import ImportedFile, OutboxMessage
+
+    make_batch(comparisons=2, name="Recorded")  # one import, recorded by its content hash
+    message = OutboxMessage.objects.create(
+        kind=OutboxMessage.Kind.GENERATION,
+        payload={"requests": []},
+        last_error="OperationalError: Error 111 connecting to 127.0.0.1:6379",
+    )
+    client.force_login(batch_admin)
+    outbox = client.get("/admin/annotation_app/outboxmessage/?answered=no").content.decode()
+    assert "OperationalError: Error 111" in outbox
+    assert client.get("/admin/annotation_app/outboxmessage/add/").status_code == 403
+    history = client.get("/admin/annotation_app/importedfile/").content.decode()
+    assert ImportedFile.objects.get(batch__name="Recorded").filename in history
+
+    # A batch admin sends an unanswered message again: it becomes due at once.
+    OutboxMessage.objects.filter(pk=message.pk).update(sent_at="2026-01-01T00:00:00Z")
+    client.post(
+        "/admin/annotation_app/outboxmessage/",
+        {"action": "send_selected_again", "_selected_action": [message.pk]},
+    )
+    message.refresh_from_db()
+    assert message.sent_at is None or message.attempts == 1  # made due, then relayed
+    # ML staff may look, not resend.
+    client.force_login(ml_staff)
+    page = client.get("/admin/annotation_app/outboxmessage/").content.decode()
+    assert "send_selected_again" not in page

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.reward_cli import TrainingProgress, trained_summary
-from rlhf.reward_training import RewardTrainingConfig, TrainingResult
+from rlhf.reward_cli import TrainingProgress
+from rlhf.reward_training import TrainingResult
 from rlhf.tiny import build_tiny_llama
 from tests.conftest import ROOT
 
@@ -201,14 +201,13 @@ def result(steps: int, train_pairs: int, seen: int, distinct: int) -> TrainingRe
 
 
 def test_the_final_report_counts_the_pairs_the_steps_took():
-    stopped = RewardTrainingConfig(max_steps=10)
-    assert trained_summary(result(10, 1881, 80, 80), stopped) == (
+    assert result(10, 1881, 80, 80).summary("--max-steps") == (
         "trained 10 steps on 80 pairs (80 of the 1,881 training pairs; --max-steps stopped it)"
     )
-    assert trained_summary(result(236, 1881, 1881, 1881), RewardTrainingConfig()) == (
+    assert result(236, 1881, 1881, 1881).summary() == (
         "trained 236 steps on 1,881 pairs (all 1,881 training pairs, 1 epoch)"
     )
-    assert trained_summary(result(472, 1881, 3762, 1881), RewardTrainingConfig(epochs=2)) == (
+    assert result(472, 1881, 3762, 1881).summary() == (
         "trained 472 steps on 3,762 pairs (all 1,881 training pairs, 2 epochs)"
     )
 
