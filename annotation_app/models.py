@@ -371,6 +371,11 @@ class Comparison(JudgedContent):
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
     annotation_count = models.PositiveIntegerField(default=0)
+    # The leases held on it (status "leased", live or past their expiry) and the earliest of
+    # their expiries: next-task reads its free slots from these two, without counting leases
+    # (services/assignment.py). Kept under the comparison's row lock with every lease change.
+    leased_count = models.PositiveIntegerField(default=0)
+    earliest_lease_expiry = models.DateTimeField(null=True, blank=True)
     flag_count = models.PositiveIntegerField(default=0)
     # The preference an imported pair came with (slot 1 or 2). Never shown to annotators; kept
     # to measure agreement with the source data and for gold checks.
@@ -514,6 +519,8 @@ class Assignment(models.Model):
         SUBMITTED = "submitted", "Submitted"
         SKIPPED = "skipped", "Skipped"
         FLAGGED = "flagged", "Flagged as a problem"
+        # Past its expiry, its slot was given to another annotator: it can no longer be submitted.
+        EXPIRED = "expired", "Expired, its slot given to another annotator"
 
     comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
     annotator = models.ForeignKey(

@@ -19,8 +19,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotation_app.errors import Conflict, InvalidInput
-from annotation_app.models import Annotation, Assignment, Batch, Comparison
-from annotation_app.services.assignment import _locked_assignment, free_slots
+from annotation_app.models import Annotation, Assignment, Batch
+from annotation_app.services.assignment import check_still_held, lock_assignment, settle_comparison
 from rlhf.preferences import Strength, safety_bin
 
 MAX_RATIONALE_CHARS = 10_000
@@ -105,35 +105,20 @@ def submit_annotation(
 ) -> tuple[Annotation, bool]:
     """Record ``judgement`` for the lease ``assignment_id``; returns (annotation, created).
 
-    A late submit (the lease expired) is still accepted while the comparison has a free
-    slot, so an annotator who was slow loses nothing unless someone else took their place.
+    A late submit (the lease expired) is still accepted while the lease holds its slot, so an
+    annotator who was slow loses nothing unless someone else was given their place.
     """
     now = now or timezone.now()
-    existing = _already_recorded(idempotency_key, annotator, assignment_id)
-    if existing is not None:
-        return existing, False
-
     with transaction.atomic():
-        assignment = _locked_assignment(assignment_id, annotator)
-        # A concurrent retry of this very submit may have committed while we waited.
+        # The assignment and its comparison are locked first: a concurrent retry of this very
+        # submit waits here, then finds the annotation it committed.
+        assignment = lock_assignment(assignment_id, annotator)
         existing = _already_recorded(idempotency_key, annotator, assignment_id)
         if existing is not None:
             return existing, False
-        if assignment.status != Assignment.Status.LEASED:
-            raise Conflict(f"this comparison was already {assignment.status}")
-        batch = assignment.comparison.batch
-        if batch.status != Batch.Status.ACTIVE:
-            raise Conflict(f"batch {batch.name!r} is {batch.status}; it takes no annotations")
-        judgement.validate(batch)
-
-        comparison = Comparison.objects.select_for_update().get(pk=assignment.comparison_id)
-        # Read after taking the lock: update_batch changes the overlap holding every lock.
-        batch.refresh_from_db(fields=["overlap"])
-        comparison.batch = batch
-        if not assignment.is_live(now) and free_slots(comparison, now, excluding=assignment) <= 0:
-            raise Conflict(
-                "your lease on this comparison expired and its slot went to another annotator"
-            )
+        check_still_held(assignment)
+        comparison = assignment.comparison
+        judgement.validate(comparison.batch)
 
         left, right = assignment.left_slot, assignment.right_slot
         safe_by_slot = {left: judgement.a_safe, right: judgement.b_safe}
@@ -160,10 +145,5 @@ def submit_annotation(
         assignment.status = Assignment.Status.SUBMITTED
         assignment.finished_at = now
         assignment.save(update_fields=["status", "finished_at"])
-
-        # We hold the comparison's row lock, so a plain read-modify-write is exact.
-        comparison.annotation_count += 1
-        if comparison.annotation_count >= batch.overlap:
-            comparison.status = Comparison.Status.COMPLETE
-        comparison.save(update_fields=["annotation_count", "status"])
+        settle_comparison(comparison.pk, annotated=True)
     return annotation, True

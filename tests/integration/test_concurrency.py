@@ -104,3 +104,67 @@ def test_many_annotators_fill_a_batch_to_exactly_its_overlap(live_server, make_b
         assert len(set(annotators)) == OVERLAP
         assert comparison.annotation_count == OVERLAP
         assert comparison.status == Comparison.Status.COMPLETE
+
+
+def annotate_cycles(base_url: str, token: str, cycles: int, log: list, failures: list) -> None:
+    rng = random.Random(token)
+    for _ in range(cycles):
+        status, task = call(base_url, token, "/api/v1/tasks/next/")
+        if status != 200:
+            failures.append(("next", status, task))
+            return
+        submission = {
+            "assignment": task["assignment"],
+            "preferred": rng.choice("AB"),
+            "strength": "better",
+            "idempotency_key": str(uuid.uuid4()),
+        }
+        status, annotation = call(base_url, token, "/api/v1/annotations/", submission)
+        if status != 201:
+            failures.append(("submit", status, annotation))
+            return
+        log.append(annotation["id"])
+
+
+def test_many_annotators_on_a_batch_of_fifty_thousand(live_server, make_user):
+    """At Llama 2's weekly scale: the same rules hold, and started comparisons come first."""
+    from annotation_app.models import Assignment
+    from tests.bulk import ready_batch
+
+    batch = ready_batch(50_000, overlap=OVERLAP)
+    clients, cycles = 16, 12
+    tokens = [Token.objects.create(user=make_user()).key for _ in range(clients)]
+    created: list[int] = []
+    failures: list = []
+    threads = [
+        threading.Thread(
+            target=annotate_cycles, args=(live_server.url, token, cycles, created, failures)
+        )
+        for token in tokens
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert not any(thread.is_alive() for thread in threads)
+    assert failures == []
+
+    annotations = Annotation.objects.filter(comparison__batch=batch)
+    assert sorted(created) == sorted(annotations.values_list("id", flat=True))  # none lost
+    pairs = list(annotations.values_list("comparison_id", "annotator_id"))
+    assert len(set(pairs)) == len(pairs) == clients * cycles  # never the same one twice
+    per_comparison = Counter(comparison for comparison, _ in pairs)
+    assert max(per_comparison.values()) <= OVERLAP
+    # Started comparisons come first: the work piles up on few comparisons, most finished.
+    assert len(per_comparison) <= len(pairs) // OVERLAP + clients
+    # The counters next-task reads agree with the rows they summarise.
+    for comparison in Comparison.objects.filter(pk__in=per_comparison):
+        assert comparison.annotation_count == per_comparison[comparison.pk]
+        held = comparison.assignments.filter(status=Assignment.Status.LEASED)
+        assert comparison.leased_count == held.count() == 0
+        expected = (
+            Comparison.Status.COMPLETE
+            if per_comparison[comparison.pk] == OVERLAP
+            else (Comparison.Status.READY)
+        )
+        assert comparison.status == expected
