@@ -23,6 +23,7 @@ from annotation_app.admin_helpers import (
     plan_cell_name,
 )
 from annotation_app.errors import InvalidInput, PairwiseError
+from annotation_app.forms import AdminSignInForm
 from annotation_app.models import (
     Annotation,
     Assignment,
@@ -54,6 +55,7 @@ admin.site.index_title = "Batches, data and models"
 # The app list is one click away (Home): its sidebar would take a quarter of a laptop screen
 # from the lists.
 admin.site.enable_nav_sidebar = False
+admin.site.login_form = AdminSignInForm  # a user name too long for any user is a form error
 
 PROMPT_PREVIEW_CHARS = 80  # the comparisons list shows the start of each prompt
 
@@ -135,7 +137,7 @@ class BatchForm(forms.ModelForm):
     sampling_plan = SamplingPlanField(
         label="Sampling plan",
         help_text="How the two responses of each comparison are generated. An empty cell "
-        "takes the default (the model version: the current policy).",
+        "takes the default it shows in grey (the model version's: the current policy).",
     )
 
     class Meta:
@@ -156,6 +158,8 @@ class BatchForm(forms.ModelForm):
 
     def clean_sampling_plan(self):
         plan = self.cleaned_data["sampling_plan"]
+        if self.instance.pk is not None and "sampling_plan" not in self.changed_data:
+            plan = self.instance.sampling_plan  # kept as stored, not as the table spells it
         try:
             validate_sampling_plan(plan)
         except InvalidInput as error:
@@ -229,14 +233,16 @@ class BatchAdmin(JudgedReadOnlyAdmin, admin.ModelAdmin):
             obj.created_by = request.user
             super().save_model(request, obj, form, change)
             return
-        # Through the service, as the API: a new overlap recomputes the comparisons' statuses.
-        read_only = set(self.get_readonly_fields(request, obj))
-        settings = {
-            field.name: getattr(obj, field.name)
-            for field in Batch._meta.concrete_fields
-            if field.editable and not field.primary_key and field.name not in read_only
+        # Through the service, as the API: what the form changed (its many-to-many fields are
+        # saved with the form, after this), and a new overlap recomputes the comparisons'
+        # statuses. The service checks again under its lock: a lease taken since the form was
+        # checked can make a lower overlap invalid after all. Its InvalidInput reaches
+        # changeform_view (JudgedReadOnlyAdmin), which rolls the whole save back and says why.
+        many_to_many = {field.name for field in Batch._meta.many_to_many}
+        changes = {
+            name: form.cleaned_data[name] for name in form.changed_data if name not in many_to_many
         }
-        update_batch(obj, settings)
+        update_batch(obj, changes)
 
     def _run_on_selected(self, request, queryset, operation, verb):
         for batch in queryset:

@@ -3,6 +3,8 @@
 - :class:`SamplingPlanField`: a batch's sampling plan edited as a small form, one row per
   response (model version, temperature, top p, max new tokens), stored as the plan's JSON and
   checked by ``services.generation.validate_sampling_plan``, the one place that knows the rules.
+  A cell shows what the plan stores, or else the default (greyed out, a placeholder): saving
+  the form unchanged stores the plan unchanged.
 - :class:`PresentChoicesFilter`: a choices filter listing only values some row has.
 - :func:`annotator_users`: the users an annotation batch can be assigned to.
 """
@@ -19,57 +21,66 @@ from django.utils.html import format_html, format_html_join
 
 from annotation_app.models import ModelVersion
 from annotation_app.roles import Role
-from annotation_app.services.generation import DEFAULT_SIDES
+from annotation_app.services.generation import DEFAULT_SIDES, SIDE_KEYS
 
 SIDES = ("Response 1", "Response 2")
-# One column per setting of a side, in the order the widget shows them.
+# One column per setting of a side (generation's SIDE_KEYS), in the order the widget shows
+# them: the model version (its default is no value: the current policy), then the settings
+# with default values, as generation lists them.
 SIDE_SETTINGS = [
-    ("model_version", "Model version"),
-    ("temperature", "Temperature"),
-    ("top_p", "Top p"),
-    ("max_new_tokens", "Max new tokens"),
+    (key, key.replace("_", " ").capitalize())
+    for key in [*sorted(SIDE_KEYS - set(DEFAULT_SIDES[0])), *DEFAULT_SIDES[0]]
 ]
 
 
-def _side_fields() -> list[forms.Field]:
-    return [
-        forms.ModelChoiceField(
+def _setting_field(key: str) -> forms.Field:
+    if key == "model_version":
+        return forms.ModelChoiceField(
             queryset=ModelVersion.objects.filter(role=ModelVersion.Role.POLICY).order_by("name"),
             to_field_name="name",
             required=False,
             empty_label="Current policy",
-        ),
-        forms.FloatField(required=False),
-        forms.FloatField(required=False),
-        forms.IntegerField(required=False),
-    ]
+        )
+    if isinstance(DEFAULT_SIDES[0][key], int):
+        return forms.IntegerField(required=False)
+    return forms.FloatField(required=False)
+
+
+def _side_fields() -> list[forms.Field]:
+    return [_setting_field(key) for key, _ in SIDE_SETTINGS]
 
 
 class SamplingPlanWidget(forms.MultiWidget):
-    """A table: a row per side, a column per setting."""
+    """A table: a row per side, a column per setting; an empty cell shows its default."""
 
     def __init__(self, fields: list[forms.Field]):
         widgets = []
         for index, field in enumerate(fields):
-            side = SIDES[index // len(SIDE_SETTINGS)]
-            _, label = SIDE_SETTINGS[index % len(SIDE_SETTINGS)]
+            side_index, setting_index = divmod(index, len(SIDE_SETTINGS))
+            key, label = SIDE_SETTINGS[setting_index]
             widget = field.widget
-            widget.attrs.update({"aria-label": f"{side}: {label.lower()}"})
+            widget.attrs.update({"aria-label": f"{SIDES[side_index]}: {label.lower()}"})
             if isinstance(field, forms.FloatField | forms.IntegerField):
-                widget.attrs.update({"step": "any" if isinstance(field, forms.FloatField) else "1"})
+                widget.attrs.update(
+                    {
+                        "step": "any" if isinstance(field, forms.FloatField) else "1",
+                        "placeholder": DEFAULT_SIDES[side_index][key],
+                    }
+                )
             widgets.append(widget)
         super().__init__(widgets)
 
     def decompress(self, value) -> list:
-        """The stored plan as the eight values the table shows, defaults filled in."""
+        """The stored plan as the eight values the table shows: only what the plan stores
+        (None for a cell it leaves to the default, which the cell shows as a placeholder)."""
         sides = value.get("sides") if isinstance(value, dict) else None
         if not isinstance(sides, list) or len(sides) != 2:
             sides = [{}, {}]
-        values = []
-        for default, side in zip(DEFAULT_SIDES, sides, strict=True):
-            merged = {**default, **(side if isinstance(side, dict) else {})}
-            values += [merged.get(key) for key, _ in SIDE_SETTINGS]
-        return values
+        return [
+            side.get(key) if isinstance(side, dict) else None
+            for side in sides
+            for key, _ in SIDE_SETTINGS
+        ]
 
     def render(self, name, value, attrs=None, renderer=None):
         if not isinstance(value, list):

@@ -7,13 +7,30 @@ every problem at once, each on the field the annotator must fix.
 from __future__ import annotations
 
 from django import forms
+from django.contrib.admin.forms import AdminAuthenticationForm
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AuthenticationForm, UsernameField
 
 from annotation_app.errors import InvalidInput
 from annotation_app.models import Batch
-from annotation_app.services.annotations import DISPLAY_SIDES, Judgement
+from annotation_app.services.annotations import DISPLAY_SIDES, MAX_RATIONALE_CHARS, Judgement
+from annotation_app.services.dialogues import MAX_TURN_CHARS
 from rlhf.preferences import Strength
 
 MISSING_RATING = "choose which response is better, and by how much"
+# A flag's reason is a note for the batch admins, not data: a few sentences.
+MAX_FLAG_REASON_CHARS = 2000
+# The longest texts the pages take (one source for the forms, the API's serializers and the
+# pages' maxlength attributes, given to the templates under these names).
+TEXT_LIMITS = {
+    "max_turn_chars": MAX_TURN_CHARS,
+    "max_rationale_chars": MAX_RATIONALE_CHARS,
+    "max_flag_reason_chars": MAX_FLAG_REASON_CHARS,
+}
+# The longest user name there can be: a longer one names no one, and django-axes could not
+# record the failed sign-in (a database error, where a form error is due). The API's token
+# endpoint takes the same bound.
+USERNAME_MAX_LENGTH = get_user_model()._meta.get_field(get_user_model().USERNAME_FIELD).max_length
 SAFETY_CHOICES = [("safe", "Safe"), ("unsafe", "Unsafe")]
 # Which field of the page a service's field name stands for.
 PAGE_FIELD = {
@@ -37,7 +54,7 @@ class JudgementForm(forms.Form):
     )
     a_safety = forms.ChoiceField(choices=SAFETY_CHOICES, required=False)
     b_safety = forms.ChoiceField(choices=SAFETY_CHOICES, required=False)
-    rationale = forms.CharField(required=False, strip=False)
+    rationale = forms.CharField(required=False, strip=False, max_length=MAX_RATIONALE_CHARS)
     time_spent_ms = forms.IntegerField(required=False)
 
     def __init__(self, data, *, batch: Batch):
@@ -97,7 +114,7 @@ class CheckedForm(forms.Form):
 class PromptForm(CheckedForm):
     """The write-prompt page (the service checks emptiness, length and the categories)."""
 
-    prompt = forms.CharField(required=False, strip=False)
+    prompt = forms.CharField(required=False, strip=False, max_length=MAX_TURN_CHARS)
     risk_category = forms.CharField(required=False, strip=False)
     attack_vector = forms.CharField(required=False, strip=False)
 
@@ -105,10 +122,23 @@ class PromptForm(CheckedForm):
 class NextTurnForm(CheckedForm):
     """The continue page's next user turn."""
 
-    text = forms.CharField(required=False, strip=False)
+    text = forms.CharField(required=False, strip=False, max_length=MAX_TURN_CHARS)
 
 
 class FlagForm(CheckedForm):
     """The task page's flag; an empty reason is allowed (the service says so in its place)."""
 
-    reason = forms.CharField(required=False, strip=False)
+    reason = forms.CharField(required=False, strip=False, max_length=MAX_FLAG_REASON_CHARS)
+
+
+class SignInForm(AuthenticationForm):
+    """The sign-in page's form: Django's, with the user name bounded as the user model bounds it
+    (Django's only sets the ``maxlength`` attribute of the input)."""
+
+    username = UsernameField(
+        max_length=USERNAME_MAX_LENGTH, widget=forms.TextInput(attrs={"autofocus": True})
+    )
+
+
+class AdminSignInForm(SignInForm, AdminAuthenticationForm):
+    """The admin's sign-in form (staff only), the user name bounded as on the sign-in page."""

@@ -11,8 +11,8 @@ context turns and conversation, its own content and its batch's kind are read-on
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from typing import ClassVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import Group
@@ -27,7 +27,20 @@ from rlhf.preferences import STRENGTH_LABELS, SafetyBin, Strength
 
 
 class JudgedDataReadOnly(Conflict):
-    """A change to what annotators judged: their annotations would no longer say what they saw."""
+    """A change to what annotators judged: their annotations would no longer say what they saw.
+
+    ``fields``: the judged fields a refused change touched (none for an addition or a delete).
+    """
+
+    def __init__(self, message: str, fields: Sequence[str] = ()):
+        super().__init__(message)
+        self.fields = list(fields)
+
+
+def _cannot_change(subject: str, fields: Sequence[str]) -> JudgedDataReadOnly:
+    return JudgedDataReadOnly(
+        f"{subject}: {', '.join(fields)} cannot change; judged data is read-only", fields
+    )
 
 
 def _annotation_phrase(count: int) -> str:
@@ -148,9 +161,20 @@ class JudgedContent(models.Model):
         for row in (stored, self):  # judged as stored, or moved under judged content
             subject = row.judged_subject()
             if subject is not None:
-                raise JudgedDataReadOnly(
-                    f"{subject}: {', '.join(changed)} cannot change; judged data is read-only"
-                )
+                raise _cannot_change(subject, changed)
+
+    def refuse_judged_changes(self, changes: Mapping[str, Any]) -> None:
+        """Raise :class:`JudgedDataReadOnly` if ``changes`` (field name → new value) would change
+        a judged field of this row, as saving them would: for forms and services that check
+        before they save."""
+        changed = [
+            name
+            for name in self.JUDGED_FIELDS
+            if name in changes and changes[name] != getattr(self, name)
+        ]
+        subject = self.judged_subject() if changed else None
+        if subject is not None:
+            raise _cannot_change(subject, changed)
 
 
 class ModelVersion(models.Model):
@@ -689,6 +713,8 @@ class OutboxMessage(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True, help_text="Last handed to the broker.")
+    # Sends, answered or not (not those refused by a broker that was down): past
+    # PAIRWISE_OUTBOX_MAX_ATTEMPTS unanswered, the message is given up (services.outbox).
     attempts = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True)
     done_at = models.DateTimeField(

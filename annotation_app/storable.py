@@ -2,7 +2,8 @@
 
 PostgreSQL text and JSON hold no NUL character, JSON holds no NaN or infinity, and no text
 holds a lone surrogate (Python strings can, e.g. from JSON's ``"\\ud800"``, but they are not
-Unicode and cannot be encoded). Nesting is bounded so that recursion never decides.
+Unicode and cannot be encoded). Nesting is bounded so that recursion never decides, and
+integers fit their column (``integer`` or ``bigint``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from typing import Any
 
 # Deeper JSON is refused: no input needs more than a few levels.
 MAX_JSON_DEPTH = 64
+# The range of PostgreSQL's ``integer`` (token counts, latencies, time spent) and ``bigint``
+# (seeds) columns.
+INTEGER_MAX = 2**31 - 1
+BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 def text_problem(text: str) -> str | None:

@@ -16,6 +16,7 @@ from annotation_app import charts
 from annotation_app.errors import Conflict, InvalidInput, NotFound
 from annotation_app.forms import (
     MISSING_RATING,
+    TEXT_LIMITS,
     FlagForm,
     JudgementForm,
     NextTurnForm,
@@ -99,17 +100,20 @@ def annotate(request: HttpRequest) -> HttpResponse:
 
 
 def _context_cut_notice(response_a: Response, response_b: Response) -> str:
-    """What the annotator is told when a model did not see the beginning of the dialogue."""
-    dropped = {"A": response_a.prompt_tokens_dropped, "B": response_b.prompt_tokens_dropped}
-    if not any(dropped.values()):
-        return ""
+    """What the annotator is told when a model did not see the beginning of the dialogue.
 
-    lead = "The model saw only the last part of this conversation"
-    if dropped["A"] == dropped["B"]:
-        count = dropped["A"]
-        return f"{lead}: {count} token{pluralize(count, ' was,s were')} cut from its beginning."
-    per_side = ", ".join(f"{count} for response {side}" for side, count in dropped.items() if count)
-    return f"{lead}: tokens were cut from its beginning ({per_side})."
+    One notice for both responses, with the larger count: a count per response would hint
+    that the two come from different models or settings (context windows), which annotators
+    are not to know.
+    """
+    dropped = [response_a.prompt_tokens_dropped, response_b.prompt_tokens_dropped]
+    most = max(dropped)
+    if not most:
+        return ""
+    cut = f"{most} token{pluralize(most, ' was,s were')} cut from its beginning"
+    if min(dropped) != most:
+        cut = f"up to {cut}"
+    return f"The model saw only the last part of this conversation: {cut}."
 
 
 def _pending_form_key(assignment_id: int) -> str:
@@ -141,6 +145,7 @@ def _render_task(request, assignment: Assignment) -> HttpResponse:
         "batch_done": comparison.batch.comparisons.filter(
             annotations__annotator=request.user
         ).count(),
+        **TEXT_LIMITS,
     }
     return render(request, "annotation_app/task.html", context)
 
@@ -244,9 +249,12 @@ def release(request: HttpRequest, assignment_id: int) -> HttpResponse:
 @permission_required("annotation_app.view_batch", raise_exception=True)
 def progress(request: HttpRequest, batch_id: int) -> HttpResponse:
     batch = get_object_or_404(Batch, pk=batch_id)
-    return render(
-        request, "annotation_app/progress.html", {"batch": batch, "progress": batch_progress(batch)}
-    )
+    context = {
+        "batch": batch,
+        "progress": batch_progress(batch),
+        "final": batch.status == Batch.Status.CLOSED,  # nothing changes: the page stops polling
+    }
+    return render(request, "annotation_app/progress.html", context)
 
 
 @login_required
@@ -285,6 +293,7 @@ def write_prompt(request: HttpRequest, batch_id: int) -> HttpResponse:
             "form": request.POST,
             "risk_categories": dialogues.RISK_CATEGORIES,
             "attack_vectors": dialogues.ATTACK_VECTORS,
+            **TEXT_LIMITS,
         },
         status=400 if error else 200,
     )
@@ -323,6 +332,7 @@ def continue_dialogue(request: HttpRequest, assignment_id: int) -> HttpResponse:
             "turns_left": comparison.batch.max_turns - dialogues.user_turns(comparison),
             "error": error,
             "form": request.POST,
+            **TEXT_LIMITS,
         },
         status=400 if error else 200,
     )

@@ -10,6 +10,7 @@ with no PostgreSQL and no Redis; production sets ``DATABASE_URL``, ``CELERY_BROK
 
 import json
 import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -48,18 +49,41 @@ if PAIRWISE_ENV not in ENVIRONMENTS:
 IS_DEMO = PAIRWISE_ENV == "demo"
 
 
-def demo_secret_key(path: Path) -> str:
-    """The demo's own key: generated on first use (readable by its owner only), then reused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _stored_key(path: Path) -> str | None:
+    """The key in ``path``: None if there is no file, empty if the file is."""
     try:
-        # O_EXCL: of two processes starting at once, one writes the key and both read it.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
         return path.read_text().strip()
-    with os.fdopen(descriptor, "w") as key_file:
-        key = get_random_secret_key()
-        key_file.write(key + "\n")
-    return key
+    except FileNotFoundError:
+        return None
+
+
+def demo_secret_key(path: Path) -> str:
+    """The demo's own key: generated on first use (readable by its owner only), then reused.
+
+    The key file appears whole or not at all: the key is written to a temporary file first,
+    then linked into place, which fails if another process put its key there first (both
+    then use that one). An empty file (an older version crashed while writing it) counts as
+    none and is replaced.
+    """
+    stored = _stored_key(path)
+    if stored:
+        return stored
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # 0600
+    try:
+        with os.fdopen(descriptor, "w") as key_file:
+            key_file.write(get_random_secret_key() + "\n")
+            key_file.flush()
+            os.fsync(key_file.fileno())
+        if stored is None:
+            os.link(temporary, path)
+        else:
+            os.replace(temporary, path)  # the empty file
+    except FileExistsError:
+        pass  # another process was first: its key is the key
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return _stored_key(path) or ""
 
 
 DEBUG = env_bool("DEBUG", IS_DEMO)
@@ -90,7 +114,11 @@ SECURE_HSTS_SECONDS = int(
     os.environ.get("SECURE_HSTS_SECONDS", 31_536_000 if PAIRWISE_HTTPS else 0)
 )
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PAIRWISE_HTTPS)
-SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PAIRWISE_HTTPS)
+# Preloading asks browser makers to ship the domain as HTTPS-only, for every subdomain and for
+# months after a change of mind: the domain's owner decides, so it is opt-in. Off by that
+# choice, check --deploy's reminder (security.W021) is silenced.
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SILENCED_SYSTEM_CHECKS = [] if SECURE_HSTS_PRELOAD else ["security.W021"]
 
 
 def proxy_ssl_header(value: str) -> tuple[str, str] | None:
@@ -131,6 +159,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "annotation_app.middleware.RefuseNulInAdminParameters",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -215,8 +244,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "annotation_app.api.errors.exception_handler",
     # `?format=` names the export format (canonical | trl); renderers are chosen by Accept.
     "URL_FORMAT_OVERRIDE": None,
-    # Per client address (anonymous), per user, and for the token endpoint per address: each
-    # web process counts in its own memory, so N processes allow up to N times the rate.
+    # Per client address (anonymous), per user, and for the token endpoint per address,
+    # counted in the cache (CACHES): shared by every web process with CACHE_URL set.
     "DEFAULT_THROTTLE_CLASSES": [
         "annotation_app.api.throttles.AnonRateThrottle",
         "annotation_app.api.throttles.UserRateThrottle",
@@ -243,6 +272,25 @@ SPECTACULAR_SETTINGS = {
         "TrainingRunStatusEnum": "annotation_app.models.TrainingRun.Status",
     },
 }
+
+
+def cache_from_url(url: str) -> dict:
+    """``CACHES["default"]`` from ``CACHE_URL``: ``redis://`` or ``rediss://`` (Django's Redis
+    cache, shared by every process), or empty for each process's own memory (the demo's)."""
+    url = url.strip()
+    if not url:
+        return {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    if url.split("://", 1)[0] in {"redis", "rediss"}:
+        return {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    raise ImproperlyConfigured(
+        f"CACHE_URL={url!r} is not supported: use redis://host:port/db (or rediss://), or "
+        "leave it empty for a cache in each process's memory"
+    )
+
+
+# API throttle counts live in the cache: with several web processes, set CACHE_URL to a Redis
+# they share, or each process counts on its own and N processes allow N times the rate.
+CACHES = {"default": cache_from_url(os.environ.get("CACHE_URL", ""))}
 
 # Login form and admin login (django-axes): after this many failed sign-ins for one user name
 # from one address, that pair is locked out for the cool-off time; the attempts are kept in the
@@ -313,10 +361,18 @@ PAIRWISE_RELAY_INTERVAL_SECONDS = float(os.environ.get("PAIRWISE_RELAY_INTERVAL_
 PAIRWISE_GENERATION_TIMEOUT_SECONDS = int(
     os.environ.get("PAIRWISE_GENERATION_TIMEOUT_SECONDS", "300")
 )
-# At most this many generation tasks wait on the broker at once; the rest wait in the outbox and
-# are sent as answers come in, so that none expires in a long queue. Keep it times a task's
-# duration, divided by the generation worker processes, under the timeout above.
-PAIRWISE_GENERATION_MAX_IN_FLIGHT = int(os.environ.get("PAIRWISE_GENERATION_MAX_IN_FLIGHT", "16"))
+# About this many generation tasks wait on the broker at once; the rest wait in the outbox and
+# are sent as answers come in, so that none expires in a long queue. The rule:
+#   MAX_IN_FLIGHT × a task's duration ÷ generation worker processes < TIMEOUT_SECONDS,
+# with room to spare. The default fits one GPU process (docker compose's gpu profile) taking
+# about 60 s for a task of 64 requests: 4 × 60 ÷ 1 = 240 s < 300 s. Raise it with more
+# processes or faster tasks.
+PAIRWISE_GENERATION_MAX_IN_FLIGHT = int(os.environ.get("PAIRWISE_GENERATION_MAX_IN_FLIGHT", "4"))
+# A message sent this many times without an answer is given up: its comparisons are marked
+# failed with the reason (an admin may retry them), its queued training run failed.
+PAIRWISE_OUTBOX_MAX_ATTEMPTS = int(os.environ.get("PAIRWISE_OUTBOX_MAX_ATTEMPTS", "5"))
+# Answered outbox messages are deleted after this many days (by relay_outbox).
+PAIRWISE_OUTBOX_RETENTION_DAYS = float(os.environ.get("PAIRWISE_OUTBOX_RETENTION_DAYS", "7"))
 # The policy to sample from when none is registered: a model directory or a hub id.
 PAIRWISE_POLICY = os.environ.get("PAIRWISE_POLICY", "")
 # Training runs write here: each run's frozen data export and the model it trains
@@ -341,14 +397,22 @@ PAIRWISE_IMPORT_MAX_RECORDS = int(os.environ.get("PAIRWISE_IMPORT_MAX_RECORDS", 
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    # A refused request (4xx) is logged as one line, without a traceback. The filter sits on
+    # the handler, for records of every logger (django.security.DisallowedHost,
+    # django.security.TooManyFieldsSent, …: a filter on the parent logger django.security
+    # would never see its children's records), and on django.request, for any other handler.
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["client_errors_without_traceback"],
+        }
+    },
     "filters": {
         "client_errors_without_traceback": {"()": "config.log_filters.ClientErrorsWithoutTraceback"}
     },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
-        # A 403 or 404 is logged as one line, without a traceback.
         "django.request": {"filters": ["client_errors_without_traceback"]},
         # In-process (demo) tasks would log each result in full, generated texts included.
         "celery.app.trace": {"level": "WARNING" if CELERY_TASK_ALWAYS_EAGER else "INFO"},

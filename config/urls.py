@@ -8,6 +8,7 @@ urlpatterns = [
 ]
 
 # Styled pages with navigation; JSON in the API's error shape under /api/.
+handler400 = "annotation_app.error_pages.bad_request"
 handler403 = "annotation_app.error_pages.permission_denied"
 handler404 = "annotation_app.error_pages.not_found"
 handler500 = "annotation_app.error_pages.server_error"

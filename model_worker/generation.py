@@ -169,7 +169,7 @@ class HuggingFaceBackend:
         return results
 
     def run_batch(
-        self, requests, prompts, chunk: list[int], dropped: list[int] | None = None
+        self, requests, prompts, chunk: list[int], dropped: list[int]
     ) -> list[GenerationResult]:
         began = time.perf_counter()
         completions = sample(
@@ -188,7 +188,7 @@ class HuggingFaceBackend:
                 latency_ms=latency_ms,
                 finish_reason=completion.finish_reason,
                 seed=completion.seed,
-                prompt_tokens_dropped=dropped[i] if dropped else 0,
+                prompt_tokens_dropped=dropped[i],
             )
             for i, completion, text in zip(chunk, completions, texts, strict=True)
         ]

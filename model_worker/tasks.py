@@ -66,11 +66,15 @@ def run_generation(requests: list[dict]) -> list[dict]:
     reject_on_worker_lost=True,
     max_retries=MAX_RETRIES,
 )
-def generate_responses(self, requests: list[dict]) -> list[dict]:
+def generate_responses(
+    self, requests: list[dict], expires_after: float | None = None
+) -> list[dict]:
     """Generate responses; after the last retry, report the error per request instead.
 
     Retries (with exponential backoff) need a broker; run in-process (the embedded demo), a
-    failure is reported at once, and an admin can retry it.
+    failure is reported at once, and an admin can retry it. ``expires_after``: the seconds a
+    copy of this task stays valid once sent (the sender's Celery ``expires``); each retry gets
+    as long from its own send.
     """
     try:
         return run_generation(requests)
@@ -78,7 +82,11 @@ def generate_responses(self, requests: list[dict]) -> list[dict]:
         # A hub that cannot be reached now will not be in a few seconds either: report it.
         retry = not isinstance(error, HubUnavailable)
         if retry and self.request.retries < MAX_RETRIES and not self.request.is_eager:
-            raise self.retry(exc=error, countdown=2 ** (self.request.retries + 1)) from error
+            countdown = 2 ** (self.request.retries + 1)
+            # A retry inherits the first send's expiry unless given one: a first attempt that
+            # ran long would have its retry discarded on arrival, and nobody would answer.
+            expires = None if expires_after is None else countdown + expires_after
+            raise self.retry(exc=error, countdown=countdown, expires=expires) from error
         message = f"{type(error).__name__}: {error}"
         return [
             {"comparison": r["comparison"], "slot": r["slot"], "error": message} for r in requests

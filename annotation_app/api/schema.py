@@ -4,7 +4,9 @@ All errors share one body (``annotation_app.api.errors.ErrorSerializer``, the ``
 component). Which codes an operation documents follows from what it is: any request may be
 refused for its credentials (401) or its permissions (403) or name something missing (404);
 a request that writes may be invalid (400) or conflict with the data's state (409); one with
-a body may come in an unsupported media type (415); a throttled view may answer 429.
+a body may come in an unsupported media type (415); a throttled view may answer 429 (so does
+the token endpoint for a user name locked out after failed sign-ins). A view that cannot give
+one of these names it in ``unanswered_error_codes``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from annotation_app.api.errors import ErrorSerializer
 ERROR_DESCRIPTIONS = {
     "400": "Invalid request: `errors` names each field at fault.",
     "401": "No credentials, or credentials that are not valid.",
-    "403": "Not allowed: the user's role does not permit this, or sign-ins are locked out.",
+    "403": "Not allowed: the user's role does not permit this.",
     "404": "Not found: the object named does not exist, or is not the caller's to see.",
     "409": "Refused in the current state of the data (a closed batch, a duplicate import…).",
     "415": "The request body's media type is not one the operation reads.",
@@ -45,7 +47,8 @@ class AutoSchema(SpectacularAutoSchema):
             codes.append("415")
         if self.view.get_throttles():
             codes.append("429")
-        return codes
+        unanswered = getattr(self.view, "unanswered_error_codes", ())
+        return [code for code in codes if code not in unanswered]
 
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)

@@ -12,8 +12,10 @@ from annotation_app.api.fields import (
     storable_json,
 )
 from annotation_app.errors import InvalidInput
+from annotation_app.forms import MAX_FLAG_REASON_CHARS, USERNAME_MAX_LENGTH
 from annotation_app.models import Annotation, Assignment, Batch, ModelVersion, TrainingRun
-from annotation_app.services.annotations import MAX_TIME_SPENT_MS
+from annotation_app.services.annotations import MAX_RATIONALE_CHARS, MAX_TIME_SPENT_MS
+from annotation_app.services.dialogues import MAX_TURN_CHARS
 from annotation_app.services.exports import EXPORT_FORMATS
 from annotation_app.services.generation import validate_sampling_plan
 from annotation_app.services.generation_errors import generation_error_for
@@ -79,7 +81,10 @@ class UploadField(serializers.FileField):
 
 
 class ImportSerializer(serializers.Serializer):
-    file = UploadField(help_text="JSONL or CSV in UTF-8, optionally gzip-compressed (.gz).")
+    file = UploadField(
+        help_text="JSONL, or CSV (a name ending in .csv or .csv.gz), in UTF-8; gzip-compressed "
+        "or not (known from the content)."
+    )
     format = serializers.ChoiceField(
         choices=FORMATS,
         required=False,
@@ -99,6 +104,10 @@ class ImportReportSerializer(serializers.Serializer):
     records = serializers.IntegerField()
     comparisons = serializers.IntegerField()
     waiting_for_generation = serializers.IntegerField()
+
+
+class RetryGenerationSerializer(serializers.Serializer):
+    requests = serializers.IntegerField(help_text="How many responses were asked for again.")
 
 
 class NextTaskRequestSerializer(serializers.Serializer):
@@ -153,7 +162,11 @@ class SubmitSerializer(serializers.Serializer):
     a_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
     b_safe = serializers.BooleanField(required=False, allow_null=True, default=None)
     rationale = serializers.CharField(
-        required=False, allow_blank=True, default="", trim_whitespace=True
+        required=False,
+        allow_blank=True,
+        default="",
+        trim_whitespace=True,
+        max_length=MAX_RATIONALE_CHARS,
     )
     time_spent_ms = serializers.IntegerField(
         required=False, allow_null=True, min_value=0, max_value=MAX_TIME_SPENT_MS
@@ -200,7 +213,7 @@ class AnnotationSerializer(serializers.ModelSerializer):
 
 
 class FlagSerializer(serializers.Serializer):
-    reason = serializers.CharField(max_length=2000)
+    reason = serializers.CharField(max_length=MAX_FLAG_REASON_CHARS)
 
 
 class ExportQuerySerializer(serializers.Serializer):
@@ -210,13 +223,13 @@ class ExportQuerySerializer(serializers.Serializer):
 
 
 class WritePromptSerializer(serializers.Serializer):
-    prompt = serializers.CharField(max_length=10_000)
+    prompt = serializers.CharField(max_length=MAX_TURN_CHARS)
     risk_category = serializers.CharField(required=False, allow_blank=True, default="")
     attack_vector = serializers.CharField(required=False, allow_blank=True, default="")
 
 
 class ContinueSerializer(serializers.Serializer):
-    text = serializers.CharField(max_length=10_000)
+    text = serializers.CharField(max_length=MAX_TURN_CHARS)
 
 
 class ModelVersionSerializer(StorableModelSerializer):
@@ -305,6 +318,12 @@ class TrainingRunStatusSerializer(serializers.Serializer):
     progress = serializers.FloatField()
     error = serializers.CharField()
     log_tail = serializers.CharField()
+    train_pairs = serializers.IntegerField(
+        allow_null=True, help_text="Pairs trained on; null until the run's data is frozen."
+    )
+    eval_pairs = serializers.IntegerField(
+        allow_null=True, help_text="Pairs held out for evaluation; null until then."
+    )
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
 
@@ -338,10 +357,8 @@ class StartTrainingSerializer(serializers.Serializer):
 class TokenRequestSerializer(AuthTokenSerializer):
     """A user name and password; the answer holds that user's API token."""
 
-    # Bounded as the user model bounds it: a longer name names no one, and django-axes could
-    # not record the failed sign-in (a database error, where a 400 is due).
+    # Bounded as the sign-in form bounds it (a longer name names no one): a 400, where
+    # django-axes could not record the failed sign-in.
     username = serializers.CharField(
-        label="Username",
-        write_only=True,
-        max_length=get_user_model()._meta.get_field("username").max_length,
+        label="Username", write_only=True, max_length=USERNAME_MAX_LENGTH
     )

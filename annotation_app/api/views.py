@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import F
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -146,7 +147,7 @@ class BatchViewSet(viewsets.ModelViewSet):
         batch = close_batch(self.get_object())
         return Response(self.get_serializer(batch).data)
 
-    @extend_schema(request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(request=None, responses=s.RetryGenerationSerializer)
     @action(detail=True, methods=["post"], url_path="retry-generation")
     def retry_generation(self, request, pk=None):
         """Ask again for the responses of the batch's failed comparisons, and of its waiting ones
@@ -427,7 +428,9 @@ class TrainingRunViewSet(
         if self.action == "list":  # the summary leaves them out: do not read them either
             return queryset.defer("logs", "metrics")
         if self.action == "live_status":  # polled every two seconds: the logs' tail only
-            return queryset.defer("metrics")
+            return queryset.defer("metrics").annotate(
+                train_pairs=F("metrics__train_pairs"), eval_pairs=F("metrics__eval_pairs")
+            )
         return queryset
 
     @extend_schema(request=s.StartTrainingSerializer, responses={201: s.TrainingRunSerializer})
@@ -459,6 +462,8 @@ class TrainingRunViewSet(
                     "progress": run.progress,
                     "error": run.error,
                     "log_tail": training.log_tail(run),
+                    "train_pairs": run.train_pairs,
+                    "eval_pairs": run.eval_pairs,
                     "started_at": run.started_at,
                     "finished_at": run.finished_at,
                 }
@@ -488,6 +493,8 @@ class TokenView(ObtainAuthToken):
     throttle_classes = [throttles.AnonRateThrottle, throttles.ScopedRateThrottle]
     throttle_scope = "auth_token"
     serializer_class = s.TokenRequestSerializer
+    # Not documented: it names no object (404) and changes no state that could conflict (409).
+    unanswered_error_codes = ("404", "409")
 
     def post(self, request, *args, **kwargs):
         try:

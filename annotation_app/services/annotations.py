@@ -21,11 +21,12 @@ from django.utils import timezone
 from annotation_app.errors import Conflict, InvalidInput
 from annotation_app.models import Annotation, Assignment, Batch
 from annotation_app.services.assignment import check_still_held, lock_assignment, settle_comparison
+from annotation_app.storable import INTEGER_MAX
 from rlhf.preferences import Strength, safety_bin
 
 MAX_RATIONALE_CHARS = 10_000
 # Annotation.time_spent_ms is a PostgreSQL integer: about 24.8 days, far beyond any judgement.
-MAX_TIME_SPENT_MS = 2**31 - 1
+MAX_TIME_SPENT_MS = INTEGER_MAX
 DISPLAY_SIDES = ("A", "B")
 MISSING_SAFETY_LABEL = "label response {side} safe or unsafe"
 

@@ -11,7 +11,7 @@ from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from annotation_app.errors import Conflict, InvalidInput
-from annotation_app.models import Annotation, Assignment, Batch, Comparison
+from annotation_app.models import Annotation, Assignment, Batch, Comparison, JudgedDataReadOnly
 from annotation_app.services.generation import request_generation
 
 
@@ -65,7 +65,8 @@ def check_batch_changes(
     """Refuse settings that would contradict the batch's annotations or open leases.
 
     - ``kind`` is fixed once the batch has annotations: they were made under its rules (safety
-      labels or not), and the export reads them by it.
+      labels or not), and the export reads them by it. The model guards it
+      (``Batch.JUDGED_FIELDS``); its refusal is given here as invalid input, with its message.
     - ``overlap`` is at least 1, and never below what a comparison already holds in annotations
       plus open leases while a lease is open: an annotator's lease may always be submitted, so
       a lower overlap would let that comparison end over it. Lower it to the highest such
@@ -74,14 +75,10 @@ def check_batch_changes(
 
     Raises :class:`InvalidInput` naming the field.
     """
-    if "kind" in changes and changes["kind"] != batch.kind:
-        annotations = Annotation.objects.filter(comparison__batch=batch).count()
-        if annotations:
-            raise InvalidInput(
-                f"the kind of batch {batch.name!r} cannot change from {batch.kind} to "
-                f"{changes['kind']}: it holds {annotations} annotations made as {batch.kind}",
-                field="kind",
-            )
+    try:
+        batch.refuse_judged_changes(changes)
+    except JudgedDataReadOnly as error:
+        raise InvalidInput(str(error), field=error.fields[0]) from None
     overlap = changes.get("overlap", batch.overlap)
     if overlap == batch.overlap:
         return

@@ -23,6 +23,11 @@ left out, and said so. :class:`PreferenceExport` finds such rows with one query 
 first line, so that a caller can report them up front (the API in a response header, the
 command on stderr, a training run in its logs); a row damaged while the export streams is
 left out too, and added to the report.
+
+Memory stays flat however large the export: rows are read ``EXPORT_CHUNK_SIZE`` at a time
+through a server-side cursor, each chunk with its own prefetch of responses and turns, and
+nothing is kept once a line is written; only the damaged comparisons' summaries (normally none)
+are kept for the report.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("canonical", "trl")
 CANONICAL_FORMAT_VERSION = "pairwise.canonical/v1"
+# Rows read per query while streaming: a chunk's model instances and prefetched responses and
+# turns are all an export holds at once.
+EXPORT_CHUNK_SIZE = 500
 
 
 class DamagedRow(Exception):
@@ -140,6 +148,17 @@ def check_whole(comparison: Comparison) -> None:
         )
     if problems:
         raise DamagedRow("; ".join(problems))
+
+
+def _release(comparison: Comparison) -> None:
+    """Let go of the responses and turns prefetched for a comparison, once its line is built.
+
+    Prefetched rows and the instance they were fetched for refer to each other, a reference
+    cycle that only Python's occasional full garbage collection frees; unlinked, a chunk is
+    freed as soon as the next one is read, and an export's memory stays flat.
+    """
+    for instance in (comparison, comparison.conversation):
+        vars(instance).pop("_prefetched_objects_cache", None)
 
 
 def _comparison_context(comparison: Comparison) -> list[dict[str, str]]:
@@ -267,8 +286,8 @@ def find_damaged_rows(
 ) -> list[SkippedRow]:
     """The comparisons an export would write that lack a response or a context turn.
 
-    One query finds them among the exported comparisons; :func:`check_whole` then describes
-    each (few, normally none).
+    One query finds them among the exported comparisons, with the lines each would have
+    written; it is read in chunks, and :func:`check_whole` describes each (few, normally none).
     """
     if batches is not None:
         batches = list(batches)
@@ -276,6 +295,16 @@ def find_damaged_rows(
     exported = Q(Exists(annotations.filter(comparison=OuterRef("pk"))))
     if include_reference_preferences:
         exported |= Q(pk__in=reference_only_comparisons(batches).values("pk"))
+    comparisons = Comparison.objects.all()
+    if batches is not None:
+        comparisons = comparisons.filter(batch__in=batches)
+    exported_lines = (
+        annotations.filter(comparison=OuterRef("pk"))
+        .order_by()
+        .values("comparison")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
     context_turns = (
         Turn.objects.filter(
             conversation=OuterRef("conversation"), index__lt=OuterRef("context_length")
@@ -286,33 +315,26 @@ def find_damaged_rows(
         .values("count")
     )
     damaged = (
-        Comparison.objects.filter(exported)
+        comparisons.filter(exported)
         .alias(turns=Coalesce(Subquery(context_turns), 0))
         .filter(
             ~Exists(Response.objects.filter(comparison=OuterRef("pk"), slot=1))
             | ~Exists(Response.objects.filter(comparison=OuterRef("pk"), slot=2))
             | Q(turns__lt=F("context_length"))
         )
+        .annotate(exported_lines=Subquery(exported_lines))
         .prefetch_related("responses", "conversation__turns")
         .order_by("pk")
     )
-    damaged = list(damaged)
-    if not damaged:
-        return []
-    lines = dict(
-        annotations.filter(comparison__in=damaged)
-        .values_list("comparison_id")
-        .annotate(count=Count("pk"))
-        .order_by()
-    )
     rows = []
-    for comparison in damaged:
+    for comparison in damaged.iterator(chunk_size=EXPORT_CHUNK_SIZE):
         try:
             check_whole(comparison)
         except DamagedRow as damage:
             # No annotation line: it is exported for its reference preference, one line.
-            count = lines.get(comparison.pk, 1)
+            count = comparison.exported_lines or 1
             rows.append(SkippedRow(comparison.pk, comparison.batch_id, damage.problem, count))
+        _release(comparison)
     return rows
 
 
@@ -382,13 +404,15 @@ class PreferenceExport:
 
     def lines(self) -> Iterator[str]:
         """Yield the export one JSON line at a time (with its newline)."""
-        for annotation in annotations_to_export(self.batches).iterator(chunk_size=500):
+        annotations = annotations_to_export(self.batches)
+        for annotation in annotations.iterator(chunk_size=EXPORT_CHUNK_SIZE):
             if self.export_format == "canonical":
                 record = self._record(annotation.comparison, canonical_record, annotation)
             else:
                 record = self._record(
                     annotation.comparison, training_record, annotation, self.margin_table
                 )
+            _release(annotation.comparison)
             if record is not None:
                 yield json.dumps(record, ensure_ascii=False) + "\n"
         if self.include_reference_preferences:
@@ -401,8 +425,9 @@ class PreferenceExport:
                 )
                 .order_by("id")
             )
-            for comparison in comparisons.iterator(chunk_size=500):
+            for comparison in comparisons.iterator(chunk_size=EXPORT_CHUNK_SIZE):
                 record = self._record(comparison, reference_training_record, comparison)
+                _release(comparison)
                 if record is not None:
                     yield json.dumps(record, ensure_ascii=False) + "\n"
 

@@ -19,7 +19,6 @@ outage nor a lost worker leaves a comparison waiting for ever.
 
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Iterable
 
@@ -36,8 +35,6 @@ from annotation_app.services.registry import (
     register_model,
     registered_version,
 )
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_SIDES = [
     {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256},

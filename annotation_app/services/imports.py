@@ -13,8 +13,10 @@ Four formats (``FORMATS``), detected from the first record or named explicitly:
 
 The whole file is parsed and checked before anything is written; a bad record rejects the
 file with every problem listed by file, line and field, and the database is left untouched.
-Files may be gzip-compressed (``.gz``) and must be UTF-8. Lines are counted on the bytes and
-decoded one by one, so an error names its true line and the rest of the file is still checked.
+Files must be UTF-8, and may be gzip-compressed: that is known from their first bytes, whatever
+their name. A name ending in ``.csv`` (or ``.csv.gz``, in any case) is read as CSV, any other
+as JSON Lines. Lines are counted on the bytes and decoded one by one, so an error names its
+true line and the rest of the file is still checked.
 
 Limits (``PAIRWISE_IMPORT_MAX_BYTES`` uncompressed, ``PAIRWISE_IMPORT_MAX_RECORDS``) are
 enforced while the file is read: past one, reading stops, so that a compression bomb costs no
@@ -51,7 +53,15 @@ from annotation_app.models import (
     Turn,
 )
 from annotation_app.services.generation import request_generation
-from annotation_app.storable import MAX_JSON_DEPTH, json_depth, text_problem
+from annotation_app.storable import (
+    BIGINT_MAX,
+    BIGINT_MIN,
+    INTEGER_MAX,
+    MAX_JSON_DEPTH,
+    json_depth,
+    json_problem,
+    text_problem,
+)
 from rlhf import hh_rlhf
 from rlhf import messages as checks
 from rlhf.messages import FieldError
@@ -65,8 +75,12 @@ PROMPT_KEYS = ("prompt", "Behavior", "prompts_final", "forbidden_prompt", "goal"
 CATEGORY_KEYS = ("risk_category", "harm_area", "SemanticCategory", "category", "type")
 # HarmBench's contextual behaviors refer to a text given in this column.
 CONTEXT_STRING_KEY = "ContextString"
-INT_MAX = 2**31 - 1  # token counts and latency are PostgreSQL integers; seeds are bigints
-BIGINT_MIN, BIGINT_MAX = -(2**63), 2**63 - 1
+# A record's conversation holds at most this many messages (no dialogue to judge needs more).
+MAX_CONTEXT_TURNS = 100
+# Integers are refused past this many digits, before Python converts them (its own limit, of
+# 4,300 digits, answers with advice for programmers); no integer column holds more than 19.
+MAX_INTEGER_DIGITS = 100
+GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
 READ_CHUNK_BYTES = 1 << 16
 
 
@@ -94,10 +108,6 @@ class ImportFailed(PairwiseError):
         if more:
             lines.append(f"... and {more} more problems")
         super().__init__("nothing was imported:\n" + "\n".join(lines))
-
-
-# A record's error, naming its field; the rules for messages come from rlhf.messages.
-_RecordError = FieldError
 
 
 @dataclass
@@ -130,7 +140,6 @@ class ImportReport:
     records: int
     comparisons: int
     waiting_for_generation: int
-    sha256: str = ""  # of the uncompressed content
 
 
 # --- reading records --------------------------------------------------------------------
@@ -167,16 +176,49 @@ class _MeteredReader(io.RawIOBase):
         return len(data)
 
 
+class _Rejoined(io.RawIOBase):
+    """The bytes ``head``, already read from ``source``, then the rest of ``source``."""
+
+    def __init__(self, head: bytes, source: IO[bytes]):
+        self._head = head
+        self._source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self._head:
+            data, self._head = self._head[: len(buffer)], self._head[len(buffer) :]
+        else:
+            data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _content_kind(filename: str, head: bytes) -> tuple[bool, bool]:
+    """(gzip-compressed, CSV) for a file named ``filename`` that starts with the bytes ``head``.
+
+    Compression is known from the content (gzip's first two bytes), so that a file's name
+    cannot mislead; CSV from the name, ``.csv`` or ``.csv.gz`` in any case.
+    """
+    return head.startswith(GZIP_MAGIC), filename.lower().removesuffix(".gz").endswith(".csv")
+
+
 class _Lines:
     """The numbered lines (bytes, ending in ``\\n``) of a file, plain or gzip-compressed.
 
     ``line`` is the number of lines read so far: where reading stopped, if it stops early.
+    ``compressed`` and ``csv`` say what the file is (:func:`_content_kind`).
     """
 
     def __init__(self, stream: IO[bytes], filename: str, max_bytes: int):
-        if filename.lower().endswith(".gz"):
-            stream = gzip.GzipFile(fileobj=stream, mode="rb")
-        self._reader = _MeteredReader(stream, max_bytes)
+        head = stream.read(len(GZIP_MAGIC))
+        self.compressed, self.csv = _content_kind(filename, head)
+        source: IO[bytes] = _Rejoined(head, stream)
+        if self.compressed:
+            source = gzip.GzipFile(fileobj=source, mode="rb")
+        self.max_bytes = max_bytes
+        self._reader = _MeteredReader(source, max_bytes)
         self.line = 0
 
     @property
@@ -195,7 +237,7 @@ def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise _RecordError(
+        raise FieldError(
             f"not valid UTF-8: byte 0x{raw[error.start]:02x} at position {error.start + 1} of "
             "the line; save the file as UTF-8"
         ) from None
@@ -212,28 +254,40 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INTEGER_DIGITS:
+        raise ValueError(f"an integer of {digits:,} digits is too large")
+    return int(text)
+
+
 def _json_record(text: str) -> Any:
-    """One JSON line, or a :class:`_RecordError` saying what is wrong with it."""
+    """One JSON line, or a :class:`FieldError` saying what is wrong with it."""
     too_deep = f"nested more than {MAX_JSON_DEPTH} levels deep"
     try:
-        value = json.loads(text, parse_float=_finite_float, parse_constant=_reject_constant)
+        value = json.loads(
+            text,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+            parse_constant=_reject_constant,
+        )
     except json.JSONDecodeError as error:
-        raise _RecordError(f"invalid JSON: {error.msg} (column {error.colno})") from None
+        raise FieldError(f"invalid JSON: {error.msg} (column {error.colno})") from None
     except RecursionError:
-        raise _RecordError(too_deep) from None
+        raise FieldError(too_deep) from None
     except ValueError as error:  # a number out of range, NaN or Infinity
-        raise _RecordError(f"invalid JSON: {error}") from None
+        raise FieldError(f"invalid JSON: {error}") from None
     if json_depth(value) > MAX_JSON_DEPTH:
-        raise _RecordError(too_deep)
+        raise FieldError(too_deep)
     return value
 
 
-def _read_records(lines: _Lines, filename: str) -> Iterator[tuple[int, Any]]:
+def _read_records(lines: _Lines) -> Iterator[tuple[int, Any]]:
     """Yield (line number, record) pairs; CSV rows are dicts, JSONL lines decoded JSON.
 
-    A record that cannot be read is yielded as the :class:`_RecordError` saying why.
+    A record that cannot be read is yielded as the :class:`FieldError` saying why.
     """
-    if filename.removesuffix(".gz").lower().endswith(".csv"):
+    if lines.csv:
         yield from _read_csv(lines)
         return
     for line_number, raw in lines:
@@ -241,7 +295,7 @@ def _read_records(lines: _Lines, filename: str) -> Iterator[tuple[int, Any]]:
             continue
         try:
             yield line_number, _json_record(_decode(raw))
-        except _RecordError as error:
+        except FieldError as error:
             yield line_number, error
 
 
@@ -251,15 +305,18 @@ def _read_csv(lines: _Lines) -> Iterator[tuple[int, Any]]:
     Blank lines are skipped; missing trailing fields read as None, like ``csv.DictReader``.
     The reader is strict: a quote left open at the end of the file is an error, not a field
     that silently swallows the rest of the file. A line that is not UTF-8 is an error of the
-    row it belongs to (the row is then skipped; the rows after it are still checked).
+    row it belongs to (the row is then skipped; the rows after it are still checked), unless
+    it is the header's: without column names no row can be read, so reading stops there.
     """
-    undecodable: list[tuple[int, _RecordError]] = []
+    # A field may be as large as the file (csv's own limit is 128 KiB); csv takes a C long.
+    csv.field_size_limit(max(csv.field_size_limit(), min(lines.max_bytes, 2**31 - 1)))
+    undecodable: list[tuple[int, FieldError]] = []
 
     def texts() -> Iterator[str]:
         for number, raw in lines:
             try:
                 yield _decode(raw)
-            except _RecordError as error:
+            except FieldError as error:
                 undecodable.append((number, error))
                 yield raw.decode("utf-8", errors="replace")
 
@@ -278,12 +335,15 @@ def _read_csv(lines: _Lines) -> Iterator[tuple[int, Any]]:
                 message = "a quoted field that starts on this line is never closed"
             else:
                 message = f"bad CSV: {error}"
-            yield line, _RecordError(message)
+            yield line, FieldError(message)
             return
         if undecodable:
+            if header is None:
+                for number, error in undecodable:
+                    yield number, FieldError(f"{error} (the header: no row below it was read)")
+                return
             yield from undecodable
             undecodable.clear()
-            header = header or row
             continue
         if not row:
             continue
@@ -298,7 +358,7 @@ def detect_format(record: Any) -> str:
     if isinstance(record, str):
         return "prompts"
     if not isinstance(record, dict):
-        raise _RecordError("each line must be a JSON object or string")
+        raise FieldError("each line must be a JSON object or string")
     if "responses" in record:
         return "canonical"
     if "chosen" in record and "rejected" in record:
@@ -316,24 +376,24 @@ def _text(record: dict, key: str, *, required: bool = True, allow_empty: bool = 
     value = record.get(key)
     if value is None:
         if required:
-            raise _RecordError("is missing", key)
+            raise FieldError("is missing", key)
         return ""
     if not isinstance(value, str):
-        raise _RecordError(f"must be a string, not {type(value).__name__}", key)
+        raise FieldError(f"must be a string, not {type(value).__name__}", key)
     if required and not allow_empty and not value.strip():
-        raise _RecordError("is empty", key)
+        raise FieldError("is empty", key)
     return value
 
 
-def _optional_int(record: dict, key: str, low: int = 0, high: int = INT_MAX) -> int | None:
+def _optional_int(record: dict, key: str, low: int = 0, high: int = INTEGER_MAX) -> int | None:
     """An optional integer, within the range its database column can hold."""
     value = record.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _RecordError("must be an integer", key)
+        raise FieldError("must be an integer", key)
     if not low <= value <= high:
-        raise _RecordError(f"must be between {low} and {high}", key)
+        raise FieldError(f"must be between {low} and {high}", key)
     return value
 
 
@@ -348,7 +408,7 @@ def _fitting(value: str, key: str, column) -> str:
     """``value`` for the model field ``column``, refused (never cut) when it is too long."""
     limit = column.max_length
     if len(value) > limit:
-        raise _RecordError(f"is {len(value)} characters long; at most {limit} fit", key)
+        raise FieldError(f"is {len(value)} characters long; at most {limit} fit", key)
     return value
 
 
@@ -374,7 +434,7 @@ def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
     if isinstance(record, str):
         record = {"prompt": record}
     if not isinstance(record, dict):
-        raise _RecordError("each line must be a JSON object or string")
+        raise FieldError("each line must be a JSON object or string")
     if "messages" in record or "conversation" in record:
         key = "messages" if "messages" in record else "conversation"
         context = checks.context(record[key], key)
@@ -382,20 +442,18 @@ def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
         # MT-Bench style: planned user turns; the first one opens the dialogue.
         turns = record["turns"]
         if not turns or not all(isinstance(turn, str) and turn.strip() for turn in turns):
-            raise _RecordError("must be a list of non-empty strings", "turns")
+            raise FieldError("must be a list of non-empty strings", "turns")
         context = [{"role": "user", "content": turns[0]}]
     else:
         key = _first_key(record, PROMPT_KEYS)
         if key is None:
-            raise _RecordError(
-                f"no prompt found; expected one of {', '.join(PROMPT_KEYS)}", "prompt"
-            )
+            raise FieldError(f"no prompt found; expected one of {', '.join(PROMPT_KEYS)}", "prompt")
         context = checks.context(_prompt_with_context_string(record, key), key)
     category_key = _first_key(record, CATEGORY_KEYS)
-    risk_category = str(record[category_key]).strip() if category_key else ""
+    risk_category = _text(record, category_key, required=False).strip() if category_key else ""
     if batch.is_safety and not risk_category:
-        raise _RecordError("safety prompts need a risk category", "risk_category")
-    attack_vector = str(record.get("attack_vector") or "").strip()
+        raise FieldError("safety prompts need a risk category", "risk_category")
+    attack_vector = _text(record, "attack_vector", required=False).strip()
     return ParsedComparison(
         context=context,
         responses=None,
@@ -407,14 +465,14 @@ def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
 
 def _parse_canonical_response(value: Any, where: str) -> ParsedResponse:
     if not isinstance(value, dict):
-        raise _RecordError("must be an object with 'text'", where)
+        raise FieldError("must be an object with 'text'", where)
     try:
         text = _text(value, "text", allow_empty=True)
         sampling = value.get("sampling", value.get("sampling_params")) or {}
         if not isinstance(sampling, dict):
-            raise _RecordError("must be an object", "sampling")
+            raise FieldError("must be an object", "sampling")
         model_key = "model_version" if value.get("model_version") else "model"
-        model = str(value.get(model_key) or "")
+        model = _text(value, model_key, required=False)
         return ParsedResponse(
             text=text,
             model_name=_fitting(model, model_key, _MODEL_NAME),
@@ -424,20 +482,20 @@ def _parse_canonical_response(value: Any, where: str) -> ParsedResponse:
             completion_tokens=_optional_int(value, "completion_tokens"),
             latency_ms=_optional_int(value, "latency_ms"),
         )
-    except _RecordError as error:
-        raise _RecordError(str(error), f"{where}.{error.field}") from None
+    except FieldError as error:
+        raise FieldError(str(error), f"{where}.{error.field}") from None
 
 
 def _parse_canonical(record: Any, batch: Batch) -> ParsedComparison:
     if not isinstance(record, dict):
-        raise _RecordError("each line must be a JSON object")
+        raise FieldError("each line must be a JSON object")
     responses = record.get("responses")
     if not isinstance(responses, list) or len(responses) != 2:
-        raise _RecordError("must be a list of exactly two responses", "responses")
+        raise FieldError("must be a list of exactly two responses", "responses")
     parsed = [_parse_canonical_response(r, f"responses[{i}]") for i, r in enumerate(responses)]
     comparison_id = record.get("comparison_id")
-    risk_category = str(record.get("risk_category") or "")
-    attack_vector = str(record.get("attack_vector") or "")
+    risk_category = _text(record, "risk_category", required=False)
+    attack_vector = _text(record, "attack_vector", required=False)
     return ParsedComparison(
         context=checks.context(record.get("conversation"), "conversation"),
         responses=parsed,
@@ -450,7 +508,7 @@ def _parse_canonical(record: Any, batch: Batch) -> ParsedComparison:
 
 def _parse_trl(record: Any, batch: Batch) -> ParsedComparison:
     if not isinstance(record, dict):
-        raise _RecordError("each line must be a JSON object")
+        raise FieldError("each line must be a JSON object")
     context, chosen, rejected = checks.trl_pair(record)
     return ParsedComparison(
         context=context,
@@ -461,14 +519,14 @@ def _parse_trl(record: Any, batch: Batch) -> ParsedComparison:
 
 def _parse_hh(record: Any, batch: Batch) -> ParsedComparison:
     if not isinstance(record, dict):
-        raise _RecordError("each line must be a JSON object")
+        raise FieldError("each line must be a JSON object")
     # The context is the shared beginning of both transcripts, up to its last Assistant
     # marker; what follows that marker is each side's reply, taken as is (rlhf.hh_rlhf).
     chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
     try:
         context, chosen_reply, rejected_reply = hh_rlhf.context_and_replies(chosen, rejected)
     except hh_rlhf.TranscriptError as error:
-        raise _RecordError(str(error), error.field) from None
+        raise FieldError(str(error), error.field) from None
     return ParsedComparison(
         context=context,
         responses=[ParsedResponse(text=chosen_reply), ParsedResponse(text=rejected_reply)],
@@ -476,20 +534,15 @@ def _parse_hh(record: Any, batch: Batch) -> ParsedComparison:
     )
 
 
-def _joined_strings(value: Any) -> str:
-    """Every key and string inside a JSON value, joined."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        return "".join(str(key) + _joined_strings(item) for key, item in value.items())
-    if isinstance(value, list):
-        return "".join(_joined_strings(item) for item in value)
-    return ""
-
-
 def _check_storable(comparison: ParsedComparison) -> None:
-    """PostgreSQL text and JSON hold neither NUL characters nor lone surrogates (which JSON's
-    ``\\ud800`` escapes can make): name the culprit before writing."""
+    """A conversation of at most :data:`MAX_CONTEXT_TURNS` messages, and texts and JSON that
+    PostgreSQL can hold: neither NUL characters nor lone surrogates (which JSON's ``\\ud800``
+    escapes can make). Names the culprit before anything is written."""
+    turns = len(comparison.context)
+    if turns > MAX_CONTEXT_TURNS:
+        raise FieldError(
+            f"the conversation has {turns:,} messages; at most {MAX_CONTEXT_TURNS} are imported"
+        )
     texts = [
         (f"turn {i + 1} of the context", m["content"]) for i, m in enumerate(comparison.context)
     ]
@@ -497,17 +550,17 @@ def _check_storable(comparison: ParsedComparison) -> None:
         texts += [
             (f"response {index}", response.text),
             (f"the model name of response {index}", response.model_name),
-            (
-                f"the sampling parameters of response {index}",
-                _joined_strings(response.sampling_params),
-            ),
         ]
     texts += [("the risk category", comparison.risk_category)]
     texts += [("the attack vector", comparison.attack_vector)]
     for what, text in texts:
         problem = text_problem(text)
         if problem:
-            raise _RecordError(f"{what} {problem}")
+            raise FieldError(f"{what} {problem}")
+    for index, response in enumerate(comparison.responses or [], start=1):
+        problem = json_problem(response.sampling_params)
+        if problem:
+            raise FieldError(f"the sampling parameters of response {index} {problem}")
 
 
 PARSERS = {
@@ -583,7 +636,7 @@ def read_file(
     detected = False  # True when the format comes from the first record
     lines = _Lines(stream, filename, settings.PAIRWISE_IMPORT_MAX_BYTES)
     try:
-        for line, record in _read_records(lines, filename):
+        for line, record in _read_records(lines):
             records += 1
             if records > max_records:
                 errors.append(
@@ -599,20 +652,20 @@ def read_file(
             if progress is not None and records % 100 == 0:
                 progress(records)
             try:
-                if isinstance(record, _RecordError):
+                if isinstance(record, FieldError):
                     raise record
                 if file_format is None:
                     file_format, detected = detect_format(record), True
                 elif detected and file_format == "prompts" and detect_format(record) != file_format:
                     # A comparison further down a prompts file would lose its responses
                     # without a word; other formats fail on their missing fields.
-                    raise _RecordError(
+                    raise FieldError(
                         f"looks like {detect_format(record)} but the file's first record is "
                         f"{file_format}; split the file or name its format"
                     )
                 comparison = PARSERS[file_format](record, batch)
                 _check_storable(comparison)
-            except _RecordError as error:
+            except FieldError as error:
                 error_count += 1
                 if len(errors) < max_errors:
                     errors.append(RowError(filename, line, error.field, str(error)))
@@ -635,10 +688,17 @@ def read_file(
         )
         error_count += 1
     except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        message = f"unreadable file: {error}"
-        if filename.lower().endswith(".gz"):
-            message += " (is it gzip-compressed, and whole?)"
-        errors.append(RowError(filename, lines.line + 1, None, message))
+        # The gzip stream is damaged somewhere past what was read: the file as a whole (line 0),
+        # since decompressed text is read ahead of the lines checked.
+        errors.append(
+            RowError(
+                filename,
+                0,
+                None,
+                f"unreadable gzip file: {error}; reading stopped after line {lines.line} "
+                "(is the file whole?)",
+            )
+        )
         error_count += 1
     if records == 0 and not errors:
         errors.append(RowError(filename, 0, None, "the file holds no records"))
@@ -646,18 +706,6 @@ def read_file(
     if errors:
         raise ImportFailed(errors, more=error_count - len(errors))
     return ParsedFile(file_format or "prompts", parsed, records, lines.sha256)
-
-
-def parse_file(
-    stream: IO[bytes],
-    filename: str,
-    batch: Batch,
-    file_format: str | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[str, list[ParsedComparison], int]:
-    """:func:`read_file`, as (format, comparisons, records read)."""
-    parsed = read_file(stream, filename, batch, file_format, progress)
-    return parsed.format, parsed.comparisons, parsed.records
 
 
 def _check_open(batch: Batch) -> None:
@@ -803,5 +851,4 @@ def import_comparisons(
         records=records,
         comparisons=len(comparisons),
         waiting_for_generation=waiting,
-        sha256=read.sha256,
     )

@@ -17,9 +17,17 @@ redelivery and the stall takeover, see ``services/training.py``).
 
 Generation has its own bound, independent of the broker's visibility timeout (on Redis one value
 for every queue, kept above the longest training): generation tasks carry a Celery ``expires``
-equal to their timeout, so that a copy the broker brings back an hour later is discarded, and
-at most ``PAIRWISE_GENERATION_MAX_IN_FLIGHT`` of them wait on the broker at once, so that none
-expires merely by waiting behind a large batch (the others wait here, in the database).
+equal to their timeout, so that a copy the broker brings back an hour later is discarded (a
+retry gets a fresh one), and about ``PAIRWISE_GENERATION_MAX_IN_FLIGHT`` of them wait on the
+broker at once, so that none expires merely by waiting behind a large batch (the others wait
+here, in the database). "About": each relay counts the room before it sends, so relays running
+at the same time may together go over by a few; none sends the same message twice.
+
+A message is not sent for ever: sent ``PAIRWISE_OUTBOX_MAX_ATTEMPTS`` times without an answer,
+it is given up, and what it asked for is marked failed with the reason (its comparisons, which
+an admin may retry, or its queued training run). A generation message whose comparisons were
+all deleted is closed without being sent. :func:`prune` deletes answered messages once they are
+older than ``PAIRWISE_OUTBOX_RETENTION_DAYS``.
 
 Without a broker (the embedded demo) a message is sent by running its task in a background
 thread of this process, or inline when ``PAIRWISE_EAGER_IN_THREAD`` is off; the demo relays what
@@ -28,6 +36,7 @@ an earlier process left unanswered when it starts.
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Iterable, Sequence
@@ -40,12 +49,28 @@ from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
-from annotation_app.models import OutboxMessage
+from annotation_app.models import OutboxMessage, TrainingRun
 
 logger = logging.getLogger(__name__)
 
 Kind = OutboxMessage.Kind
 MAX_ERROR_CHARS = 2000
+# Answered messages deleted per statement by prune(): short transactions, bounded memory.
+PRUNE_CHUNK = 1000
+# One try to reach the broker, then the error: a send runs inside a request, and the outbox is
+# the retry. Not ``retry=False``: kombu (5.7) then falls back to its own connection retries,
+# for up to broker_connection_timeout with pauses of 2 s (6 s for a refused connection, where
+# one try takes milliseconds); this policy is passed on to the connection as well.
+NO_PUBLISH_RETRY = {"retry": True, "retry_policy": {"max_retries": 0}}
+
+
+class Outcome(enum.Enum):
+    """What became of one message in a relay pass."""
+
+    SENT = "sent"
+    SKIPPED = "skipped"  # another relay claimed it meanwhile, or it was answered
+    FAILED = "failed"  # an error of its own: recorded, counted as a send, the pass goes on
+    BROKER_DOWN = "broker down"  # not counted; the pass stops, the rest waits for the next
 
 
 def answer_timeout(kind: str) -> timedelta:
@@ -116,9 +141,12 @@ def due(kind: str, now: datetime | None = None, *, include_in_flight: bool = Fal
 
 
 def in_flight(kind: str, now: datetime | None = None) -> QuerySet:
-    """Messages of ``kind`` sent and still within their timeout: on the broker, or being done."""
+    """Messages of ``kind`` sent and still within their timeout: on the broker, or being done
+    (not those whose send failed with an error of their own: they wait for their timeout here)."""
     cutoff = (now or timezone.now()) - answer_timeout(kind)
-    return OutboxMessage.objects.filter(kind=kind, done_at__isnull=True, sent_at__gte=cutoff)
+    return OutboxMessage.objects.filter(
+        kind=kind, done_at__isnull=True, sent_at__gte=cutoff, last_error=""
+    )
 
 
 def relay(
@@ -131,9 +159,15 @@ def relay(
     """Send the due messages (among ``ids``, of ``kind``, or all); returns how many were sent.
 
     ``include_in_flight`` also sends unanswered messages still within their timeout: for a
-    process whose earlier in-process tasks died with it (the demo's start). A broker error is
-    logged and recorded on the message, which stays due, and the pass stops there; it is never
-    raised, as the work is committed already. Two relays at once never send a message twice.
+    process whose earlier in-process tasks died with it (the demo's start). Due messages sent
+    ``PAIRWISE_OUTBOX_MAX_ATTEMPTS`` times already are given up instead (:func:`give_up`), and
+    generation messages whose comparisons are all gone are closed unsent.
+
+    Errors are logged and recorded on their message, never raised, as the work is committed
+    already. The broker unreachable: the message stays due, uncounted, and the pass stops
+    there. Any other error (one message that cannot be sent): it counts as a send, is tried
+    again after its timeout, and the pass goes on. Two relays at once never send a message
+    twice: each claims it first (compare-and-set on ``sent_at``).
     """
     now = now or timezone.now()
     sent = 0
@@ -141,15 +175,85 @@ def relay(
         messages = due(each_kind, now, include_in_flight=include_in_flight)
         if ids is not None:
             messages = messages.filter(pk__in=list(ids))
+        for message in messages.filter(
+            sent_at__isnull=False, attempts__gte=settings.PAIRWISE_OUTBOX_MAX_ATTEMPTS
+        ):
+            give_up(message, now)
+        if each_kind == Kind.GENERATION:
+            # The comparisons were deleted (with their batch): nothing to generate for.
+            messages.filter(comparisons__isnull=True).update(
+                done_at=now, last_error="not sent: its comparisons were deleted"
+            )
+        # Evaluated from here on: without what was given up or closed just now.
         if each_kind == Kind.GENERATION and uses_broker():
             room = settings.PAIRWISE_GENERATION_MAX_IN_FLIGHT - in_flight(each_kind, now).count()
             messages = messages[: max(room, 0)]
         for message in messages:
             outcome = _relay_one(message, now)
-            if outcome is False:
-                return sent  # the broker is down: what is left waits for the next relay
-            sent += bool(outcome)
+            if outcome is Outcome.BROKER_DOWN:
+                return sent  # what is left waits for the next relay
+            sent += outcome is Outcome.SENT
     return sent
+
+
+def give_up(message: OutboxMessage, now: datetime | None = None) -> bool:
+    """Stop sending ``message``, unanswered after its sends, and fail what it asked for.
+
+    In one transaction: the message is done, with the reason as its error; its comparisons
+    that are not ready are failed with that reason (an admin may retry them), or its training
+    run, if still queued, is failed. Returns False if another relay sent or gave it up first.
+    """
+    # Imported here: services.generation imports this module.
+    from annotation_app.services.generation import mark_failed
+
+    now = now or timezone.now()
+    reason = (
+        f"no answer after {message.attempts} sends; "
+        f"last error: {message.last_error or 'none recorded (the task was lost or discarded)'}"
+    )[:MAX_ERROR_CHARS]
+    with transaction.atomic():
+        claimed = OutboxMessage.objects.filter(
+            pk=message.pk, done_at__isnull=True, sent_at=message.sent_at
+        ).update(done_at=now, last_error=reason)
+        if not claimed:
+            return False
+        if message.kind == Kind.GENERATION:
+            mark_failed(list(message.comparisons.values_list("pk", flat=True)), reason)
+        else:
+            TrainingRun.objects.filter(
+                pk=message.payload.get("run_id"), status=TrainingRun.Status.QUEUED
+            ).update(
+                status=TrainingRun.Status.FAILED,
+                error=f"not started: the training task got {reason}",
+                finished_at=now,
+            )
+    logger.error("gave up %s: %s", message, reason)
+    return True
+
+
+def prune(now: datetime | None = None) -> int:
+    """Delete answered messages older than ``PAIRWISE_OUTBOX_RETENTION_DAYS``; returns how many.
+
+    Messages are numbered in the order they are written, so the old ones are a range of
+    primary keys: read and deleted through the primary key's index, a chunk at a time.
+    """
+    cutoff = (now or timezone.now()) - timedelta(days=settings.PAIRWISE_OUTBOX_RETENTION_DAYS)
+    # The newest message written before the cutoff bounds the range (a backward index scan
+    # that stops at the first one old enough).
+    last_old = (
+        OutboxMessage.objects.filter(created_at__lt=cutoff)
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if last_old is None:
+        return 0
+    answered = OutboxMessage.objects.filter(pk__lte=last_old, done_at__lt=cutoff)
+    deleted = 0
+    while chunk := list(answered.order_by("pk").values_list("pk", flat=True)[:PRUNE_CHUNK]):
+        OutboxMessage.objects.filter(pk__in=chunk).delete()  # with their comparison links
+        deleted += len(chunk)
+    return deleted
 
 
 def backlog(now: datetime | None = None) -> dict[str, dict[str, int]]:
@@ -160,27 +264,30 @@ def backlog(now: datetime | None = None) -> dict[str, dict[str, int]]:
     }
 
 
-def _relay_one(message: OutboxMessage, now: datetime) -> bool | None:
-    """Send one message: True once sent, False on a broker error, None if another relay has
-    claimed it meanwhile (or it was answered)."""
+def _relay_one(message: OutboxMessage, now: datetime) -> Outcome:
+    """Send one message (see :class:`Outcome`)."""
     # Claimed by compare-and-set on sent_at, so that no lock is held while the broker answers.
     claimed = OutboxMessage.objects.filter(
         pk=message.pk, done_at__isnull=True, sent_at=message.sent_at
     ).update(sent_at=now, attempts=F("attempts") + 1, last_error="")
     if not claimed:
-        return None
+        return Outcome.SKIPPED
     try:
         _send(message)
     except Exception as error:
-        if isinstance(error, OperationalError):  # the broker is unreachable: expected, no trace
+        recorded = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
+        mine = OutboxMessage.objects.filter(pk=message.pk, sent_at=now)
+        # What kombu raises for a broker it cannot reach (connection refused or timed out, the
+        # connection lost), or one that refuses every command (out of memory, say).
+        if isinstance(error, OperationalError):
             logger.warning("could not send %s (it stays pending): %s", message, error)
-        else:
-            logger.exception("could not send %s (it stays pending)", message)
-        OutboxMessage.objects.filter(pk=message.pk, sent_at=now).update(
-            sent_at=message.sent_at, last_error=f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
-        )
-        return False
-    return True
+            # Not a send: due again at once, its count as it was.
+            mine.update(sent_at=message.sent_at, attempts=F("attempts") - 1, last_error=recorded)
+            return Outcome.BROKER_DOWN
+        logger.exception("could not send %s (tried again after its timeout)", message)
+        mine.update(last_error=recorded)
+        return Outcome.FAILED
+    return Outcome.SENT
 
 
 def _send(message: OutboxMessage) -> None:
@@ -189,17 +296,18 @@ def _send(message: OutboxMessage) -> None:
     from model_worker.tasks import generate_responses
 
     if message.kind == Kind.GENERATION:
-        work = generate_responses.s(message.payload["requests"]) | store_generated_responses.s(
-            outbox_id=message.pk
-        )
+        lifetime = settings.PAIRWISE_GENERATION_TIMEOUT_SECONDS
+        work = generate_responses.s(
+            message.payload["requests"], expires_after=lifetime
+        ) | store_generated_responses.s(outbox_id=message.pk)
         # On the first task only: the store callback, sent by the worker, never expires.
-        options = {"expires": settings.PAIRWISE_GENERATION_TIMEOUT_SECONDS}
+        options = {"expires": lifetime}
     else:
         work = train_reward_model.s(message.payload["run_id"], outbox_id=message.pk)
         options = {}
     if uses_broker() or not settings.PAIRWISE_EAGER_IN_THREAD:
         # Results travel along the chain; nothing reads them from a result backend.
-        work.apply_async(ignore_result=True, **options)
+        work.apply_async(ignore_result=True, **NO_PUBLISH_RETRY, **options)
         return
 
     def run() -> None:

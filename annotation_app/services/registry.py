@@ -33,15 +33,34 @@ class AlreadyRegistered(Conflict):
         )
 
 
+def _local_directory(path: str) -> Path | None:
+    """``path`` resolved, when it names something on this machine; None otherwise (a hub id).
+
+    Raises :class:`InvalidInput` for a path the file system cannot even look at (a name too
+    long for it, say).
+    """
+    location = Path(path).expanduser()
+    try:
+        return location.resolve() if location.exists() else None
+    except OSError as error:
+        raise InvalidInput(f"{path} is not a usable path: {error.strerror}", "path") from None
+
+
 def stored_path(path: str) -> str:
     """How the registry records ``path``: a local directory resolved, a hub id as given."""
-    location = Path(path).expanduser()
-    return str(location.resolve()) if location.exists() else path
+    local = _local_directory(path)
+    return str(local) if local is not None else path
+
+
+def _version_at(stored: str, role: str) -> ModelVersion | None:
+    # Registered once per path and role; of older duplicates, the current one, or the first.
+    versions = ModelVersion.objects.filter(role=role, path=stored)
+    return versions.order_by("-is_current", "created_at", "pk").first()
 
 
 def registered_version(path: str, role: str) -> ModelVersion | None:
     """The version of ``role`` registered at ``path`` (a directory or a hub id), if any."""
-    return ModelVersion.objects.filter(role=role, path=stored_path(path)).first()
+    return _version_at(stored_path(path), role)
 
 
 def register_model(
@@ -61,15 +80,11 @@ def register_model(
     """
     if role not in ModelVersion.Role.values:
         raise InvalidInput(f"unknown role {role!r}; use one of {ModelVersion.Role.values}", "role")
-    location = Path(path).expanduser()
-    try:
-        exists = location.exists()
-    except OSError as error:  # a name too long for the file system, say
-        raise InvalidInput(f"{path} is not a usable path: {error.strerror}", "path") from None
-    if exists:
-        if not (location / "config.json").is_file():
+    local = _local_directory(path)
+    if local is not None:
+        if not (local / "config.json").is_file():
             raise InvalidInput(f"{path} holds no config.json: not a Hugging Face model", "path")
-        path = str(location.resolve())
+        path = str(local)
     elif not HUB_ID.match(path):
         raise InvalidInput(f"{path} is neither a model directory nor a hub id (org/name)", "path")
     elif not hub.is_cached(path):
@@ -78,7 +93,7 @@ def register_model(
             hub.check_hub_model(path)
         except hub.HubUnavailable as error:
             raise InvalidInput(str(error), "path") from None
-    existing = registered_version(path, role)
+    existing = _version_at(path, role)  # path is as stored now
     if existing is not None:
         raise AlreadyRegistered(existing)
     name = name or f"{role}:{Path(path).name}"

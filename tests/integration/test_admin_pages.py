@@ -3,6 +3,7 @@ as a form, who can be assigned, and training runs that are read-only there."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import pytest
@@ -109,12 +110,81 @@ def test_the_sampling_plan_is_a_form_of_two_sides(client, batch_admin):
     assert "Response 2, top p: must be in (0, 1]" in response.content.decode()
     assert not Batch.objects.filter(name="Badly planned").exists()
 
-    # The stored plan comes back into the table, defaults filled in.
+    # The stored plan comes back into the table; the defaults are placeholders, not values.
     batch = Batch.objects.get(name="Planned")
     html = client.get(f"/admin/annotation_app/batch/{batch.pk}/change/").content.decode()
     assert '<option value="policy-v2" selected>' in html
     assert 'name="sampling_plan_5" value="1.2"' in html
-    assert 'name="sampling_plan_6" value="0.9"' in html  # the default top_p
+    (top_p,) = re.findall(r'<input [^>]*name="sampling_plan_6"[^>]*>', html)
+    assert 'placeholder="0.9"' in top_p  # the default top_p, shown
+    assert "value=" not in top_p  # and not stored
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [
+        {},
+        {"sides": [{}, {}]},
+        {"sides": [{"temperature": 0.5}, {"max_new_tokens": 64, "top_p": 1}]},
+        {"sides": [{"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256}, {}]},
+    ],
+    ids=["empty", "two-empty-sides", "partial", "defaults-spelled-out"],
+)
+def test_saving_a_batch_unchanged_leaves_its_sampling_plan_as_stored(
+    client, batch_admin, make_batch, plan
+):
+    batch = make_batch(comparisons=1, sampling_plan=plan)
+    change = f"/admin/annotation_app/batch/{batch.pk}/change/"
+    client.force_login(batch_admin)
+    page = client.get(change)
+    data = admin_post_data(page)
+    response = client.post(change, data)
+    assert response.status_code == 302, response.content.decode()[:2000]
+    batch.refresh_from_db()
+    assert batch.sampling_plan == plan
+
+    # Another setting changed: the plan still stays as it was.
+    response = client.post(change, {**data, "guidelines": "Be kind."})
+    assert response.status_code == 302
+    batch.refresh_from_db()
+    assert (batch.guidelines, batch.sampling_plan) == ("Be kind.", plan)
+
+    # Clearing a cell clears that setting, to its default.
+    if plan.get("sides") and plan["sides"][0].get("temperature") is not None:
+        client.post(change, {**data, "sampling_plan_1": ""})
+        batch.refresh_from_db()
+        assert "temperature" not in batch.sampling_plan["sides"][0]
+
+
+def test_a_lease_taken_while_the_batch_form_is_saved_is_a_message_not_a_server_error(
+    client, batch_admin, make_batch, make_user, monkeypatch
+):
+    """The form checks a lower overlap against the open leases, and the service checks again
+    under its lock when saving: a lease taken in between refuses the save, with a message."""
+    from django.contrib import admin
+
+    from annotation_app.admin import BatchForm
+
+    batch = make_batch(comparisons=1, overlap=2)
+    judge(make_user(), batch, "A")  # one annotation of two: overlap 1 is fine for now
+    late = make_user()
+
+    class LeaseTakenAfterTheCheck(BatchForm):
+        def clean(self):
+            cleaned = super().clean()
+            next_assignment(late, batch=batch)  # now the comparison holds 1 + 1 > 1
+            return cleaned
+
+    monkeypatch.setattr(admin.site._registry[Batch], "form", LeaseTakenAfterTheCheck)
+    change = f"/admin/annotation_app/batch/{batch.pk}/change/"
+    client.force_login(batch_admin)
+    data = admin_post_data(client.get(change))
+    response = client.post(change, {**data, "overlap": "1", "guidelines": "Changed"}, follow=True)
+    assert response.status_code == 200
+    text = " ".join(str(message) for message in response.context["messages"])
+    assert "overlap 1 is below what comparison" in text
+    batch.refresh_from_db()
+    assert (batch.overlap, batch.guidelines) == (2, "")  # nothing saved
 
 
 def test_only_annotators_can_be_assigned_to_a_batch(client, batch_admin, make_user):
@@ -181,6 +251,22 @@ def test_the_run_page_shows_its_pair_counts_while_it_runs(client, ml_staff, runs
     assert '<dd id="run-pairs" data-known="true">8 trained on, 2 held out</dd>' in html
     html = client.get(f"/training/runs/{queued.pk}/").content.decode()
     assert "counted once the data is frozen" in html
+
+
+def test_the_status_a_run_page_polls_carries_the_pair_counts_not_the_metrics(
+    client, ml_staff, runs
+):
+    running, queued = runs
+    client.force_login(ml_staff)
+    status = client.get(f"/api/v1/training-runs/{running.pk}/status/").json()
+    assert (status["train_pairs"], status["eval_pairs"]) == (8, 2)
+    assert "metrics" not in status and "logs" not in status
+    status = client.get(f"/api/v1/training-runs/{queued.pk}/status/").json()
+    assert (status["train_pairs"], status["eval_pairs"]) == (None, None)
+    # The page polls only that: it has no address of the run's full detail to fetch.
+    html = client.get(f"/training/runs/{queued.pk}/").content.decode()
+    assert f"/api/v1/training-runs/{queued.pk}/status/" in html
+    assert f'"/api/v1/training-runs/{queued.pk}/"' not in html
 
 
 def test_a_run_records_its_pair_counts_before_it_trains(

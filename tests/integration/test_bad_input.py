@@ -8,6 +8,7 @@ test_imports.py and tests/unit/test_import_parsing.py; hub ids in test_registry.
 
 from __future__ import annotations
 
+import html
 import json
 import uuid
 
@@ -16,6 +17,7 @@ from axes.models import AccessAttempt
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
+from annotation_app.forms import MAX_FLAG_REASON_CHARS, USERNAME_MAX_LENGTH
 from annotation_app.models import (
     Annotation,
     Assignment,
@@ -29,7 +31,7 @@ from annotation_app.models import (
 from annotation_app.roles import Role
 from annotation_app.services import assignment as assignment_service
 from annotation_app.services import dialogues
-from annotation_app.services.annotations import Judgement, submit_annotation
+from annotation_app.services.annotations import MAX_RATIONALE_CHARS, Judgement, submit_annotation
 from tests.api_errors import error_body, error_fields
 from tests.conftest import FAST_PLAN
 
@@ -41,6 +43,10 @@ MODELS = (Batch, Conversation, Turn, Comparison, Assignment, Annotation, ModelVe
 
 def row_counts() -> dict[str, int]:
     return {model.__name__: model.objects.count() for model in (*MODELS, AccessAttempt)}
+
+
+def page_text(response) -> str:
+    return html.unescape(response.content.decode())
 
 
 def client_of(user) -> APIClient:
@@ -252,6 +258,18 @@ def test_a_user_name_longer_than_any_is_a_400_not_a_failed_sign_in(client):
     assert row_counts() == before  # django-axes recorded no attempt
 
 
+@pytest.mark.parametrize("page", ["/login/", "/admin/login/"])
+def test_a_user_name_longer_than_any_is_a_form_error_on_the_sign_in_pages(client, page):
+    before = row_counts()
+    response = client.post(page, {"username": "x" * 300, "password": "secret"})
+    assert response.status_code == 200  # the form again, not a server error
+    assert response.context["form"].errors["username"] == [
+        f"Ensure this value has at most {USERNAME_MAX_LENGTH} characters (it has 300)."
+    ]
+    assert row_counts() == before  # django-axes recorded no attempt
+    assert not response.wsgi_request.user.is_authenticated
+
+
 def test_a_prompt_for_a_batch_id_that_is_not_a_number_is_a_404(annotator):
     response = client_of(annotator).post("/api/v1/batches/abc/prompts/", {"prompt": "Hi"})
     assert response.status_code == 404
@@ -351,6 +369,30 @@ def test_a_flag_reason_with_a_nul_is_refused_and_the_task_stays(client, annotato
     assert Comparison.objects.get(pk=lease.comparison_id).flag_count == 0
 
 
+def test_a_flag_reason_is_bounded_on_the_page_as_in_the_api(client, annotator, lease):
+    client.force_login(annotator)
+    page = client.get(f"/tasks/{lease.pk}/").content.decode()
+    assert f'id="flag-reason" rows="3" required maxlength="{MAX_FLAG_REASON_CHARS}"' in page
+    assert f'id="rationale" rows="2" maxlength="{MAX_RATIONALE_CHARS}"' in page
+    before = row_counts()
+    response = client.post(
+        f"/tasks/{lease.pk}/release/",
+        {"action": "flag", "reason": "x" * (MAX_FLAG_REASON_CHARS + 1)},
+    )
+    assert response.status_code == 400
+    assert (
+        f"Not flagged: reason: Ensure this value has at most {MAX_FLAG_REASON_CHARS} characters"
+        in response.content.decode()
+    )
+    assert row_counts() == before
+    lease.refresh_from_db()
+    assert lease.status == Assignment.Status.LEASED
+    api = client_of(annotator).post(
+        f"/api/v1/assignments/{lease.pk}/flag/", {"reason": "x" * (MAX_FLAG_REASON_CHARS + 1)}
+    )
+    assert api.status_code == 400 and error_fields(api) == {"reason"}
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -395,3 +437,33 @@ def test_a_next_turn_with_a_nul_is_refused(
     assert response.status_code == 400
     assert "text: Null characters are not allowed." in response.content.decode()
     assert row_counts() == before
+
+
+# --- the admin ------------------------------------------------------------------------------
+
+
+def test_a_nul_in_an_admin_filter_or_bulk_action_is_a_400_naming_the_parameter(
+    client, batch_admin, make_batch
+):
+    """The admin passes filter values and selected rows to queries as they come (a database
+    error once); RefuseNulInAdminParameters refuses them first, whatever the list."""
+    make_batch(comparisons=1)
+    client.force_login(batch_admin)
+    refused = {
+        "/admin/annotation_app/comparison/?status=%00": "'status'",
+        "/admin/annotation_app/batch/?kind__exact=ok%00": "'kind__exact'",
+    }
+    for url, parameter in refused.items():
+        response = client.get(url)
+        assert response.status_code == 400
+        assert f"the parameter {parameter} contains a NUL character" in page_text(response)
+    before = row_counts()
+    response = client.post(
+        "/admin/annotation_app/comparison/",
+        {"action": "retry_generation", "_selected_action": [NUL]},
+    )
+    assert response.status_code == 400
+    assert "the parameter '_selected_action' contains a NUL" in page_text(response)
+    assert row_counts() == before
+    # Without a NUL the same lists answer as ever.
+    assert client.get("/admin/annotation_app/comparison/?status=ready").status_code == 200

@@ -43,8 +43,12 @@ def state(batch: Batch) -> dict:
 
 
 def fields_named(body: dict) -> set:
-    """The fields an API error names, in either error shape."""
-    return {error.get("field") for error in body.get("errors", [])} | {body.get("field")}
+    """The fields an API error names; the body must be in the API's one error shape."""
+    assert set(body) == {"detail", "errors"}, body
+    assert isinstance(body["detail"], str) and body["errors"], body
+    for error in body["errors"]:
+        assert {"field", "message"} <= set(error), error
+    return {error["field"] for error in body["errors"]}
 
 
 def statuses(batch: Batch) -> list[str]:
@@ -71,10 +75,10 @@ def test_the_kind_of_an_annotated_batch_cannot_change(make_batch, annotator, adm
     ):
         refused = method(url, body, format="json")
         assert refused.status_code == 400, refused.content
-        assert "kind" in fields_named(refused.json())
+        assert fields_named(refused.json()) == {"kind"}
+        # The model's own refusal (Batch.JUDGED_FIELDS), as the admin and a save give it.
         assert (
-            f"the kind of batch {batch.name!r} cannot change from helpfulness to safety: "
-            "it holds 1 annotations made as helpfulness"
+            f"batch {batch.name!r} (1 annotation): kind cannot change; judged data is read-only"
         ) in refused.json()["detail"]
         assert state(batch) == before
     # Other settings still change, and so does the kind of a batch nobody annotated yet.
@@ -92,8 +96,9 @@ def test_the_models_keep_the_kind_of_an_annotated_batch(make_batch, annotator):
         batch.save()
     with pytest.raises(JudgedDataReadOnly, match="kind cannot change"):
         Batch.objects.filter(pk=batch.pk).update(kind=Batch.Kind.SAFETY)
-    with pytest.raises(InvalidInput, match="cannot change from helpfulness to safety"):
+    with pytest.raises(InvalidInput, match=r"\(1 annotation\): kind cannot change") as refused:
         update_batch(batch, {"kind": Batch.Kind.SAFETY})
+    assert refused.value.field == "kind"
     assert Batch.objects.get(pk=batch.pk).kind == Batch.Kind.HELPFULNESS
 
 
@@ -108,7 +113,7 @@ def test_the_admin_form_names_a_changed_kind(make_batch, annotator, batch_admin)
     refused = client.post(url, {**data, "kind": "safety", "guidelines": "Changed too."})
     assert refused.status_code == 200
     errors = refused.context["adminform"].form.errors
-    assert "cannot change from helpfulness to safety" in errors["kind"][0]
+    assert "kind cannot change; judged data is read-only" in errors["kind"][0]
     assert state(batch) == before
 
 
@@ -154,7 +159,7 @@ def test_an_overlap_below_open_leases_is_refused_until_they_end(
     before = state(batch)
     refused = admin_api.patch(url, {"overlap": 1}, format="json")
     assert refused.status_code == 400
-    assert "overlap" in fields_named(refused.json())
+    assert fields_named(refused.json()) == {"overlap"}
     assert (
         f"overlap 1 is below what comparison {lease.comparison_id} already holds: "
         "1 annotations and 1 open leases"
@@ -180,7 +185,7 @@ def test_an_overlap_under_one_is_refused(make_batch, admin_api):
     batch = make_batch(comparisons=1)
     before = state(batch)
     refused = admin_api.patch(f"/api/v1/batches/{batch.pk}/", {"overlap": 0}, format="json")
-    assert refused.status_code == 400 and "overlap" in fields_named(refused.json())
+    assert refused.status_code == 400 and fields_named(refused.json()) == {"overlap"}
     assert state(batch) == before
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import uuid
 
 import pytest
@@ -149,6 +150,24 @@ def test_activating_a_prompt_batch_generates_its_responses_before_the_command_en
     run("import_comparisons", str(path), "--batch", "Prompts")
     out, _ = run("activate_batch", "Prompts")
     assert "Activated 'Prompts' (helpfulness, overlap 1): 2 comparisons: 2 ready." in out
+    assert Response.objects.filter(comparison__batch=batch).count() == 4
+    assert set(batch.comparisons.values_list("status", flat=True)) == {"ready"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prompts_imported_into_an_active_batch_are_generated_before_the_command_ends(
+    tiny_policy, tmp_path, settings, eager_tasks
+):
+    """The same for an import: its transaction commits (and relays) while the command still
+    says inline, not after it has stopped saying so."""
+    settings.PAIRWISE_EAGER_IN_THREAD = True
+    batch = Batch.objects.create(
+        name="Live", kind="helpfulness", status=Batch.Status.ACTIVE, sampling_plan=FAST_PLAN
+    )
+    path = tmp_path / "prompts.jsonl"
+    path.write_bytes(prompt_lines(2))
+    run("import_comparisons", str(path), "--batch", "Live")
+    assert not [t for t in threading.enumerate() if t.name.startswith("pairwise-outbox-")]
     assert Response.objects.filter(comparison__batch=batch).count() == 4
     assert set(batch.comparisons.values_list("status", flat=True)) == {"ready"}
 

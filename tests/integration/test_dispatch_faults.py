@@ -35,7 +35,7 @@ from tests.workers import KEY_PREFIX, ROOT, _database_url, app_using, wait_for
 
 GENERATION_TIMEOUT = 15  # seconds; PAIRWISE_GENERATION_TIMEOUT_SECONDS, 300 by default
 RELAY_INTERVAL = 1  # seconds; PAIRWISE_RELAY_INTERVAL_SECONDS, 15 by default
-# PAIRWISE_GENERATION_MAX_IN_FLIGHT (16 by default): with one worker and a few seconds a task
+# PAIRWISE_GENERATION_MAX_IN_FLIGHT (4 by default): with one worker and a few seconds a task
 # here, more queued at once would wait past the short timeout and be sent again.
 MAX_IN_FLIGHT = 3
 PRIVATE_PORTS = range(6391, 6395)
@@ -267,8 +267,8 @@ def test_a_broker_outage_during_prompts_imports_and_activation_strands_nothing(
         assert message.attempts >= 2
         assert (message.sent_at - first_sent).total_seconds() >= GENERATION_TIMEOUT
     # Those written during the outage were sent once the relay found the broker back, a few at
-    # a time (the oldest first), as answers came in.
-    assert all(m.attempts >= 2 for m in during.all())
+    # a time (the oldest first), as answers came in (a refused send is not counted).
+    assert all(m.attempts >= 1 for m in during.all())
     # One task per message, unless a task outlived the short timeout on a busy machine and was
     # sent again: stored responses are the same either way.
     assert generations(record) >= 5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 
@@ -78,3 +79,38 @@ def test_the_500_page_is_styled_and_the_api_one_is_json():
     assert api.status_code == 500
     assert api["Content-Type"] == "application/json"
     assert set(json.loads(api.content)) == {"detail", "errors"}
+
+
+def test_requests_django_refuses_before_any_view_answer_json_under_the_api(
+    client, batch_admin, make_batch, settings
+):
+    """A body too large, too many fields or files, a host not served: Django refuses them (400)
+    before the view runs; under /api/ the answer is still the API's one error shape."""
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    settings.DATA_UPLOAD_MAX_NUMBER_FIELDS = 10
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 1
+    batch = make_batch(comparisons=1)
+    client.force_login(batch_admin)
+    fields = "&".join(f"field{n}=1" for n in range(11))
+    files = {f"file{n}": io.BytesIO(b'"A prompt"\n') for n in range(2)}
+    refused = {
+        "body is larger than this server accepts (10,000 bytes)": client.post(
+            "/api/v1/batches/", json.dumps({"name": "x" * 20_000}), "application/json"
+        ),
+        "has more fields than this server accepts (10)": client.post(
+            "/api/v1/batches/", fields, "application/x-www-form-urlencoded"
+        ),
+        "has more files than this server accepts (1)": client.post(
+            f"/api/v1/batches/{batch.pk}/import/", files
+        ),
+        "names a host that this server does not serve": client.get(
+            "/api/v1/batches/", HTTP_HOST="elsewhere.example"
+        ),
+    }
+    for reason, response in refused.items():
+        assert response.status_code == 400
+        assert response["Content-Type"] == "application/json"
+        assert response.json() == {"detail": f"Bad request: the request {reason}.", "errors": []}
+    page = client.get("/", HTTP_HOST="elsewhere.example")  # a page: the styled 400 page
+    assert page.status_code == 400
+    assert "The request could not be understood" in page.content.decode()

@@ -25,9 +25,7 @@ def busy_batch(size: int, others: list, annotator, now) -> Batch:
     batch = Batch.objects.create(
         name=f"scale {size}", kind=Batch.Kind.HELPFULNESS, overlap=3, status=Batch.Status.ACTIVE
     )
-    conversations = Conversation.objects.bulk_create(
-        Conversation(batch=batch) for _ in range(size)
-    )
+    conversations = Conversation.objects.bulk_create(Conversation(batch=batch) for _ in range(size))
     comparisons = Comparison.objects.bulk_create(
         Comparison(
             batch=batch,
@@ -121,8 +119,11 @@ def test_the_rows_next_task_reads_stay_bounded_when_the_batch_grows_tenfold(make
     for table, bound in (("annotation_app_comparison", 40), ("annotation_app_assignment", 40)):
         assert rows_read(small_plan, table) <= bound, small_plan
         assert rows_read(large_plan, table) <= rows_read(small_plan, table) + 2, large_plan
-    # Pages touched: the same walk, plus at most a level of index depth.
-    assert blocks(large_plan) <= blocks(small_plan) + 10, (small_plan, large_plan)
+    # Pages touched: the walk's, whatever the size. (Their exact number depends on where the
+    # updated rows' new versions landed, so it is bounded, not compared: reading the large
+    # batch's comparisons alone would touch some 200 pages.)
+    for plan in (small_plan, large_plan):
+        assert blocks(plan) <= 100, plan
 
     lease = next_assignment(annotator, batch=large, now=now)
     first_free = (

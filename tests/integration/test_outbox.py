@@ -11,19 +11,24 @@ import base64
 import io
 import json
 import socket
+import threading
 import time
 from datetime import datetime, timedelta
 
 import pytest
 import redis
+from celery.canvas import _chain
+from celery.exceptions import Retry
 from django.core.management import CommandError, call_command
-from django.db import transaction
+from django.db import connections, transaction
+from django.utils import timezone
 
-from annotation_app.models import Batch, Comparison, OutboxMessage
+from annotation_app.models import Batch, Comparison, OutboxMessage, TrainingRun
 from annotation_app.services import generation, outbox
 from annotation_app.services.batches import activate_batch
-from annotation_app.services.generation import store_results
+from annotation_app.services.generation import retry_unfinished_generation, store_results
 from annotation_app.services.imports import import_comparisons
+from model_worker import tasks
 from tests.conftest import FAST_PLAN
 from tests.workers import KEY_PREFIX, SCRATCH_REDIS_URL, _flushed, app_using
 
@@ -179,17 +184,19 @@ def test_with_the_broker_down_a_written_prompt_is_accepted_and_sent_later(
             f"/api/v1/batches/{batch.pk}/prompts/", {"prompt": "Hello?"}, format="json"
         )
     assert written.status_code == 201, written.content
-    assert time.monotonic() - started < 5  # a refused connection is not waited on for long
+    # A refused connection is not waited on: one try (kombu's own retries would take 6 s).
+    assert time.monotonic() - started < 3
     comparison = Comparison.objects.get(batch=batch)
     assert comparison.status == Comparison.Status.WAITING
     assert comparison.assignments.get().annotator == annotator  # the author's lease
     message = OutboxMessage.objects.get()
-    assert message.sent_at is None and message.done_at is None and message.attempts == 1
+    # Not counted as a send: a broker outage, however long, never makes a message give up.
+    assert message.sent_at is None and message.done_at is None and message.attempts == 0
     assert "OperationalError" in message.last_error and "111" in message.last_error
     assert outbox.backlog()[GENERATION] == {"due": 1, "in_flight": 0}
     assert outbox.relay() == 0  # still down: kept, with the new error
     message.refresh_from_db()
-    assert message.attempts == 2 and message.sent_at is None
+    assert message.attempts == 0 and message.sent_at is None
 
     url = _flushed(SCRATCH_REDIS_URL)  # the broker is back
     try:
@@ -203,7 +210,7 @@ def test_with_the_broker_down_a_written_prompt_is_accepted_and_sent_later(
         redis.Redis.from_url(url).flushdb()
     assert {r["comparison"] for r in task["args"][0]} == {comparison.pk}
     message.refresh_from_db()
-    assert message.sent_at is not None and message.last_error == "" and message.attempts == 3
+    assert message.sent_at is not None and message.last_error == "" and message.attempts == 1
 
 
 def test_the_relay_command_needs_a_broker():
@@ -290,3 +297,232 @@ def test_in_process_tasks_left_unanswered_by_an_earlier_process_run_again(
     assert message.done_at is not None
     assert set(batch.comparisons.values_list("status", flat=True)) == {"ready"}
     assert batch.comparisons.filter(responses__isnull=False).count() == 4
+
+
+# --- what never gets an answer, what is gone, what is old ---------------------------------------
+
+
+def test_a_message_that_cannot_be_sent_holds_up_no_other_and_is_given_up_in_the_end(
+    broker, tiny_policy, settings, monkeypatch
+):
+    settings.PAIRWISE_OUTBOX_MAX_ATTEMPTS = 2
+    monkeypatch.setattr(generation, "REQUESTS_PER_TASK", 2)  # one comparison per message
+    batch = draft(2)
+    activate_batch(batch)  # not committed (no on-commit relay): both messages are due
+    broken, good = OutboxMessage.objects.order_by("pk")
+    OutboxMessage.objects.filter(pk=broken.pk).update(payload={"no": "requests"})
+
+    assert outbox.relay() == 1  # the broken one first, then the good one all the same
+    [task] = queued(broker)
+    assert {r["comparison"] for r in task["args"][0]} == set(
+        good.comparisons.values_list("pk", flat=True)
+    )
+    broken.refresh_from_db()
+    assert broken.attempts == 1 and broken.last_error == "KeyError: 'requests'"
+    assert broken.sent_at is not None  # tried again after its timeout, not at every pass
+    assert outbox.backlog()[GENERATION] == {"due": 0, "in_flight": 1}  # only the good one
+
+    timeout = outbox.answer_timeout(GENERATION)
+    later = broken.sent_at + timeout + timedelta(seconds=1)
+    store_results(answer(task["args"][0]), outbox_id=good.pk)
+    assert outbox.relay(now=later) == 0  # its second try fails too
+    broken.refresh_from_db()
+    assert broken.attempts == 2 and broken.done_at is None
+    # Two sends, no answer: given up, and its comparison failed with the reason.
+    given_up = later + timeout + timedelta(seconds=1)
+    assert outbox.relay(now=given_up) == 0
+    broken.refresh_from_db()
+    reason = "no answer after 2 sends; last error: KeyError: 'requests'"
+    assert (broken.done_at, broken.last_error) == (given_up, reason)
+    failed = Comparison.objects.get(outbox_messages=broken)
+    assert (failed.status, failed.generation_error) == ("failed", reason)
+    assert Comparison.objects.get(outbox_messages=good).status == "ready"
+
+
+def test_a_message_unanswered_after_its_sends_fails_its_comparisons_which_can_be_retried(
+    broker, tiny_policy, settings, django_capture_on_commit_callbacks
+):
+    """A worker killed by the kernel mid-task, or a task discarded on arrival: no answer, no
+    error, and without a cap the message would be sent for ever."""
+    settings.PAIRWISE_OUTBOX_MAX_ATTEMPTS = 3
+    batch = draft(2)
+    with django_capture_on_commit_callbacks(execute=True):
+        activate_batch(batch)
+    message = OutboxMessage.objects.get()
+    timeout = outbox.answer_timeout(GENERATION)
+    now = message.sent_at
+    for _ in range(2):
+        now += timeout + timedelta(seconds=1)
+        assert outbox.relay(now=now) == 1
+    now += timeout + timedelta(seconds=1)
+    assert outbox.relay(now=now) == 0  # not a fourth time
+    assert len(queued(broker)) == 3
+    message.refresh_from_db()
+    reason = "no answer after 3 sends; last error: none recorded (the task was lost or discarded)"
+    assert (message.attempts, message.done_at, message.last_error) == (3, now, reason)
+    assert set(batch.comparisons.values_list("status", "generation_error")) == {("failed", reason)}
+    # An admin's retry asks anew, in a message of its own.
+    assert retry_unfinished_generation(batch) == 4
+    assert OutboxMessage.objects.filter(done_at__isnull=True).exclude(pk=message.pk).count() == 1
+    assert set(batch.comparisons.values_list("status", flat=True)) == {"waiting"}
+
+
+def test_a_training_message_given_up_fails_its_run_if_still_queued(broker, settings):
+    settings.PAIRWISE_OUTBOX_MAX_ATTEMPTS = 5
+    long_ago = timezone.now() - outbox.answer_timeout(OutboxMessage.Kind.TRAINING) * 2
+    queued_run = TrainingRun.objects.create(kind=TrainingRun.Kind.REWARD_HELPFULNESS)
+    running = TrainingRun.objects.create(kind=TrainingRun.Kind.REWARD_SAFETY, status="running")
+    for run in (queued_run, running):
+        OutboxMessage.objects.create(
+            kind=OutboxMessage.Kind.TRAINING,
+            payload={"run_id": run.pk},
+            sent_at=long_ago,
+            attempts=5,
+        )
+    assert outbox.relay() == 0
+    assert not OutboxMessage.objects.filter(done_at__isnull=True).exists()
+    assert queued(broker, "training") == []
+    queued_run.refresh_from_db()
+    assert queued_run.status == "failed" and queued_run.finished_at is not None
+    assert queued_run.error == (
+        "not started: the training task got no answer after 5 sends; "
+        "last error: none recorded (the task was lost or discarded)"
+    )
+    assert TrainingRun.objects.get(pk=running.pk).status == "running"  # its worker has it
+
+
+def test_a_retried_generation_task_gets_an_expiry_of_its_own(broker, monkeypatch):
+    """Celery gives a retry the first send's options, its expiry included: a first attempt
+    that ended past that deadline (it waited, then ran long) had its retry discarded."""
+
+    def out_of_memory(requests):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(tasks, "run_generation", out_of_memory)
+    passed = timezone.now() - timedelta(seconds=30)
+    requests = [{"comparison": 1, "slot": 1}]
+    # What a worker sets up for the task it took from the generation queue.
+    tasks.generate_responses.push_request(
+        id="first-attempt",
+        args=[requests],
+        kwargs={"expires_after": 120},
+        retries=0,
+        is_eager=False,
+        called_directly=False,
+        expires=passed.isoformat(),
+        delivery_info={"exchange": "", "routing_key": "generation"},
+    )
+    try:
+        with pytest.raises(Retry):
+            tasks.generate_responses.run(requests, expires_after=120)
+    finally:
+        tasks.generate_responses.pop_request()
+    [retry] = queued(broker)
+    assert retry["task"] == "model_worker.tasks.generate_responses"
+    assert retry["kwargs"] == {"expires_after": 120}  # and so on, for its own retries
+    fresh = timezone.now() + timedelta(seconds=2 + 120)  # its countdown, then its lifetime
+    assert abs((datetime.fromisoformat(retry["expires"]) - fresh).total_seconds()) < 5
+
+
+def test_a_generation_message_whose_comparisons_are_gone_is_closed_unsent(broker, tiny_policy):
+    batch = draft(2)
+    activate_batch(batch)  # not committed: due
+    message = OutboxMessage.objects.get()
+    batch.delete()  # nothing was annotated: it may go, with its comparisons
+    assert outbox.relay() == 0
+    assert queued(broker) == []
+    message.refresh_from_db()
+    assert message.done_at is not None and message.attempts == 0
+    assert message.last_error == "not sent: its comparisons were deleted"
+
+
+def test_sends_have_no_publish_retries_of_their_own(broker, tiny_policy, monkeypatch):
+    """Celery would retry a publish (and kombu its connection) while the request that recorded
+    the work waits: one try, and the outbox is the retry."""
+    sent = []
+    monkeypatch.setattr(_chain, "apply_async", lambda chain, *args, **options: sent.append(options))
+    activate_batch(draft(1))
+    assert outbox.relay() == 1
+    timeout = outbox.answer_timeout(GENERATION).total_seconds()
+    assert sent == [
+        {
+            "ignore_result": True,
+            "retry": True,
+            "retry_policy": {"max_retries": 0},
+            "expires": timeout,
+        }
+    ]
+
+
+def test_answered_messages_are_pruned_after_the_retention(broker, tiny_policy, settings):
+    settings.PAIRWISE_OUTBOX_RETENTION_DAYS = 7
+    now = timezone.now()
+    [comparison] = draft(1).comparisons.all()
+
+    def message(created_days_ago: float, answered_days_ago: float | None) -> int:
+        made = OutboxMessage.objects.create(
+            kind=GENERATION,
+            payload={"requests": []},
+            created_at=now - timedelta(days=created_days_ago),
+            sent_at=now - timedelta(days=created_days_ago),
+            done_at=None if answered_days_ago is None else now - timedelta(answered_days_ago),
+        )
+        made.comparisons.add(comparison)
+        return made.pk
+
+    old = message(10, 9)
+    kept = [message(10, 1), message(2, 2), message(1, None)]
+    assert outbox.prune(now) == 1
+    assert sorted(OutboxMessage.objects.values_list("pk", flat=True)) == sorted(kept)
+    assert not OutboxMessage.comparisons.through.objects.filter(outboxmessage_id=old).exists()
+
+    message(30, 29)
+    out = io.StringIO()
+    call_command("relay_outbox", stdout=out)
+    assert "pruned 1 answered message(s) older than 7 days" in out.getvalue()
+    assert sorted(OutboxMessage.objects.values_list("pk", flat=True)) == sorted(kept)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_relays_at_once_send_a_due_message_once(broker, tiny_policy, monkeypatch):
+    batch = draft(2)
+    activate_batch(batch)  # committed: sent at once
+    message = OutboxMessage.objects.get()
+    later = message.sent_at + outbox.answer_timeout(GENERATION) + timedelta(seconds=1)
+    redis.Redis.from_url(broker).flushdb()  # lost with the broker: due again at `later`
+
+    both_read_it = threading.Barrier(2, timeout=30)
+    relay_one = outbox._relay_one
+
+    def together(due_message, now):
+        both_read_it.wait()  # each relay has read the message as due; now both try
+        return relay_one(due_message, now)
+
+    monkeypatch.setattr(outbox, "_relay_one", together)
+    sent = []
+
+    def relay() -> None:
+        try:
+            sent.append(outbox.relay(now=later))
+        finally:
+            connections.close_all()  # this thread's own
+
+    relays = [threading.Thread(target=relay) for _ in range(2)]
+    for thread in relays:
+        thread.start()
+    for thread in relays:
+        thread.join(60)
+    assert sorted(sent) == [0, 1]
+    assert len(queued(broker)) == 1
+    message.refresh_from_db()
+    assert message.attempts == 2 and message.sent_at == later
+
+
+def test_the_default_in_flight_cap_fits_one_gpu_process(settings):
+    """The rule: in flight × a task's duration ÷ worker processes < the generation timeout,
+    for docker compose's gpu profile: one process, about 60 s for a task of 64 requests."""
+    assert generation.REQUESTS_PER_TASK == 64
+    assert (
+        settings.PAIRWISE_GENERATION_MAX_IN_FLIGHT * 60 / 1
+        < settings.PAIRWISE_GENERATION_TIMEOUT_SECONDS
+    )

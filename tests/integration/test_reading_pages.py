@@ -33,6 +33,15 @@ def test_a_response_cut_at_the_token_limit_ends_with_a_marker(client, annotator,
     assert 'id="context-cut"' not in html  # the model saw the whole context
 
 
+def test_each_show_whole_text_button_says_its_key_shows_every_text(client, annotator, make_batch):
+    make_batch(comparisons=1)
+    client.force_login(annotator)
+    html = client.get(leased_task(client)).content.decode()
+    # The dialogue's box and both responses': "e" toggles all three at once.
+    assert html.count('class="more-cue"') == 3
+    assert html.count('<span class="hint">(<kbd>e</kbd> all texts)</span></button>') == 3
+
+
 @pytest.mark.parametrize(
     ("dropped", "notice"),
     [
@@ -59,15 +68,23 @@ def test_a_context_cut_for_the_model_is_announced(client, annotator, make_batch,
     assert notice in html
 
 
-def test_different_cuts_name_the_responses(client, annotator, make_batch):
+@pytest.mark.parametrize(("slot_1", "slot_2"), [(300, 0), (0, 300), (300, 120)])
+def test_different_cuts_are_one_notice_that_names_no_response(
+    client, annotator, make_batch, slot_1, slot_2
+):
+    """Per-response counts would hint that the two sides come from different models."""
     batch = make_batch(comparisons=1)
-    Response.objects.filter(comparison__batch=batch, slot=1).update(prompt_tokens_dropped=300)
+    for slot, count in ((1, slot_1), (2, slot_2)):
+        Response.objects.filter(comparison__batch=batch, slot=slot).update(
+            prompt_tokens_dropped=count
+        )
     client.force_login(annotator)
     task_html = client.get(leased_task(client)).content.decode()
     assert (
-        "The model saw only the last part of this conversation: tokens were cut from its "
-        "beginning (300 for response " in task_html
+        '<p class="notice" id="context-cut" role="note">The model saw only the last part of this '
+        "conversation: up to 300 tokens were cut from its beginning. <span" in task_html
     )
+    assert "for response" not in task_html
 
 
 def test_the_home_page_says_how_many_comparisons_are_being_generated(

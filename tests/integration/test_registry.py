@@ -13,7 +13,13 @@ from django.db import IntegrityError, transaction
 
 from annotation_app.errors import Conflict, InvalidInput
 from annotation_app.models import ModelVersion
-from annotation_app.services.registry import inspect_model, promote, register_model
+from annotation_app.services.registry import (
+    inspect_model,
+    promote,
+    register_model,
+    registered_version,
+    stored_path,
+)
 from tests.api_errors import error_fields, error_messages
 
 pytestmark = pytest.mark.django_db
@@ -80,6 +86,28 @@ def test_bad_registrations_name_the_problem(tmp_path, model_dir, fake_hub):
     with pytest.raises(Conflict, match="already registered as 'hub'"):  # the path, same role
         register_model("meta-llama/Llama-2-7b-hf", "policy", name="hub-again")
     assert inspect_model(ModelVersion.objects.get(name="hub"))["location"] == "hub"
+
+
+def test_a_path_the_file_system_cannot_look_at_is_invalid_input_wherever_it_is_given():
+    unusable = "/tmp/" + "x" * 5000  # longer than any file name can be
+    for lookup in (stored_path, lambda p: registered_version(p, "policy")):
+        with pytest.raises(InvalidInput, match="is not a usable path: File name too long"):
+            lookup(unusable)
+    with pytest.raises(InvalidInput, match="is not a usable path") as caught:
+        register_model(unusable, "policy")
+    assert caught.value.field == "path"
+    assert not ModelVersion.objects.exists()
+
+
+def test_of_duplicates_registered_before_the_check_the_current_one_is_the_version(model_dir):
+    path = stored_path(str(model_dir[0]))
+    older = ModelVersion.objects.create(name="older", role="policy", path=path)
+    newer = ModelVersion.objects.create(name="newer", role="policy", path=path, is_current=True)
+    assert registered_version(path, "policy") == newer
+    ModelVersion.objects.filter(pk=newer.pk).update(is_current=False)
+    assert registered_version(path, "policy") == older  # none current: the first registered
+    with pytest.raises(Conflict, match="already registered as 'older'"):
+        register_model(str(model_dir[0]), "policy", name="third")
 
 
 def test_register_model_command(model_dir):

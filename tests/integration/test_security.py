@@ -10,9 +10,11 @@ import runpy
 import stat
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import pytest
+import redis
 from axes.models import AccessAttempt
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
@@ -26,7 +28,9 @@ from annotation_app.roles import Role
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.generation_errors import NEUTRAL_GENERATION_ERROR
 from annotation_app.templatetags.pairwise_text import render_markdown
+from config import settings as settings_module
 from tests.conftest import PASSWORD, ROOT
+from tests.workers import KEY_PREFIX, SCRATCH_REDIS_URL, _flushed
 
 SETTINGS_FILE = ROOT / "config" / "settings.py"
 # What config/settings.py reads that these tests set or must not inherit from the shell.
@@ -42,6 +46,7 @@ SETTINGS_ENV = (
     "SECURE_HSTS_INCLUDE_SUBDOMAINS",
     "SECURE_HSTS_PRELOAD",
     "SECURE_PROXY_SSL_HEADER",
+    "CACHE_URL",
 )
 
 
@@ -76,6 +81,12 @@ def test_production_is_the_default_and_needs_a_secret_key(load_settings, tmp_pat
     assert production["SECURE_SSL_REDIRECT"]
     assert production["SECURE_HSTS_SECONDS"] >= 31_536_000
     assert production["SECURE_PROXY_SSL_HEADER"] is None  # trusting a header is opted into
+    # Preloading binds the domain's future: its owner opts in (check --deploy's reminder off).
+    assert production["SECURE_HSTS_PRELOAD"] is False
+    assert production["SILENCED_SYSTEM_CHECKS"] == ["security.W021"]
+    preloaded = load_settings(SECRET_KEY="k" * 50, SECURE_HSTS_PRELOAD="1")
+    assert preloaded["SECURE_HSTS_PRELOAD"] is True
+    assert preloaded["SILENCED_SYSTEM_CHECKS"] == []
 
     with pytest.raises(ImproperlyConfigured, match="PAIRWISE_ENV='staging' is not known"):
         load_settings(PAIRWISE_ENV="staging", SECRET_KEY="k" * 50)
@@ -111,6 +122,60 @@ def test_the_demo_makes_its_own_key_once_and_serves_plain_http(load_settings, tm
     assert load_settings(SECRET_KEY="e" * 50, DEBUG="1")["DEBUG"] is True
 
 
+def test_the_demo_key_file_appears_whole_and_an_empty_one_is_replaced(tmp_path, monkeypatch):
+    path = tmp_path / "var" / "secret_key"
+    found = []
+    make_key = settings_module.get_random_secret_key
+
+    def watched_make_key() -> str:
+        # What another process starting at this very moment would read.
+        found.append(path.read_text() if path.exists() else None)
+        return make_key()
+
+    monkeypatch.setattr(settings_module, "get_random_secret_key", watched_make_key)
+    key = settings_module.demo_secret_key(path)
+    assert found == [None]  # no empty file while the key is being made
+    assert len(key) >= 50 and path.read_text() == key + "\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert settings_module.demo_secret_key(path) == key
+
+    path.write_text("")  # an older version crashed between creating the file and writing it
+    replaced = settings_module.demo_secret_key(path)
+    assert len(replaced) >= 50 and replaced != key and path.read_text() == replaced + "\n"
+    assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary left
+
+
+def test_demo_processes_starting_together_share_one_key(tmp_path):
+    path = tmp_path / "secret_key"
+    start = threading.Barrier(8)
+    keys = []
+
+    def start_process() -> None:
+        start.wait()
+        keys.append(settings_module.demo_secret_key(path))
+
+    starting = [threading.Thread(target=start_process) for _ in range(8)]
+    for thread in starting:
+        thread.start()
+    for thread in starting:
+        thread.join(30)
+    assert len(keys) == 8 and len(set(keys)) == 1 and len(keys[0]) >= 50
+    assert path.read_text() == keys[0] + "\n"
+
+
+def test_the_cache_is_shared_redis_when_configured(load_settings):
+    assert load_settings(SECRET_KEY="k" * 50)["CACHES"]["default"]["BACKEND"] == (
+        "django.core.cache.backends.locmem.LocMemCache"  # each process its own
+    )
+    shared = load_settings(SECRET_KEY="k" * 50, CACHE_URL="redis://cache.internal:6379/2")
+    assert shared["CACHES"]["default"] == {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": "redis://cache.internal:6379/2",
+    }
+    with pytest.raises(ImproperlyConfigured, match="CACHE_URL='memcached://m:11211' is not"):
+        load_settings(SECRET_KEY="k" * 50, CACHE_URL="memcached://m:11211")
+
+
 def manage_check_deploy(tmp_path, **env: str) -> subprocess.CompletedProcess:
     clean_env = {
         "PATH": os.environ["PATH"],
@@ -137,7 +202,11 @@ def test_check_deploy_passes_for_production_with_only_the_required_settings(tmp_
     }
     production = manage_check_deploy(tmp_path, **required)
     assert production.returncode == 0, production.stderr
-    assert "System check identified no issues (0 silenced)." in production.stdout
+    # The one silenced: security.W021, HSTS preload, off by choice (opt-in).
+    assert "System check identified no issues (1 silenced)." in production.stdout
+    preloaded = manage_check_deploy(tmp_path, SECURE_HSTS_PRELOAD="1", **required)
+    assert preloaded.returncode == 0, preloaded.stderr
+    assert "System check identified no issues (0 silenced)." in preloaded.stdout
 
     # The same check fails the demo's settings: it does look.
     demo = manage_check_deploy(tmp_path, PAIRWISE_ENV="demo", **required)
@@ -175,10 +244,16 @@ def test_every_page_carries_the_content_security_policy(client, annotator, make_
     assert "style=" not in client.get(client.get("/annotate/")["Location"]).content.decode()
 
     docs = client.get("/api/v1/docs/")
-    docs_nonce = re.search(r"'nonce-([^']+)'", csp_of(docs)["script-src"]).group(1)
+    docs_nonce = re.search(r"'nonce-([^']+)'", csp_of(docs)["style-src"]).group(1)
     assert docs_nonce != nonce  # one per response
-    assert f'<script nonce="{docs_nonce}">' in docs.content.decode()
-    assert f'<style nonce="{docs_nonce}">' in docs.content.decode()
+    html = docs.content.decode()
+    assert f'<style nonce="{docs_nonce}">' in html  # Swagger UI's one inline style
+    scripts = re.findall(r"<script\b[^>]*>", html)
+    assert scripts and all(" src=" in tag for tag in scripts)  # no inline script at all
+    assert '<script src="/api/v1/docs/?script="></script>' in html
+    script = client.get("/api/v1/docs/?script=")
+    assert script["Content-Type"].startswith("application/javascript")
+    assert "SwaggerUIBundle" in script.content.decode()
 
 
 # --- Markdown images ---------------------------------------------------------------------------
@@ -252,8 +327,32 @@ def test_api_users_are_throttled_at_the_user_rate(throttle_rates, annotator):
     assert set(client.get("/api/v1/annotations/").json()) == {"detail", "errors"}
 
 
-def sign_in(client, username: str, password: str, path: str = "/login/"):
-    return client.post(path, {"username": username, "password": password})
+@pytest.mark.django_db
+def test_with_a_shared_cache_every_web_process_counts_the_same_requests(
+    throttle_rates, annotator, settings
+):
+    from django.core.cache.backends.redis import RedisCache
+
+    url = _flushed(SCRATCH_REDIS_URL)
+    options = {"KEY_PREFIX": KEY_PREFIX["global_keyprefix"]}
+    settings.CACHES = {
+        "default": {"BACKEND": f"{RedisCache.__module__}.RedisCache", "LOCATION": url, **options}
+    }
+    throttle_rates(user="2/minute")
+    client = APIClient()
+    client.force_authenticate(annotator)
+    try:
+        assert [client.get("/api/v1/annotations/").status_code for _ in range(2)] == [200, 200]
+        # Another web process: a cache of its own over the same Redis sees both requests.
+        elsewhere = RedisCache(url, options)
+        assert len(elsewhere.get(f"throttle_user_{annotator.pk}")) == 2
+        assert client.get("/api/v1/annotations/").status_code == 429
+    finally:
+        redis.Redis.from_url(url).flushdb()
+
+
+def sign_in(client, username: str, password: str, path: str = "/login/", **headers):
+    return client.post(path, {"username": username, "password": password}, **headers)
 
 
 @pytest.mark.django_db
@@ -301,6 +400,32 @@ def test_failed_token_requests_lock_out_like_the_sign_in_form(annotator, setting
             "try again in 15 minutes."
         )
         assert locked["Retry-After"] == "900"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("forwarded", ["not an address", "", "203.0.113.9:443", "1.2.3.4, x"])
+def test_behind_a_proxy_a_malformed_forwarded_address_falls_back_to_the_connection_s(
+    client, annotator, settings, forwarded
+):
+    """X-Forwarded-For comes from the client, with the proxy's part appended: what it says is
+    used only if it is an address, or a failed sign-in would be a server error."""
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    refused = sign_in(client, annotator.username, "wrong", HTTP_X_FORWARDED_FOR=forwarded)
+    assert refused.status_code == 200  # the form again, with its error
+    token = APIClient().post(
+        "/api/v1/auth/token/",
+        {"username": annotator.username, "password": "wrong"},
+        HTTP_X_FORWARDED_FOR=forwarded,
+    )
+    assert token.status_code == 400
+    assert set(AccessAttempt.objects.values_list("ip_address", flat=True)) == {"127.0.0.1"}
+
+
+@pytest.mark.django_db
+def test_behind_a_proxy_the_forwarded_address_is_the_client_s(client, annotator, settings):
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    sign_in(client, annotator.username, "wrong", HTTP_X_FORWARDED_FOR="10.1.1.1, 203.0.113.9")
+    assert AccessAttempt.objects.get().ip_address == "203.0.113.9"  # what the proxy appended
 
 
 # --- workers' errors: details for staff, a neutral message for annotators --------------------

@@ -538,6 +538,7 @@ def test_a_run_that_cannot_be_queued_stays_queued_and_is_sent_later(
     from kombu.exceptions import OperationalError
 
     from annotation_app.models import OutboxMessage
+    from annotation_app.services.outbox import NO_PUBLISH_RETRY as NO_RETRY
     from annotation_app.services.outbox import relay
     from annotation_app.tasks import train_reward_model
 
@@ -552,15 +553,16 @@ def test_a_run_that_cannot_be_queued_stays_queued_and_is_sent_later(
     assert run.status == "queued" and run.error == ""
     message = OutboxMessage.objects.get(kind="training")
     assert message.payload == {"run_id": run.pk}
-    assert message.sent_at is None and message.done_at is None and message.attempts == 1
+    # The broker was down: not a send (attempts count sends), due again at once.
+    assert message.sent_at is None and message.done_at is None and message.attempts == 0
     assert message.last_error.startswith("OperationalError: Error 111")
 
     sent = []
     monkeypatch.setattr(train_reward_model, "apply_async", lambda *a, **k: sent.append((a, k)))
     assert relay() == 1  # the broker is back
-    assert sent == [(((run.pk,), {"outbox_id": message.pk}), {"ignore_result": True})]
+    assert sent == [(((run.pk,), {"outbox_id": message.pk}), {"ignore_result": True, **NO_RETRY})]
     message.refresh_from_db()
-    assert message.sent_at is not None and message.attempts == 2 and message.last_error == ""
+    assert message.sent_at is not None and message.attempts == 1 and message.last_error == ""
     assert relay() == 0  # sent, and within its timeout: not sent again
 
     (args, kwargs), _options = sent[0]

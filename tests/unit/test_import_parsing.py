@@ -1,6 +1,6 @@
 """Parsing of import files: format detection, each format's rules, and error reporting.
 
-``parse_file`` only reads and checks; it takes an unsaved ``Batch`` and touches no database.
+``read_file`` only reads and checks; it takes an unsaved ``Batch`` and touches no database.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import pytest
 
 from annotation_app.models import Batch
 from annotation_app.services.imports import (
+    MAX_CONTEXT_TURNS,
     MAX_JSON_DEPTH,
     ImportFailed,
     RowError,
-    _RecordError,
     detect_format,
-    parse_file,
     read_file,
 )
+from rlhf.messages import FieldError
 from tests.messages import assistant, hh, user
 
 HELPFULNESS, SAFETY = Batch.Kind.HELPFULNESS, Batch.Kind.SAFETY
@@ -43,7 +43,8 @@ def csv_bytes(header: list[str], *rows: list[str]) -> bytes:
 
 def parse(data: bytes, filename: str = "data.jsonl", kind: str = HELPFULNESS, file_format=None):
     """(format, parsed comparisons, records read) of ``data``."""
-    return parse_file(io.BytesIO(data), filename, Batch(kind=kind), file_format)
+    read = read_file(io.BytesIO(data), filename, Batch(kind=kind), file_format)
+    return read.format, read.comparisons, read.records
 
 
 def parse_one(record, kind: str = HELPFULNESS, file_format=None):
@@ -99,7 +100,7 @@ def test_the_format_is_detected_from_the_first_record(record, expected):
 
 @pytest.mark.parametrize("record", [42, [1, 2], None])
 def test_records_that_are_neither_objects_nor_strings_are_rejected(record):
-    with pytest.raises(_RecordError):
+    with pytest.raises(FieldError):
         detect_format(record)
     error = failure(jsonl(record, "A good prompt"), "odd.jsonl")
     assert [where(e) for e in error.errors] == [("odd.jsonl", 1, None)]
@@ -441,7 +442,7 @@ def test_canonical_integers_at_the_limits_of_their_columns_are_accepted():
                 **CANONICAL,
                 "responses": [{"text": "a", "sampling": {"stop": ["\x00"]}}, {"text": "b"}],
             },
-            "the sampling parameters of response 1",
+            "the sampling parameters of response 1 has a text that",
         ),
         ({"prompt": "Hi", "risk_category": "x\x00"}, "the risk category"),
     ],
@@ -611,28 +612,48 @@ def test_safety_csv_without_a_category_column_is_rejected_on_every_row():
 # --- files ----------------------------------------------------------------------------------
 
 
+PAIRS = jsonl({"prompt": "Hi", "chosen": "Hello", "rejected": "Go"})
+# CSV with two records: read as JSON Lines, its header alone would be an error.
+PROMPTS_CSV = csv_bytes(["prompt"], ["Hi"], ["Bye"])
+
+
 @pytest.mark.parametrize(
-    ("filename", "data"),
+    ("plain_name", "packed_name", "data"),
     [
-        ("pairs.jsonl.gz", jsonl({"prompt": "Hi", "chosen": "Hello", "rejected": "Go"})),
-        ("prompts.CSV.gz", csv_bytes(["prompt"], ["Hi"])),
+        ("pairs.jsonl", "pairs.jsonl.gz", PAIRS),
+        ("pairs.jsonl", "pairs.jsonl", PAIRS),  # compressed without saying so
+        ("prompts.CSV", "prompts.CSV.gz", PROMPTS_CSV),
+        ("prompts.csv", "prompts.csv.GZ", PROMPTS_CSV),
+        ("prompts.csv", "prompts.csv.Gz", PROMPTS_CSV),
+        ("prompts.csv", "prompts.Csv", PROMPTS_CSV),
     ],
 )
-def test_gzip_files_are_read_like_plain_ones(filename, data):
-    plain = parse(data, filename.removesuffix(".gz"))
-    zipped = parse(gzip.compress(data), filename)
+def test_gzip_files_are_read_like_plain_ones(plain_name, packed_name, data):
+    plain = parse(data, plain_name)
+    zipped = parse(gzip.compress(data), packed_name)
     assert zipped[0] == plain[0]
     assert [item.context for item in zipped[1]] == [item.context for item in plain[1]]
-    assert zipped[2] == plain[2] == 1
+    assert zipped[2] == plain[2] == len(data.splitlines()) - plain_name.lower().endswith(".csv")
 
 
-def test_a_gz_name_on_a_plain_file_and_a_truncated_gzip_are_reported():
-    data = jsonl("A prompt")
-    not_gzip = failure(data, "fake.jsonl.gz")
-    assert not_gzip.errors[0].filename == "fake.jsonl.gz"
-    assert "unreadable" in not_gzip.errors[0].message
-    truncated = failure(gzip.compress(data * 50)[:-12], "cut.jsonl.gz")
-    assert "unreadable" in truncated.errors[-1].message
+def test_a_gz_name_on_a_plain_file_is_read_as_plain():
+    _, parsed, records = parse(PROMPTS_CSV, "prompts.csv.gz")
+    assert records == 2 and [item.context for item in parsed] == [[user("Hi")], [user("Bye")]]
+
+
+def test_a_truncated_gzip_is_an_error_of_the_whole_file_saying_where_reading_stopped():
+    truncated = failure(gzip.compress(jsonl("A prompt") * 50)[:-12], "cut.jsonl.gz")
+    (only,) = truncated.errors
+    assert (only.line, only.field) == (0, None)
+    assert only.message.startswith("unreadable gzip file: ")
+    assert "reading stopped after line" in only.message
+
+
+def test_trailing_bytes_after_a_gzip_stream_are_an_error_of_the_whole_file():
+    error = failure(gzip.compress(jsonl("A prompt") * 3) + b"not gzip", "tail.jsonl.gz")
+    (only,) = error.errors
+    assert only.line == 0  # not "line 1": the damage is past the lines read
+    assert "unreadable gzip file" in only.message
 
 
 def test_a_byte_order_mark_is_ignored_and_invalid_utf8_is_reported():
@@ -695,11 +716,22 @@ def test_errors_beyond_the_limit_are_counted(settings):
     assert str(error).endswith("... and 2 more problems")
 
 
-def test_a_csv_the_reader_cannot_parse_is_reported_with_its_line():
-    data = b"prompt\nfine\n" + b'"' + b"x" * (csv.field_size_limit() + 10) + b'"\n'
-    error = failure(data, "huge.csv")
-    assert [where(e) for e in error.errors] == [("huge.csv", 3, None)]
-    assert error.errors[0].message.startswith("bad CSV")
+def test_a_csv_field_past_the_csv_modules_own_limit_is_read_whole():
+    before = csv.field_size_limit(128 * 1024)  # the csv module's default, as a new process has
+    try:
+        prompt = "x" * 200_000
+        _, (item,), _ = parse(csv_bytes(["prompt"], [prompt]), "long.csv")
+    finally:
+        csv.field_size_limit(before)
+    assert item.context == [user(prompt)]
+
+
+def test_a_csv_header_that_is_not_utf8_stops_the_reading_there():
+    data = b"pr\xf6mpt,category\nfine,a\nalso fine,b\n"
+    error = failure(data, "header.csv")
+    assert [where(e) for e in error.errors] == [("header.csv", 1, None)]  # no row errors
+    assert error.errors[0].message.startswith("not valid UTF-8: byte 0xf6")
+    assert error.errors[0].message.endswith("(the header: no row below it was read)")
 
 
 def test_a_detected_format_must_hold_for_the_whole_file():
@@ -751,7 +783,7 @@ def test_text_after_a_closing_csv_quote_is_an_error():
         (
             b'{"conversation": [{"role": "user", "content": "Q"}], "responses": [{"text": "a",'
             b' "sampling": {"\\ud83d": 1}}, {"text": "b"}]}',
-            "the sampling parameters of response 1",
+            "the sampling parameters of response 1 has a key that",
         ),
     ],
 )
@@ -799,6 +831,48 @@ def test_numbers_json_cannot_carry_are_errors_of_their_line(line):
     assert error.errors[0].message.startswith("invalid JSON")
 
 
+def test_an_integer_of_thousands_of_digits_is_refused_in_the_words_of_the_import():
+    huge = b'{"prompt": "Hi", "x": ' + b"9" * 5000 + b"}\n"
+    error = failure(jsonl("A fine prompt") + huge, "numbers.jsonl")
+    assert [where(e) for e in error.errors] == [("numbers.jsonl", 2, None)]
+    assert error.errors[0].message == "invalid JSON: an integer of 5,000 digits is too large"
+
+
+@pytest.mark.parametrize(
+    ("record", "field"),
+    [
+        ({"prompt": "Hi", "risk_category": ["a"]}, "risk_category"),
+        ({"prompt": "Hi", "category": {"kind": "a"}}, "category"),
+        ({"prompt": "Hi", "risk_category": "r", "attack_vector": 3}, "attack_vector"),
+        ({**CANONICAL, "risk_category": ["a"]}, "risk_category"),
+        ({**CANONICAL, "attack_vector": True}, "attack_vector"),
+        (
+            {**CANONICAL, "responses": [{"text": "a", "model_version": ["m"]}, {"text": "b"}]},
+            "responses[0].model_version",
+        ),
+        (
+            {**CANONICAL, "responses": [{"text": "a"}, {"text": "b", "model": 7}]},
+            "responses[1].model",
+        ),
+    ],
+)
+def test_categories_and_model_names_that_are_not_strings_are_refused_never_converted(record, field):
+    error = failure(jsonl(record), "typed.jsonl", kind=SAFETY)
+    assert [where(e) for e in error.errors] == [("typed.jsonl", 1, field)]
+    assert error.errors[0].message.startswith("must be a string, not ")
+
+
+def test_a_conversation_of_too_many_messages_is_an_error_of_its_line():
+    long = [user("Q"), assistant("A")] * MAX_CONTEXT_TURNS + [user("Last")]
+    error = failure(jsonl("A fine prompt", {"messages": long}), "long.jsonl")
+    assert [where(e) for e in error.errors] == [("long.jsonl", 2, None)]
+    assert error.errors[0].message == (
+        f"the conversation has {len(long)} messages; at most {MAX_CONTEXT_TURNS} are imported"
+    )
+    just = [user("Q"), assistant("A")] * (MAX_CONTEXT_TURNS // 2 - 1) + [user("Q"), user("Last")]
+    assert len(parse_one({"messages": just})[1].context) == MAX_CONTEXT_TURNS
+
+
 @pytest.mark.parametrize(
     ("record", "field", "limit"),
     [
@@ -843,7 +917,7 @@ def test_a_compression_bomb_is_stopped_at_the_byte_limit(settings):
     assert len(bomb) < len(packed) * 2 < len(unpacked) / 100
     stream = CountingStream(bomb)
     with pytest.raises(ImportFailed) as caught:
-        parse_file(stream, "bomb.jsonl.gz", Batch(kind=HELPFULNESS))
+        read_file(stream, "bomb.jsonl.gz", Batch(kind=HELPFULNESS))
     (only,) = caught.value.errors
     assert only.field is None
     assert "larger than 1,000,000 bytes uncompressed" in only.message
@@ -873,7 +947,7 @@ def test_a_corrupt_gzip_stream_is_reported():
     packed = bytearray(gzip.compress(jsonl("A prompt") * 100))
     packed[20:30] = b"\xff" * 10
     error = failure(bytes(packed), "corrupt.jsonl.gz")
-    assert "unreadable file" in error.errors[-1].message
+    assert "unreadable gzip file" in error.errors[-1].message
 
 
 def test_a_file_name_postgresql_cannot_store_is_reported():

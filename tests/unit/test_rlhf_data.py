@@ -167,14 +167,14 @@ def test_hh_errors_are_value_errors_naming_the_field(chosen, rejected, field, me
 @pytest.mark.parametrize("name", sorted(HH_FILES))
 def test_hh_parsing_matches_the_platform_importer_on_every_real_line(name):
     from annotation_app.models import Batch
-    from annotation_app.services.imports import parse_file
+    from annotation_app.services.imports import read_file
 
     path = shared_path(f"data/hh-rlhf/{name}/test.jsonl.gz")
     with path.open("rb") as stream:
-        _, parsed, records = parse_file(stream, path.name, Batch(kind="helpfulness"), "hh-rlhf")
+        read = read_file(stream, path.name, Batch(kind="helpfulness"), "hh-rlhf")
     pairs = load_pairs(path)
-    assert len(pairs) == len(parsed) == records == HH_FILES[name]
-    for ours, theirs in zip(pairs, parsed, strict=True):
+    assert len(pairs) == len(read.comparisons) == read.records == HH_FILES[name]
+    for ours, theirs in zip(pairs, read.comparisons, strict=True):
         assert ours.context == theirs.context, ours.source
         assert [ours.chosen, ours.rejected] == [r.text for r in theirs.responses], ours.source
         assert ours.source.rsplit(":", 1)[1] == theirs.source.rsplit(":", 1)[1]

@@ -59,10 +59,12 @@ class Command(BaseCommand):
         created = False
         # One transaction: a rejected file leaves no freshly created, empty batch behind.
         # Without a broker, generation runs in this process: inline, as the process ends next.
+        # The override comes first: a `with` exits its items last to first, so the transaction
+        # commits, and relays its work, while the override still holds.
         with (
-            transaction.atomic(),
-            file.open("rb") as stream,
             override_settings(PAIRWISE_EAGER_IN_THREAD=False),
+            file.open("rb") as stream,
+            transaction.atomic(),
         ):
             try:
                 target = Batch.objects.get(name=batch)

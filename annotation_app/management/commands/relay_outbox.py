@@ -2,7 +2,9 @@
 
 Run one ``--loop`` process beside the workers (docker-compose's ``relay`` service): it sends
 work recorded while the broker was down, and work unanswered past its timeout (a broker restart
-lost it, or its worker died). Several at once are safe: a message is never sent twice at once.
+lost it, or its worker died), gives up what stays unanswered after its sends, and deletes
+answered messages past their retention (``PAIRWISE_OUTBOX_RETENTION_DAYS``; at start, then
+hourly). Several at once are safe: a message is never sent twice at once.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, close_old_connections
 
-from annotation_app.services.outbox import backlog, relay, uses_broker
+from annotation_app.services.outbox import backlog, prune, relay, uses_broker
 
 logger = logging.getLogger(__name__)
+
+PRUNE_INTERVAL_SECONDS = 3600
 
 
 def describe(counts: dict[str, dict[str, int]]) -> str:
@@ -25,6 +30,11 @@ def describe(counts: dict[str, dict[str, int]]) -> str:
         f"{kind}: {numbers['due']} due, {numbers['in_flight']} in flight"
         for kind, numbers in counts.items()
     )
+
+
+def pruned(count: int) -> str:
+    days = f"{settings.PAIRWISE_OUTBOX_RETENTION_DAYS:g}"
+    return f"pruned {count} answered message(s) older than {days} days"
 
 
 class Command(BaseCommand):
@@ -55,17 +65,24 @@ class Command(BaseCommand):
         if not loop:
             sent = relay()
             self.stdout.write(f"relayed {sent} message(s); now {describe(backlog())}")
+            if deleted := prune():
+                self.stdout.write(pruned(deleted))
             return
 
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
         self.stdout.write(f"relaying the outbox every {interval:g} s (stop with Ctrl-C)")
+        next_prune = time.monotonic()
         while not stopping.is_set():
             try:
                 sent = relay()
                 if sent:
                     logger.info("relayed %s message(s); now %s", sent, describe(backlog()))
+                if time.monotonic() >= next_prune:
+                    if deleted := prune():
+                        logger.info(pruned(deleted))
+                    next_prune = time.monotonic() + PRUNE_INTERVAL_SECONDS
             except DatabaseError as error:  # the database is away: try again next time
                 logger.warning("could not read the outbox: %s", error)
             finally:

@@ -1,6 +1,7 @@
-// A training run's page while it is queued or running: polls the run's status endpoint,
-// updates the progress bar, the status and the last log lines, and reloads the page once the
-// run has finished so that the server renders its metrics and plots.
+// A training run's page while it is queued or running: polls the run's status endpoint (small:
+// no metrics, the logs' last lines), updates the progress bar, the status, the pair counts and
+// the last log lines, and reloads the page once the run has finished so that the server renders
+// its metrics and plots.
 "use strict";
 
 (function () {
@@ -18,15 +19,10 @@
   const labels = { queued: "Queued", running: "Running", succeeded: "Succeeded", failed: "Failed" };
 
   // How many pairs the run trains on and holds out, as soon as its data is frozen.
-  async function showPairs() {
-    try {
-      const response = await fetch(card.dataset.detailUrl, { headers: { "Accept": "application/json" }, credentials: "same-origin" });
-      if (!response.ok) return;
-      const metrics = (await response.json()).metrics || {};
-      if (metrics.train_pairs === undefined) return;
-      pairs.textContent = `${metrics.train_pairs} trained on, ${metrics.eval_pairs} held out`;
-      pairs.dataset.known = "true";
-    } catch (failure) { /* try again at the next poll */ }
+  function showPairs(run) {
+    if (!pairs || pairs.dataset.known === "true" || run.train_pairs === null) return;
+    pairs.textContent = `${run.train_pairs} trained on, ${run.eval_pairs} held out`;
+    pairs.dataset.known = "true";
   }
 
   async function poll() {
@@ -45,7 +41,7 @@
         statusLabel.textContent = labels[run.status] || run.status;
         statusLabel.className = "status " + run.status;
         if (run.error) { error.textContent = run.error; error.hidden = false; }
-        if (pairs && pairs.dataset.known !== "true" && run.progress > 0) showPairs();
+        showPairs(run);
         const atBottom = logs.scrollTop + logs.clientHeight >= logs.scrollHeight - 4;
         logs.textContent = run.log_tail;
         if (atBottom) logs.scrollTop = logs.scrollHeight;
