@@ -32,5 +32,8 @@ class AnnotationAppConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
 
+        from annotation_app import auth_cache
+
         post_migrate.connect(_sync_roles, sender=self)
         m2m_changed.connect(_sync_staff_flag, sender=get_user_model().groups.through)
+        auth_cache.connect_signals()

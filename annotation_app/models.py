@@ -386,7 +386,10 @@ class Comparison(JudgedContent):
         COMPLETE = "complete", "Complete"
         CLOSED = "closed", "Closed"
 
-    batch = models.ForeignKey(Batch, on_delete=models.CASCADE, related_name="comparisons")
+    # Indexed by (batch, status) and the queue below; an index of its own would only cost writes.
+    batch = models.ForeignKey(
+        Batch, on_delete=models.CASCADE, related_name="comparisons", db_index=False
+    )
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="comparisons"
     )
@@ -400,6 +403,9 @@ class Comparison(JudgedContent):
     # (services/assignment.py). Kept under the comparison's row lock with every lease change.
     leased_count = models.PositiveIntegerField(default=0)
     earliest_lease_expiry = models.DateTimeField(null=True, blank=True)
+    # Of its annotations, those preferring slot 1: with annotation_count, the batch's agreement
+    # figures are sums over its comparisons, not over every annotation (selectors.py).
+    slot1_count = models.PositiveIntegerField(default=0)
     flag_count = models.PositiveIntegerField(default=0)
     # The preference an imported pair came with (slot 1 or 2). Never shown to annotators; kept
     # to measure agreement with the source data and for gold checks.
@@ -447,8 +453,9 @@ class Comparison(JudgedContent):
         return f"Comparison {self.pk}"
 
     def context_messages(self) -> list[dict[str, str]]:
-        turns = self.conversation.turns.all()[: self.context_length]
-        return [turn.as_message() for turn in turns]
+        # By the conversation's id: one query, without loading the conversation itself.
+        turns = Turn.objects.filter(conversation_id=self.conversation_id).order_by("index")
+        return [turn.as_message() for turn in turns[: self.context_length]]
 
     @classmethod
     def judged(cls, rows: QuerySet) -> QuerySet:
@@ -546,9 +553,15 @@ class Assignment(models.Model):
         # Past its expiry, its slot was given to another annotator: it can no longer be submitted.
         EXPIRED = "expired", "Expired, its slot given to another annotator"
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.CASCADE, related_name="assignments")
+    # Both indexed through the composite indexes below, which every lease change writes to.
+    comparison = models.ForeignKey(
+        Comparison, on_delete=models.CASCADE, related_name="assignments", db_index=False
+    )
     annotator = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="assignments",
+        db_index=False,
     )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.LEASED)
     # Which response the annotator sees on the left ("A"); drawn at random per lease so that
@@ -570,6 +583,8 @@ class Assignment(models.Model):
         indexes = [
             models.Index(fields=["comparison", "status", "expires_at"]),
             models.Index(fields=["annotator", "status"]),
+            # The leases held now, few at any time: the progress page counts the live ones.
+            models.Index(fields=["expires_at"], condition=Q(status="leased"), name="held_leases"),
         ]
 
     def __str__(self) -> str:
@@ -589,7 +604,15 @@ class Annotation(models.Model):
     STRENGTH_CHOICES = [(strength.value, label) for strength, label in STRENGTH_LABELS.items()]
     SAFETY_BIN_CHOICES = [(b.value, b.value.replace("_", " ").capitalize()) for b in SafetyBin]
 
-    comparison = models.ForeignKey(Comparison, on_delete=models.PROTECT, related_name="annotations")
+    # Indexed through one_annotation_per_annotator (comparison, annotator).
+    comparison = models.ForeignKey(
+        Comparison, on_delete=models.PROTECT, related_name="annotations", db_index=False
+    )
+    # The comparison's batch, kept here too (set on save) so that a batch's annotations per
+    # annotator are one index range (progress, quality), never a join through its comparisons.
+    batch = models.ForeignKey(
+        Batch, on_delete=models.PROTECT, related_name="annotations", db_index=False, editable=False
+    )
     annotator = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="annotations"
     )
@@ -610,6 +633,13 @@ class Annotation(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        indexes = [
+            # A batch's annotations by annotator, in time order: each annotator's count and
+            # median time read off the index alone.
+            models.Index(
+                fields=["batch", "annotator", "time_spent_ms"], name="annotations_by_batch"
+            ),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["comparison", "annotator"], name="one_annotation_per_annotator"
@@ -627,6 +657,17 @@ class Annotation(models.Model):
 
     def __str__(self) -> str:
         return f"Annotation {self.pk} of {self.comparison_id} by {self.annotator_id}"
+
+    def save(self, *args, **kwargs) -> None:
+        # The batch is the comparison's, always.
+        if self.batch_id is None:
+            self.batch_id = self.comparison.batch_id
+        elif self.batch_id != self.comparison.batch_id:
+            raise ValueError(
+                f"annotation of comparison {self.comparison_id} (batch "
+                f"{self.comparison.batch_id}) cannot belong to batch {self.batch_id}"
+            )
+        super().save(*args, **kwargs)
 
     @property
     def rejected_slot(self) -> int:

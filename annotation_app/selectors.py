@@ -2,12 +2,15 @@
 
 The progress page polls :func:`batch_progress` live, and a Llama 2-sized weekly batch holds
 hundreds of thousands of annotations: every figure is an aggregate computed by the database,
-in six queries whose answers are a row per status and per annotator whatever the batch's size.
+in a few queries whose answers are a row per status and per annotator whatever the batch's
+size, and none of them joins the batch's annotations to its comparisons.
 
 Inter-annotator agreement is the share of annotator pairs on the same comparison who preferred
 the same response. A comparison with ``n`` annotations of which ``k`` prefer slot 1 has
-``C(n, 2)`` pairs, ``C(k, 2) + C(n - k, 2)`` of them agreeing: one grouped query gives every
-comparison's ``n`` and ``k``, and the sums over comparisons are taken around it.
+``C(n, 2)`` pairs, ``C(k, 2) + C(n - k, 2)`` of them agreeing. Each comparison keeps ``n``
+(``annotation_count``) and ``k`` (``slot1_count``), counted with every submit, so agreement
+(and agreement with a reference preference) is a sum over the batch's comparisons. Per
+annotator figures read the batch's annotations by the ``annotations_by_batch`` index.
 
 The median time per annotator is PostgreSQL's ``percentile_cont(0.5)``; SQLite (the demo's
 database) has no such aggregate, so there :class:`Median` registers one written in Python on
@@ -17,10 +20,11 @@ the connection, which holds an annotator's times in memory: a demo's batch affor
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
-from django.db.models import Aggregate, Count, F, FloatField, Q, QuerySet, Sum
+from django.db.models import Aggregate, Case, Count, F, FloatField, Q, QuerySet, Sum, Value, When
 from django.db.models.expressions import Combinable
 from django.utils import timezone
 
@@ -69,50 +73,50 @@ def _pairs(count: Combinable) -> Combinable:
 
 
 def _batch_annotations(batch: Batch) -> QuerySet[Annotation]:
-    return Annotation.objects.filter(comparison__batch=batch).order_by()
+    return Annotation.objects.filter(batch=batch).order_by()
 
 
-def _annotation_totals(batch: Batch) -> dict[str, int]:
-    """The batch's annotations, annotator pairs (agreeing or not) on the same comparison, and
-    annotations of comparisons with a reference preference (agreeing with it or not)."""
-    per_comparison = (
-        _batch_annotations(batch)
-        .values("comparison_id")
+def _preferring_reference() -> Case:
+    """Of a comparison's annotations, how many preferred its reference (0 without one)."""
+    return Case(
+        When(reference_preferred_slot=1, then=F("slot1_count")),
+        When(reference_preferred_slot=2, then=F("annotation_count") - F("slot1_count")),
+        default=Value(0),
+    )
+
+
+def _comparison_totals(batch: Batch) -> tuple[dict[str, int], dict[str, int]]:
+    """Per status, the batch's comparisons; and summed over all of them: flagged comparisons,
+    annotations, annotator pairs (agreeing or not) on the same comparison, and annotations of
+    comparisons with a reference preference (agreeing with it or not). One grouped query."""
+    n, k = F("annotation_count"), F("slot1_count")
+    rows = (
+        batch.comparisons.order_by()
+        .values("status")
         .annotate(
-            n=Count("pk"),
-            k=Count("pk", filter=Q(preferred_slot=1)),
-            n_referenced=Count("pk", filter=Q(comparison__reference_preferred_slot__isnull=False)),
-            n_matching=Count(
-                "pk", filter=Q(preferred_slot=F("comparison__reference_preferred_slot"))
-            ),
+            comparisons=Count("pk"),
+            flagged=Count("pk", filter=Q(flag_count__gt=0)),
+            annotations=Sum(n),
+            pairs=Sum(_pairs(n)),
+            agreeing_pairs=Sum(_pairs(k) + _pairs(n - k)),
+            referenced=Sum(n, filter=Q(reference_preferred_slot__isnull=False)),
+            matching_reference=Sum(_preferring_reference()),
         )
     )
-    totals = per_comparison.aggregate(
-        annotations=Sum("n"),
-        pairs=Sum(_pairs(F("n"))),
-        agreeing_pairs=Sum(_pairs(F("k")) + _pairs(F("n") - F("k"))),
-        referenced=Sum("n_referenced"),
-        matching_reference=Sum("n_matching"),
-    )
-    # PostgreSQL sums bigints as numeric (Decimal): plain ints for the API.
-    return {key: int(value or 0) for key, value in totals.items()}
+    by_status, totals = {}, Counter()
+    for row in rows:
+        by_status[row.pop("status")] = row.pop("comparisons")
+        # PostgreSQL sums bigints as numeric (Decimal): plain ints for the API.
+        totals.update({key: int(value or 0) for key, value in row.items()})
+    return by_status, totals
 
 
 def batch_progress(batch: Batch, now: datetime | None = None) -> dict:
     """Everything an admin watches on a batch, as plain data (the API returns it as is)."""
     now = now or timezone.now()
-    by_status = (
-        batch.comparisons.order_by()
-        .values_list("status")
-        .annotate(n=Count("pk"), flagged=Count("pk", filter=Q(flag_count__gt=0)))
-    )
-    status_counts, flagged = {}, 0
-    for status, count, flagged_count in by_status:
-        status_counts[status] = count
-        flagged += flagged_count
+    status_counts, totals = _comparison_totals(batch)
     total = sum(status_counts.values())
     wanted = total * batch.overlap
-    totals = _annotation_totals(batch)
     annotations = totals["annotations"]
     live_leases = Assignment.objects.filter(
         comparison__batch=batch, status=Assignment.Status.LEASED, expires_at__gt=now
@@ -131,7 +135,7 @@ def batch_progress(batch: Batch, now: datetime | None = None) -> dict:
         "annotations_wanted": wanted,
         "percent_complete": round(100.0 * annotations / wanted, 1) if wanted else 0.0,
         "live_leases": live_leases,
-        "flagged_comparisons": flagged,
+        "flagged_comparisons": totals["flagged"],
         "inter_annotator_agreement": (
             totals["agreeing_pairs"] / totals["pairs"] if totals["pairs"] else None
         ),
@@ -148,18 +152,19 @@ def annotator_quality(batch: Batch) -> list[dict]:
     per_annotator = (
         _batch_annotations(batch)
         .values("annotator_id")
-        .annotate(
-            annotations=Count("pk"),
-            median_ms=Median("time_spent_ms"),
-            gold_checks=Count("pk", filter=Q(is_gold_check=True)),
-            gold_correct=Count(
-                "pk",
-                filter=Q(
-                    is_gold_check=True, preferred_slot=F("comparison__reference_preferred_slot")
-                ),
-            ),
-        )
+        .annotate(annotations=Count("*"), median_ms=Median("time_spent_ms"))
     )
+    # Gold checks are few: the join to their comparisons' reference is theirs alone.
+    gold = {
+        row["annotator_id"]: row
+        for row in _batch_annotations(batch)
+        .filter(is_gold_check=True)
+        .values("annotator_id")
+        .annotate(
+            checks=Count("*"),
+            correct=Count("pk", filter=Q(preferred_slot=F("comparison__reference_preferred_slot"))),
+        )
+    }
     skips = dict(
         Assignment.objects.filter(
             comparison__batch=batch,
@@ -184,9 +189,11 @@ def annotator_quality(batch: Batch) -> list[dict]:
                 "median_seconds": (
                     round(row["median_ms"] / 1000, 1) if row["median_ms"] is not None else None
                 ),
-                "gold_checks": row["gold_checks"],
+                "gold_checks": gold.get(row["annotator_id"], {}).get("checks", 0),
                 "gold_accuracy": (
-                    row["gold_correct"] / row["gold_checks"] if row["gold_checks"] else None
+                    gold[row["annotator_id"]]["correct"] / gold[row["annotator_id"]]["checks"]
+                    if row["annotator_id"] in gold
+                    else None
                 ),
                 "skipped_or_flagged": skips.get(row["annotator_id"], 0),
             }

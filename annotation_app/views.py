@@ -163,7 +163,14 @@ def task(request: HttpRequest, assignment_id: int) -> HttpResponse:
     assignment = _own_assignment(request, assignment_id)
     if assignment.status != Assignment.Status.LEASED:
         request.session.pop(_pending_form_key(assignment.pk), None)
-        messages.info(request, "That comparison is already done; here is the next one.")
+        if assignment.status == Assignment.Status.EXPIRED:
+            messages.warning(
+                request,
+                "Your time on that comparison ran out and it went to another annotator; "
+                "here is the next one.",
+            )
+        else:
+            messages.info(request, "That comparison is already done; here is the next one.")
         return redirect(_next_url(assignment.comparison.batch_id))
     if assignment.comparison.status in (Comparison.Status.WAITING, Comparison.Status.FAILED):
         # An annotator-written prompt whose responses are still being generated.

@@ -7,8 +7,9 @@ times by ``--annotators`` annotators, plus 5 % ready comparisons nobody judged y
 on a quarter, gold checks on a twentieth, skips and flags) is written straight into a fresh
 PostgreSQL database with ``INSERT … SELECT generate_series`` (under a minute), with the
 comparisons' denormalised counters set as the services would (``annotation_count``,
-``status``, ``flag_count``, no lease held: ``leased_count`` 0, ``earliest_lease_expiry``
-NULL), then VACUUM ANALYZEd. A second batch ten times smaller and an empty one come with it.
+``slot1_count``, ``status``, ``flag_count``, no lease held: ``leased_count`` 0,
+``earliest_lease_expiry`` NULL), then VACUUM ANALYZEd. A second batch ten times smaller and
+an empty one come with it.
 
 1. ``GET /api/v1/batches/{id}/progress/`` through gunicorn (one sync worker, production
    settings, token auth, a new connection per request): one unmeasured request, then ``--repeats``
@@ -313,12 +314,12 @@ def create_batch(name: str, annotations: int, overlap: int, annotator_ids: list[
             """INSERT INTO annotation_app_comparison
                    (id, context_length, status, annotation_count, flag_count,
                     reference_preferred_slot, is_gold, generation_error, created_at, batch_id,
-                    conversation_id, leased_count, earliest_lease_expiry)
+                    conversation_id, leased_count, earliest_lease_expiry, slot1_count)
                SELECT %(c0)s + i, 1,
                    CASE WHEN counts.n >= %(overlap)s THEN 'complete' ELSE 'ready' END,
                    counts.n, (i %% 50 = 7)::int,
                    CASE WHEN i %% 4 = 0 THEN 1 + (i / 4) %% 2 END, i %% 20 = 0, '', now(),
-                   %(batch)s, %(cv0)s + i, 0, NULL
+                   %(batch)s, %(cv0)s + i, 0, NULL, 0
                FROM generate_series(0, %(n)s - 1) AS i
                CROSS JOIN LATERAL (
                    SELECT CASE WHEN i < %(full)s THEN %(overlap)s
@@ -363,7 +364,7 @@ def create_batch(name: str, annotations: int, overlap: int, annotator_ids: list[
             """INSERT INTO annotation_app_annotation
                    (preferred_slot, strength, safety_bin, rationale, left_slot, time_spent_ms,
                     is_gold_check, idempotency_key, created_at, annotator_id, assignment_id,
-                    comparison_id)
+                    comparison_id, batch_id)
                SELECT preferred,
                    (ARRAY['significantly_better', 'better', 'slightly_better',
                           'negligibly_better'])[1 + floor(random() * 4)::int],
@@ -371,8 +372,17 @@ def create_batch(name: str, annotations: int, overlap: int, annotator_ids: list[
                             ELSE '' END,
                    1 + (k %% 2),
                    CASE WHEN k %% 97 = 0 THEN NULL ELSE 2000 + floor(random() * 90000)::int END,
-                   i %% 20 = 0, gen_random_uuid(), now(), annotator, %(a0)s + k, %(c0)s + i
+                   i %% 20 = 0, gen_random_uuid(), now(), annotator, %(a0)s + k, %(c0)s + i,
+                   %(batch)s
                FROM bench_slots""",
+            params,
+        )
+        cursor.execute(
+            """UPDATE annotation_app_comparison AS c SET slot1_count = judged.slot1
+               FROM (SELECT comparison_id, count(*) FILTER (WHERE preferred_slot = 1) AS slot1
+                     FROM annotation_app_annotation WHERE batch_id = %(batch)s
+                     GROUP BY comparison_id) AS judged
+               WHERE c.id = judged.comparison_id""",
             params,
         )
         cursor.execute("DROP TABLE bench_slots")

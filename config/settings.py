@@ -196,16 +196,23 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # The demo writes from a generation thread too: wait for the lock instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 30
+elif os.environ.get("DB_PREPARED_STATEMENTS", "1") == "1":
+    # PostgreSQL: parameters bound by the server, so that psycopg prepares a statement run five
+    # times on a connection and PostgreSQL stops parsing and planning it anew: 40 % of its CPU
+    # in the annotation loop (bench/annotation_loop.py). DB_PREPARED_STATEMENTS=0 behind a
+    # pooler in transaction mode (PgBouncer before 1.21), which cannot keep them.
+    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
 ]
-# django-axes first: it refuses a locked-out login before any password is checked.
+# django-axes first: it refuses a locked-out login before any password is checked. Then
+# Django's ModelBackend with each user's permissions cached (annotation_app/auth_cache.py).
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    "annotation_app.auth_cache.CachedPermissionsBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -227,7 +234,7 @@ WHITENOISE_USE_FINDERS = True
 REST_FRAMEWORK = {
     # Token first: an anonymous API request gets 401 with a WWW-Authenticate header.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "annotation_app.auth_cache.CachedTokenAuthentication",  # DRF's, its lookups cached
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -291,6 +298,10 @@ def cache_from_url(url: str) -> dict:
 # API throttle counts live in the cache: with several web processes, set CACHE_URL to a Redis
 # they share, or each process counts on its own and N processes allow N times the rate.
 CACHES = {"default": cache_from_url(os.environ.get("CACHE_URL", ""))}
+# API tokens' users and users' permissions are cached too (annotation_app/auth_cache.py), and
+# dropped when signals show a change; this bounds how long a change no signal shows (an
+# update() in bulk, another process without a shared CACHE_URL) may go unseen. 0: not cached.
+PAIRWISE_AUTH_CACHE_SECONDS = int(os.environ.get("PAIRWISE_AUTH_CACHE_SECONDS", "60"))
 
 # Login form and admin login (django-axes): after this many failed sign-ins for one user name
 # from one address, that pair is locked out for the cool-off time; the attempts are kept in the

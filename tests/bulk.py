@@ -116,6 +116,7 @@ def build_batch(name: str, *, comparisons: int, annotators: int, seed: int) -> B
             judgements.append(
                 Annotation(
                     comparison=comparison,
+                    batch=batch,
                     annotator=rater,
                     assignment=lease,
                     preferred_slot=1 if rng.random() < lean else 2,
@@ -144,6 +145,10 @@ def build_batch(name: str, *, comparisons: int, annotators: int, seed: int) -> B
             comparison.leased_count = int(leased)
             comparison.earliest_lease_expiry = expires if leased else None
         comparison.annotation_count = len(raters)
+        this_comparisons = judgements[len(judgements) - len(raters) :]
+        comparison.slot1_count = sum(
+            judgement.preferred_slot == 1 for judgement in this_comparisons
+        )
         comparison.status = "complete" if len(raters) >= batch.overlap else "ready"
         if index % 30 == 7:  # as when a batch closes
             comparison.status = "closed"

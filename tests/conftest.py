@@ -43,6 +43,16 @@ def shared_path(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_cached_permissions_or_tokens():
+    """Cached permissions and token users (annotation_app/auth_cache.py) outlive a test's
+    rolled-back database, whose primary keys a later test may use again: each test starts
+    with none."""
+    from annotation_app.auth_cache import invalidate_all
+
+    invalidate_all()
+
+
 @pytest.fixture
 def make_user(django_user_model):
     counter = {"n": 0}

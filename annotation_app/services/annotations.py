@@ -15,12 +15,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from annotation_app.errors import Conflict, InvalidInput
 from annotation_app.models import Annotation, Assignment, Batch
-from annotation_app.services.assignment import check_still_held, lock_assignment, settle_comparison
+from annotation_app.services.assignment import (
+    check_still_held,
+    count_finished_lease,
+    lock_assignment,
+)
 from annotation_app.storable import INTEGER_MAX
 from rlhf.preferences import Strength, safety_bin
 
@@ -110,14 +114,32 @@ def submit_annotation(
     annotator who was slow loses nothing unless someone else was given their place.
     """
     now = now or timezone.now()
+    try:
+        return _record(annotator, assignment_id, judgement, idempotency_key, now)
+    except IntegrityError:
+        # An annotation's key is unique: this one was used before, for another assignment
+        # (the check says so, outside the failed transaction), or something else failed.
+        existing = _already_recorded(idempotency_key, annotator, assignment_id)
+        if existing is None:
+            raise
+        return existing, False
+
+
+def _record(
+    annotator, assignment_id: int, judgement: Judgement, idempotency_key: uuid.UUID, now: datetime
+) -> tuple[Annotation, bool]:
     with transaction.atomic():
         # The assignment and its comparison are locked first: a concurrent retry of this very
         # submit waits here, then finds the annotation it committed.
         assignment = lock_assignment(assignment_id, annotator)
-        existing = _already_recorded(idempotency_key, annotator, assignment_id)
-        if existing is not None:
-            return existing, False
+        if assignment.status == Assignment.Status.SUBMITTED:
+            # Perhaps this very submit, retried. (A key used before for another assignment is
+            # found by the key's unique constraint instead: a query fewer for every submit.)
+            existing = _already_recorded(idempotency_key, annotator, assignment_id)
+            if existing is not None:
+                return existing, False
         check_still_held(assignment)
+
         comparison = assignment.comparison
         judgement.validate(comparison.batch)
 
@@ -129,6 +151,7 @@ def submit_annotation(
             time_spent_ms = min(elapsed_ms, MAX_TIME_SPENT_MS)  # a lease weeks old: cap it
         annotation = Annotation.objects.create(
             comparison=comparison,
+            batch=comparison.batch,
             annotator=annotator,
             assignment=assignment,
             preferred_slot=left if judgement.preferred_side == "A" else right,
@@ -146,5 +169,5 @@ def submit_annotation(
         assignment.status = Assignment.Status.SUBMITTED
         assignment.finished_at = now
         assignment.save(update_fields=["status", "finished_at"])
-        settle_comparison(comparison.pk, annotated=True)
+        count_finished_lease(assignment, preferred_slot=annotation.preferred_slot)
     return annotation, True

@@ -31,8 +31,11 @@ leases (at most one per live lease) and the annotator's own earlier comparisons 
 open, never the rest of the batch, so its cost is O(log n) in the batch size for the index
 descent plus a number of rows bounded by the leases in flight. The test under the lock re-reads
 the row itself (PostgreSQL re-checks a locked row's newest version), so no second count is
-needed; a lease change is one UPDATE that recounts the comparison's leases in place
-(:func:`settle_comparison`).
+needed. A lease change is one UPDATE of the counters, under the same row lock: given, one more
+held and maybe a new earliest expiry (:func:`count_new_lease`); submitted, skipped or flagged,
+one fewer, the earliest expiry re-read only when the finished lease may have held it
+(:func:`count_finished_lease`). Rarer changes (a lease extended or reclaimed, counters mended)
+recount the comparison's leases (:func:`settle_comparison`).
 """
 
 from __future__ import annotations
@@ -40,10 +43,10 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import (
-    Case,
     Count,
+    DateTimeField,
     Exists,
     F,
     Min,
@@ -52,11 +55,11 @@ from django.db.models import (
     QuerySet,
     Subquery,
     Value,
-    When,
 )
-from django.db.models.functions import Coalesce
+from django.db.models.functions import Coalesce, Least
 from django.utils import timezone
 
+from annotation_app import auth_cache
 from annotation_app.errors import Conflict, NotFound
 from annotation_app.models import Assignment, Batch, Comparison
 
@@ -83,30 +86,75 @@ def _held_leases() -> QuerySet[Assignment]:
     ).order_by()
 
 
-def settle_comparison(comparison_id: int, *, annotated: bool = False) -> None:
-    """Recount the comparison's held leases, and count a new annotation when ``annotated``.
-
-    One UPDATE, run while holding the comparison's row lock. Its subqueries read the leases
-    and the batch's overlap as they are now (a new statement sees every committed change), so
-    an overlap changed while this transaction waited for the lock is the one applied.
-    """
+def _earliest_held_expiry() -> Subquery:
+    """The earliest expiry among the leases held on the outer comparison (None if none)."""
     held = _held_leases().values("comparison")
-    changes = {
-        "leased_count": Coalesce(Subquery(held.annotate(n=Count("pk")).values("n")), Value(0)),
-        "earliest_lease_expiry": Subquery(held.annotate(first=Min("expires_at")).values("first")),
-    }
-    if annotated:
-        overlap = Batch.objects.filter(pk=OuterRef("batch_id")).values("overlap")
-        changes["annotation_count"] = F("annotation_count") + 1
-        changes["status"] = Case(
-            When(
-                status=Comparison.Status.READY,
-                annotation_count__gte=Subquery(overlap) - 1,
-                then=Value(Comparison.Status.COMPLETE),
-            ),
-            default=F("status"),
-        )
-    Comparison.objects.filter(pk=comparison_id).update(**changes)
+    return Subquery(held.annotate(first=Min("expires_at")).values("first"))
+
+
+def settle_comparison(comparison_id: int) -> None:
+    """Recount the held leases of a comparison whose row lock the caller holds: one UPDATE."""
+    held = _held_leases().values("comparison")
+    Comparison.objects.filter(pk=comparison_id).update(
+        leased_count=Coalesce(Subquery(held.annotate(n=Count("pk")).values("n")), Value(0)),
+        earliest_lease_expiry=_earliest_held_expiry(),
+    )
+
+
+def count_new_lease(comparison_id: int, expires_at: datetime) -> None:
+    """A lease was given on the locked comparison: one more held, its expiry maybe the earliest."""
+    expiry = Value(expires_at, output_field=DateTimeField())
+    Comparison.objects.filter(pk=comparison_id).update(
+        leased_count=F("leased_count") + 1,
+        earliest_lease_expiry=Least(Coalesce("earliest_lease_expiry", expiry), expiry),
+    )
+
+
+def count_finished_lease(lease: Assignment, *, preferred_slot: int | None = None) -> None:
+    """``lease`` (locked, its status just changed) holds its slot no more: skipped, flagged, or
+    submitted preferring ``preferred_slot`` (then the comparison counts one more annotation).
+
+    One UPDATE, the hottest statement of the loop, so written in SQL: the ORM spends more time
+    compiling its expressions than PostgreSQL spends running it. The earliest expiry is re-read
+    only when this lease may have been it. The batch's overlap is read in the statement, as it
+    is now: an overlap changed while this transaction waited for the lock is the one applied.
+    """
+    comparison, assignment, batch = (
+        model._meta.db_table for model in (Comparison, Assignment, Batch)
+    )
+    annotated = int(preferred_slot is not None)
+    sql = f"""
+        UPDATE {comparison} SET
+            leased_count = leased_count - 1,
+            earliest_lease_expiry = CASE
+                WHEN leased_count <= 1 THEN NULL
+                WHEN earliest_lease_expiry < %s THEN earliest_lease_expiry
+                ELSE (SELECT MIN(expires_at) FROM {assignment}
+                      WHERE comparison_id = %s AND status = %s)
+            END,
+            annotation_count = annotation_count + %s,
+            slot1_count = slot1_count + %s,
+            status = CASE
+                WHEN %s = 1 AND status = %s
+                     AND annotation_count + 1 >= (SELECT overlap FROM {batch} WHERE id = batch_id)
+                THEN %s
+                ELSE status
+            END
+        WHERE id = %s
+    """
+    params = [
+        connection.ops.adapt_datetimefield_value(lease.expires_at),  # as the column stores it
+        lease.comparison_id,
+        Assignment.Status.LEASED.value,
+        annotated,
+        int(preferred_slot == 1),
+        annotated,
+        Comparison.Status.READY.value,
+        Comparison.Status.COMPLETE.value,
+        lease.comparison_id,
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 def _has_free_slot(now: datetime) -> Q:
@@ -116,7 +164,7 @@ def _has_free_slot(now: datetime) -> Q:
     )
 
 
-def next_candidates(annotator, batch: Batch, now: datetime) -> QuerySet[Comparison]:
+def next_candidates(annotator, batch: Batch | int, now: datetime) -> QuerySet[Comparison]:
     """``batch``'s ready comparisons with a slot free for ``annotator``, in queue order, to be
     locked (``FOR UPDATE SKIP LOCKED``); next-task takes the first."""
     given_before = Assignment.objects.filter(comparison=OuterRef("pk"), annotator=annotator)
@@ -130,15 +178,11 @@ def next_candidates(annotator, batch: Batch, now: datetime) -> QuerySet[Comparis
     )
 
 
-def _reclaim(comparison: Comparison, now: datetime) -> bool:
-    """Make room on a locked comparison whose counters say a slot is free; False if none is.
-
-    A slot is free outright below the overlap. Otherwise the oldest lease past its expiry
-    gives its slot up: it becomes "expired" and can no longer be submitted. (With the counters
-    exact, such a lease exists; the check keeps a lowered overlap from ever being overrun.)
-    """
-    overlap = comparison.batch.overlap
-    surplus = comparison.annotation_count + comparison.leased_count - overlap + 1
+def _expire_leases_beyond(comparison: Comparison, limit: int, now: datetime) -> bool:
+    """Bring a locked comparison's annotations plus held leases down to ``limit``: the oldest
+    leases past their expiry give their slots up (they become "expired" and can no longer be
+    submitted). False if too few are past their expiry; the counters are then recounted."""
+    surplus = comparison.annotation_count + comparison.leased_count - limit
     if surplus <= 0:
         return True
     expired = list(
@@ -152,7 +196,56 @@ def _reclaim(comparison: Comparison, now: datetime) -> bool:
         settle_comparison(comparison.pk)  # the counters were off: mend them so the queue skips it
         return False
     Assignment.objects.filter(pk__in=expired).update(status=Assignment.Status.EXPIRED)
+    settle_comparison(comparison.pk)
     return True
+
+
+def _reclaim(comparison: Comparison, now: datetime) -> bool:
+    """Make room on a locked comparison whose counters say a slot is free; False if none is.
+
+    A slot is free outright below the overlap. Otherwise the oldest lease past its expiry
+    gives its slot up. (With the counters exact, such a lease exists.)
+    """
+    return _expire_leases_beyond(comparison, comparison.batch.overlap - 1, now)
+
+
+def fit_leases_to_overlap(batch: Batch, now: datetime | None = None) -> None:
+    """After ``batch``'s overlap was lowered, its comparisons locked: leases past their expiry
+    beyond the new overlap give their slots up, so that no late submit takes a comparison over
+    it. (Live leases beyond it were refused by the change's check.)"""
+    now = now or timezone.now()
+    crowded = (
+        Comparison.objects.filter(batch=batch)
+        .alias(held=F("annotation_count") + F("leased_count"))
+        .filter(held__gt=batch.overlap)
+    )
+    for comparison in crowded:
+        _expire_leases_beyond(comparison, batch.overlap, now)
+
+
+def _open_batch_ids(annotator) -> list[int]:
+    """The batches open to the annotator, in the order next-task tries them: nearest deadline
+    first (none last), then oldest."""
+    batches = batches_open_to(annotator).order_by(F("deadline").asc(nulls_last=True), "created_at")
+    return [batch.pk for batch in batches.only("pk", "deadline", "created_at")]
+
+
+def _live_lease(annotator, batch_ids: list[int], now: datetime) -> Assignment | None:
+    """The annotator's oldest live lease on a ready comparison of the batches, if any.
+
+    Their live leases are read by the (annotator, status) index alone (almost always none,
+    or the one being handed back); their comparisons only when there are some.
+    """
+    leases = Assignment.objects.filter(
+        annotator=annotator, status=Assignment.Status.LEASED, expires_at__gt=now
+    ).order_by("leased_at")
+    if not leases.exists():
+        return None
+    return (
+        leases.filter(comparison__batch__in=batch_ids, comparison__status=Comparison.Status.READY)
+        .select_related("comparison__batch")
+        .first()
+    )
 
 
 def next_assignment(annotator, batch: Batch | None = None, now: datetime | None = None):
@@ -162,30 +255,21 @@ def next_assignment(annotator, batch: Batch | None = None, now: datetime | None 
     retried request never consumes a second slot. Batches are tried nearest deadline first.
     """
     now = now or timezone.now()
-    batches = batches_open_to(annotator)
+    batch_ids = auth_cache.open_batch_ids(annotator, lambda: _open_batch_ids(annotator))
     if batch is not None:
-        batches = batches.filter(pk=batch.pk)
+        batch_ids = [pk for pk in batch_ids if pk == batch.pk]
+    if not batch_ids:
+        return None
 
     with transaction.atomic():
-        current = (
-            Assignment.objects.filter(
-                annotator=annotator,
-                status=Assignment.Status.LEASED,
-                expires_at__gt=now,
-                comparison__batch__in=batches.values("pk"),
-                comparison__status=Comparison.Status.READY,
-            )
-            .select_related("comparison__batch")
-            .order_by("leased_at")
-            .first()
-        )
+        current = _live_lease(annotator, batch_ids, now)
         if current is not None:
             return current
-        for open_batch in batches.order_by(F("deadline").asc(nulls_last=True), "created_at"):
+        for batch_id in batch_ids:
             # A candidate without room (counters off after a lowered overlap) is mended by
             # _reclaim and leaves the queue, so this loop ends; the bound is a safety net.
             for _ in range(MAX_CANDIDATES_PER_BATCH):
-                comparison = next_candidates(annotator, open_batch, now).first()
+                comparison = next_candidates(annotator, batch_id, now).first()
                 if comparison is None:
                     break
                 if _reclaim(comparison, now):
@@ -204,7 +288,7 @@ def create_lease(comparison: Comparison, annotator, now: datetime | None = None)
         leased_at=now,
         expires_at=now + timedelta(minutes=comparison.batch.lease_minutes),
     )
-    settle_comparison(comparison.pk)
+    count_new_lease(comparison.pk, lease.expires_at)
     return lease
 
 
@@ -288,5 +372,5 @@ def release_assignment(
             )
         assignment.finished_at = now
         assignment.save(update_fields=["status", "flag_reason", "finished_at"])
-        settle_comparison(assignment.comparison_id)
+        count_finished_lease(assignment)
     return assignment

@@ -11,7 +11,8 @@ from django.db.models import Count, F, Max, Q
 from django.utils import timezone
 
 from annotation_app.errors import Conflict, InvalidInput
-from annotation_app.models import Annotation, Assignment, Batch, Comparison, JudgedDataReadOnly
+from annotation_app.models import Assignment, Batch, Comparison, JudgedDataReadOnly
+from annotation_app.services.assignment import fit_leases_to_overlap
 from annotation_app.services.generation import request_generation
 
 
@@ -47,7 +48,7 @@ def close_batch(batch: Batch) -> Batch:
 def delete_batch(batch: Batch) -> None:
     """Delete a batch that holds no annotations; annotated batches can only be closed."""
     with transaction.atomic():
-        annotations = Annotation.objects.filter(comparison__batch=batch).count()
+        annotations = batch.annotations.count()
         if annotations:
             raise Conflict(
                 f"batch {batch.name!r} holds {annotations} annotations and cannot be deleted; "
@@ -139,6 +140,7 @@ def update_batch(batch: Batch, changes: Mapping[str, Any]) -> Batch:
         for name in many_to_many & set(changes):
             getattr(locked, name).set(changes[name])
         if overlap_changes:
+            fit_leases_to_overlap(locked)
             recompute_statuses(locked)
     return locked
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -15,9 +19,11 @@ from annotation_app.roles import Role
 from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import extend_lease, next_assignment, release_assignment
 from annotation_app.services.batches import close_batch
+from tests.counters import assert_counters_match_rows
 
 pytestmark = pytest.mark.django_db
 
+ROOT = Path(__file__).resolve().parents[2]
 JUDGEMENT = Judgement(preferred_side="A", strength="better")
 
 
@@ -170,3 +176,102 @@ def test_many_comparisons_full_of_live_leases_do_not_hide_free_ones(make_batch, 
     assert lease is not None
     held = set(Assignment.objects.exclude(pk=lease.pk).values_list("comparison_id", flat=True))
     assert lease.comparison_id not in held
+
+
+def test_every_lease_change_keeps_the_counters_equal_to_a_recount(make_batch, make_user):
+    """The counters are kept by increments, not recounts: after each kind of change they
+    still equal what the rows say."""
+    make_batch(comparisons=1, overlap=3)
+    comparison = Comparison.objects.get()
+    users = [make_user() for _ in range(5)]
+    start = timezone.now()
+    later = start + timedelta(minutes=1)
+
+    leases = [
+        next_assignment(user, now=start + timedelta(seconds=i)) for i, user in enumerate(users[:3])
+    ]
+    assert_counters_match_rows([comparison])
+    assert comparison.leased_count == 3
+    assert comparison.earliest_lease_expiry == leases[0].expires_at
+
+    submit_annotation(users[1], leases[1].pk, Judgement("A", "better"), uuid.uuid4(), now=later)
+    assert_counters_match_rows([comparison])  # a lease not the earliest finished
+    release_assignment(users[0], leases[0].pk, now=later)
+    assert_counters_match_rows([comparison])  # the earliest finished: the next one's
+    assert comparison.earliest_lease_expiry == leases[2].expires_at
+    extend_lease(users[2], leases[2].pk, now=later)
+    assert_counters_match_rows([comparison])
+    fourth = next_assignment(users[3], now=later + timedelta(minutes=5))
+    assert_counters_match_rows([comparison])
+    assert comparison.annotation_count + comparison.leased_count == 3  # full
+
+    # The earliest lease expires: another annotator is given its slot.
+    expired = Assignment.objects.get(pk=leases[2].pk).expires_at + timedelta(seconds=1)
+    fifth = next_assignment(users[4], now=expired)
+    assert fifth.comparison_id == comparison.pk
+    assert Assignment.objects.get(pk=leases[2].pk).status == Assignment.Status.EXPIRED
+    assert_counters_match_rows([comparison])
+
+    release_assignment(users[4], fifth.pk, flag_reason="cut off", now=expired)
+    assert_counters_match_rows([comparison])
+    submit_annotation(users[3], fourth.pk, Judgement("B", "better"), uuid.uuid4(), now=expired)
+    assert_counters_match_rows([comparison])
+    assert comparison.leased_count == 0 and comparison.earliest_lease_expiry is None
+    assert (comparison.annotation_count, comparison.status) == (2, Comparison.Status.READY)
+
+
+SQLITE_LEASES = """
+import uuid
+from datetime import timedelta
+
+import django
+
+django.setup()
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.utils import timezone
+
+call_command("migrate", verbosity=0)
+from annotation_app.models import Batch, Comparison, Conversation, Response, Turn
+from annotation_app.services.annotations import Judgement, submit_annotation
+from annotation_app.services.assignment import next_assignment, release_assignment
+from tests.counters import assert_counters_match_rows
+
+batch = Batch.objects.create(name="demo", kind="helpfulness", overlap=3, status="active")
+conversation = Conversation.objects.create(batch=batch)
+Turn.objects.create(conversation=conversation, index=0, role="user", content="Hello?")
+comparison = Comparison.objects.create(
+    batch=batch, conversation=conversation, context_length=1, status="ready"
+)
+for slot in (1, 2):
+    Response.objects.create(comparison=comparison, slot=slot, text=f"Answer {slot}")
+users = [get_user_model().objects.create(username=f"rater{i}") for i in range(3)]
+now = timezone.now()
+leases = [next_assignment(user, now=now + timedelta(seconds=i)) for i, user in enumerate(users)]
+release_assignment(users[0], leases[0].pk, now=now)  # the earliest expiry finishes
+assert_counters_match_rows([comparison])
+later = now + timedelta(seconds=10)
+submit_annotation(users[1], leases[1].pk, Judgement("A", "better"), uuid.uuid4(), now=later)
+assert_counters_match_rows([comparison])
+assert comparison.earliest_lease_expiry == leases[2].expires_at
+print("counters kept on SQLite")
+"""
+
+
+def test_the_counters_are_kept_on_sqlite_the_demos_database(tmp_path):
+    """The hot counter update is written in SQL: on SQLite too, datetimes compare as stored."""
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SQLITE_LEASES],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "counters kept on SQLite" in done.stdout

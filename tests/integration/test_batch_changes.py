@@ -21,6 +21,7 @@ from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.batches import update_batch
 from tests.admin_forms import admin_post_data
+from tests.counters import assert_counters_match_rows
 from tests.workers import wait_for
 
 pytestmark = pytest.mark.django_db
@@ -179,6 +180,9 @@ def test_an_overlap_below_open_leases_is_refused_until_they_end(
     Assignment.objects.filter(pk=lease.pk).update(expires_at=timezone.now() - timedelta(1))
     assert admin_api.patch(url, {"overlap": 1}, format="json").status_code == 200
     assert statuses(batch) == ["complete"]
+    # The lease past its expiry gave its slot up: submitted late, it would go over overlap 1.
+    assert Assignment.objects.get(pk=lease.pk).status == Assignment.Status.EXPIRED
+    assert_counters_match_rows(batch.comparisons.all())
 
 
 def test_an_overlap_under_one_is_refused(make_batch, admin_api):

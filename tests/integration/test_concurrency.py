@@ -19,6 +19,7 @@ import pytest
 from rest_framework.authtoken.models import Token
 
 from annotation_app.models import Annotation, Comparison
+from tests.counters import assert_counters_match_rows
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
@@ -104,6 +105,7 @@ def test_many_annotators_fill_a_batch_to_exactly_its_overlap(live_server, make_b
         assert len(set(annotators)) == OVERLAP
         assert comparison.annotation_count == OVERLAP
         assert comparison.status == Comparison.Status.COMPLETE
+    assert_counters_match_rows(Comparison.objects.filter(batch=batch))
 
 
 def annotate_cycles(base_url: str, token: str, cycles: int, log: list, failures: list) -> None:
@@ -157,7 +159,8 @@ def test_many_annotators_on_a_batch_of_fifty_thousand(live_server, make_user):
     assert max(per_comparison.values()) <= OVERLAP
     # Started comparisons come first: the work piles up on few comparisons, most finished.
     assert len(per_comparison) <= len(pairs) // OVERLAP + clients
-    # The counters next-task reads agree with the rows they summarise.
+    # The counters next-task and progress read agree with the rows they summarise.
+    assert_counters_match_rows(Comparison.objects.filter(pk__in=per_comparison))
     for comparison in Comparison.objects.filter(pk__in=per_comparison):
         assert comparison.annotation_count == per_comparison[comparison.pk]
         held = comparison.assignments.filter(status=Assignment.Status.LEASED)

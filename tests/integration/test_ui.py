@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import re
+from datetime import timedelta
 
 import pytest
 
 from annotation_app.models import Annotation, Assignment, Batch, Comparison
+from annotation_app.services.assignment import next_assignment
 from annotation_app.services.batches import activate_batch
 from annotation_app.services.imports import import_comparisons
 
@@ -112,6 +114,20 @@ def test_a_finished_task_page_moves_on_to_the_next(client, annotator, make_batch
     )
     response = client.get(url)
     assert response.status_code == 302 and "/annotate/" in response["Location"]
+
+
+def test_a_task_page_whose_slot_went_to_another_annotator_says_so(
+    client, annotator, make_batch, make_user
+):
+    make_batch(comparisons=1, overlap=1)
+    client.force_login(annotator)
+    url, _ = lease_page(client)
+    lease = Assignment.objects.get(annotator=annotator)
+    later = lease.expires_at + timedelta(minutes=1)
+    assert next_assignment(make_user(), now=later).comparison_id == lease.comparison_id
+    response = client.get(url, follow=True)
+    assert "went to another annotator" in response.content.decode()
+    assert "already done" not in response.content.decode()
 
 
 def test_progress_page_shows_live_figures(client, batch_admin, annotator, make_batch):
