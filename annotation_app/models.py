@@ -289,10 +289,10 @@ class Batch(JudgedContent):
 
     @classmethod
     def judged(cls, rows: QuerySet) -> QuerySet:
-        return rows.filter(comparisons__annotations__isnull=False)
+        return rows.filter(annotations__isnull=False)
 
     def judged_subject(self) -> str | None:
-        count = Annotation.objects.filter(comparison__batch_id=self.pk).count() if self.pk else 0
+        count = Annotation.objects.filter(batch_id=self.pk).count() if self.pk else 0
         return f"batch {self.name!r} ({_annotation_phrase(count)})" if count else None
 
 

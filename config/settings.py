@@ -201,7 +201,10 @@ elif os.environ.get("DB_PREPARED_STATEMENTS", "1") == "1":
     # times on a connection and PostgreSQL stops parsing and planning it anew: 40 % of its CPU
     # in the annotation loop (bench/annotation_loop.py). DB_PREPARED_STATEMENTS=0 behind a
     # pooler in transaction mode (PgBouncer before 1.21), which cannot keep them.
-    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
+    # (Django leaves psycopg's preparing off by default; it needs the server's binding.)
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        server_side_binding=True, prepare_threshold=5
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [

@@ -89,7 +89,7 @@ def annotator_pseudonym(user_id: int) -> str:
 def annotations_to_export(batches: Iterable[Batch] | None = None) -> QuerySet[Annotation]:
     annotations = Annotation.objects.all()
     if batches is not None:
-        annotations = annotations.filter(comparison__batch__in=list(batches))
+        annotations = annotations.filter(batch__in=list(batches))
     return (
         annotations.select_related("comparison__batch", "comparison__conversation")
         .prefetch_related(
@@ -272,7 +272,7 @@ def _exported_annotations(export_format: str, batches: list[Batch] | None) -> Qu
     """The annotations that write a line (the training export drops some safety pairs)."""
     annotations = Annotation.objects.all()
     if batches is not None:
-        annotations = annotations.filter(comparison__batch__in=batches)
+        annotations = annotations.filter(batch__in=batches)
     if export_format == "trl":
         annotations = annotations.exclude(dropped_safety_annotations())
     return annotations

@@ -187,9 +187,9 @@ def exportable_pair_counts(batches: Iterable[Batch] | None = None) -> dict[int, 
     annotations = Annotation.objects.exclude(dropped_safety_annotations())
     if batches is not None:
         batches = list(batches)
-        annotations = annotations.filter(comparison__batch__in=batches)
+        annotations = annotations.filter(batch__in=batches)
     counts: dict[int, int] = dict(
-        annotations.values_list("comparison__batch").annotate(n=Count("id")).order_by()
+        annotations.values_list("batch").annotate(n=Count("id")).order_by()
     )
     references = (
         reference_only_comparisons(batches).values_list("batch").annotate(n=Count("id")).order_by()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Group
@@ -20,10 +16,10 @@ from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import extend_lease, next_assignment, release_assignment
 from annotation_app.services.batches import close_batch
 from tests.counters import assert_counters_match_rows
+from tests.sqlite import run_on_sqlite
 
 pytestmark = pytest.mark.django_db
 
-ROOT = Path(__file__).resolve().parents[2]
 JUDGEMENT = Judgement(preferred_side="A", strength="better")
 
 
@@ -260,18 +256,4 @@ print("counters kept on SQLite")
 
 def test_the_counters_are_kept_on_sqlite_the_demos_database(tmp_path):
     """The hot counter update is written in SQL: on SQLite too, datetimes compare as stored."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SQLITE_LEASES],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "counters kept on SQLite" in done.stdout
+    assert "counters kept on SQLite" in run_on_sqlite(SQLITE_LEASES, tmp_path)

@@ -9,9 +9,6 @@ definitions written out (agreement over every pair of annotations of a compariso
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections import Counter, defaultdict
 from datetime import datetime
 from itertools import combinations
@@ -30,7 +27,7 @@ from annotation_app.models import (
 )
 from annotation_app.selectors import batch_progress
 from tests.bulk import build_batch
-from tests.conftest import ROOT
+from tests.sqlite import run_on_sqlite
 
 
 def progress_row_by_row(batch: Batch, now: datetime) -> dict:
@@ -152,18 +149,4 @@ print("same on SQLite")
 @pytest.mark.slow
 def test_progress_aggregates_on_sqlite_the_demos_database(tmp_path):
     """SQLite has no percentile_cont: the median comes from a Python aggregate there."""
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'demo.sqlite3'}",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", SQLITE_CHECK],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "same on SQLite" in done.stdout
+    assert "same on SQLite" in run_on_sqlite(SQLITE_CHECK, tmp_path)
