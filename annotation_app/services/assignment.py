@@ -35,7 +35,13 @@ needed. A lease change is one UPDATE of the counters, under the same row lock: g
 held and maybe a new earliest expiry (:func:`count_new_lease`); submitted, skipped or flagged,
 one fewer, the earliest expiry re-read only when the finished lease may have held it
 (:func:`count_finished_lease`). Rarer changes (a lease extended or reclaimed, counters mended)
-recount the comparison's leases (:func:`settle_comparison`).
+recount the comparison's leases (:func:`settle_comparison`). When a batch's overlap is lowered,
+:func:`fit_leases_to_overlap` retires the leases past their expiry beyond it, so that the
+invariant holds for the new overlap too.
+
+Which batches are open to an annotator, in the order they are tried, is kept in the cache
+(``auth_cache.open_batch_ids``; dropped whenever a batch or its annotators change): reading
+the restrictions took the costliest statement of the loop to plan.
 """
 
 from __future__ import annotations
