@@ -358,7 +358,6 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "model_worker.tasks.generate_*": {"queue": "generation"},
-    "model_worker.tasks.train_*": {"queue": "training"},
     "annotation_app.tasks.train_*": {"queue": "training"},
 }
 

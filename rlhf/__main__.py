@@ -42,6 +42,24 @@ def import_llama2c(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(args: argparse.Namespace) -> int:
+    """A job from its spec (rlhf/jobs.py): what the platform's workers launch."""
+    from rlhf.data import DataError
+    from rlhf.jobs import JobError, RunSpec, run_job
+    from rlhf.reward_training import ConfigError
+
+    try:
+        spec = RunSpec.load(args.spec)
+        metrics = run_job(spec)
+    except (JobError, ConfigError, DataError, OSError) as error:
+        # (A failure inside the job is in its event log too, with the traceback.)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if "summary" in metrics:
+        print(f"{metrics['summary']}; wrote {spec.output_dir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rlhf", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     llama2c.add_argument("out_dir", type=Path)
     llama2c.set_defaults(run=import_llama2c)
+    job = commands.add_parser(
+        "run",
+        help="run a training job from its spec file",
+        description="Run a training job from its spec file (JSON: stage, config, inputs with "
+        "their SHA-256, options, output_dir, resume). It writes events.jsonl, metrics.json and "
+        "model/ in the output directory. The platform's workers launch it with accelerate.",
+    )
+    job.add_argument("spec", type=Path, help="the run spec (JSON)")
+    job.set_defaults(run=run)
     add_commands(commands)
     args = parser.parse_args(argv)
     quiet_transformers()

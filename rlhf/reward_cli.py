@@ -38,6 +38,7 @@ from rlhf.data import (
     mix,
     split,
 )
+from rlhf.jobs import EVENT_TYPES, MODEL_DIR, JobError
 from rlhf.reward_training import ConfigError, RewardTrainingConfig
 
 # The --help text (the module docstring is for readers of the code).
@@ -94,7 +95,7 @@ def add_commands(commands) -> None:
     train.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE")
     train.add_argument("--base", required=True, help="backbone: a model directory or hub id")
     train.add_argument("--out", type=Path, required=True, help="output directory")
-    train.add_argument("--recipe", choices=("none", "paper"), default="none")
+    train.add_argument("--recipe", choices=RECIPE_CHOICES, default="none")
     train.add_argument("--open-helpfulness", type=Path, nargs="*", default=[], metavar="FILE")
     train.add_argument("--open-harmlessness", type=Path, nargs="*", default=[], metavar="FILE")
     defaults = RewardTrainingConfig()
@@ -218,6 +219,80 @@ def training_data(args, config: RewardTrainingConfig, report=print):
         f"{len(held_out):,} held out ({_count(held_out)})"
     )
     return mixed, held_out
+
+
+# A reward job's inputs by role (rlhf/jobs.py): --data, and the open-source sets of the recipe.
+REWARD_INPUT_ROLES = ("data", "open_helpfulness", "open_harmlessness")
+RECIPE_CHOICES = ("none", "paper")
+
+
+def _job_progress(events, main_process: bool):
+    """The trainer's progress events, as a job's event records (written by the main process)."""
+
+    def record(event: dict) -> None:
+        if not main_process:
+            return
+        if event["event"] == "log":
+            events.write("log", message=event["message"])
+        elif event["event"] == "step":
+            events.write("step", **{name: event[name] for name in EVENT_TYPES["step"]})
+            events.write("progress", fraction=event["step"] / event["total_steps"])
+        elif event["event"] == "eval":
+            events.write("evaluation", step=event["step"], metrics=event["metrics"])
+
+    return record
+
+
+def run_reward_job(spec, events) -> dict:
+    """The "reward" stage of a job (rlhf/jobs.py): train as ``train-reward`` does, from a spec.
+
+    Inputs by role: ``data`` (required), ``open_helpfulness`` and ``open_harmlessness``;
+    options: ``recipe`` ("none" or "paper"). The model goes to the job's ``model/``.
+    """
+    from accelerate import PartialState
+
+    from rlhf.reward_training import train_reward_model
+
+    for role in spec.inputs:
+        if role not in REWARD_INPUT_ROLES:
+            raise JobError(
+                f"inputs.{role}", f"is not an input of a reward job: {REWARD_INPUT_ROLES}"
+            )
+    if not spec.paths("data"):
+        raise JobError("inputs.data", "names no file: a reward job trains on preference pairs")
+    for name, value in spec.options.items():
+        if name != "recipe":
+            raise JobError(f"options.{name}", "is not an option of a reward job (recipe)")
+        if value not in RECIPE_CHOICES:
+            raise JobError("options.recipe", f"must be one of {RECIPE_CHOICES}")
+    config = RewardTrainingConfig.from_dict(spec.config)
+    main_process = PartialState(cpu=config.cpu).is_main_process
+    sources = argparse.Namespace(
+        data=spec.paths("data"),
+        kind=config.kind,
+        recipe=spec.options.get("recipe", "none"),
+        open_helpfulness=spec.paths("open_helpfulness"),
+        open_harmlessness=spec.paths("open_harmlessness"),
+    )
+    progress = _job_progress(events, main_process)
+    train, held_out = training_data(
+        sources, config, report=lambda line: progress({"event": "log", "message": line})
+    )
+    result = train_reward_model(
+        config, train, held_out, spec.output_dir / MODEL_DIR, progress=progress
+    )
+    step_limit = "max_steps" if config.max_steps is not None else None
+    return {
+        "summary": result.summary(step_limit),
+        "steps": result.steps,
+        "train_pairs": result.train_pairs,
+        "pairs_trained": result.pairs_trained,
+        "distinct_pairs_trained": result.distinct_pairs_trained,
+        "seconds": result.seconds,
+        "pairs_per_second": result.pairs_per_second,
+        "history": result.history,
+        "metrics": result.metrics,
+    }
 
 
 class TrainingProgress:

@@ -1,0 +1,136 @@
+"""The job contract (rlhf/jobs.py): a spec in; an event log, metrics and a model out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlhf.jobs import EventLog, InputFile, JobError, RunSpec, check, read_events, sha256_of
+from rlhf.tiny import build_tiny_llama
+from tests.unit.test_reward_cli import rlhf, write_export
+
+
+def spec_values(tmp_path, **changes) -> dict:
+    data = write_export(tmp_path / "export.jsonl", helpfulness=24, safety=0)
+    values = {
+        "stage": "reward",
+        "config": {"kind": "helpfulness", "base_model": "unused", "cpu": True},
+        "inputs": {"data": [{"path": str(data), "sha256": sha256_of(data)}]},
+        "options": {"recipe": "none"},
+        "output_dir": str(tmp_path / "job"),
+        "resume": False,
+    }
+    return values | changes
+
+
+def test_a_spec_round_trips_through_its_json(tmp_path):
+    spec = RunSpec.from_dict(spec_values(tmp_path))
+    spec.write(tmp_path / "spec.json")
+    again = RunSpec.load(tmp_path / "spec.json")
+    assert again == spec
+    assert again.paths("data") == [tmp_path / "export.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "says"),
+    [
+        ({"stage": ""}, "stage", "is required"),
+        ({"output_dir": None}, "output_dir", "is required"),
+        ({"resume": "yes"}, "resume", "true or false"),
+        ({"config": []}, "config", "must be an object"),
+        ({"epochs": 3}, "epochs", "is not a field of a run spec"),
+        ({"inputs": {"data": [{"path": "x"}]}}, "inputs.data[0]", "path and sha256"),
+        ({"inputs": {"data": "x.jsonl"}}, "inputs.data", "list of"),
+    ],
+)
+def test_a_bad_spec_is_refused_naming_the_field(tmp_path, changes, field, says):
+    with pytest.raises(JobError) as refused:
+        RunSpec.from_dict(spec_values(tmp_path, **changes))
+    assert refused.value.field == field and says in refused.value.message
+
+
+def test_an_unknown_stage_or_a_changed_input_is_refused_before_anything_is_written(tmp_path):
+    spec = RunSpec.from_dict(spec_values(tmp_path, stage="ppo-someday"))
+    with pytest.raises(JobError, match="'ppo-someday' is not a stage; the stages are"):
+        check(spec)
+    spec = RunSpec.from_dict(spec_values(tmp_path))
+    data = spec.paths("data")[0]
+    expected = spec.inputs["data"][0].sha256
+    data.write_text(data.read_text() + "\n")  # changed after the spec was written
+    with pytest.raises(JobError) as refused:
+        check(spec)
+    assert refused.value.field == "inputs.data"
+    assert str(data) in refused.value.message and expected in refused.value.message
+    assert not spec.output_dir.exists()
+
+
+def test_an_output_directory_with_a_run_needs_resume(tmp_path):
+    spec = RunSpec.from_dict(spec_values(tmp_path))
+    (spec.output_dir / "model").mkdir(parents=True)
+    (spec.output_dir / "model" / "config.json").write_text("{}")
+    with pytest.raises(JobError, match="set resume to continue it"):
+        check(spec)
+    spec.resume = True
+    check(spec)
+
+
+def test_the_event_log_holds_typed_records_and_a_reader_skips_an_unfinished_line(tmp_path):
+    log = EventLog(tmp_path / "events.jsonl")
+    log.write("log", message="loading")
+    log.write("progress", fraction=0.5)
+    with pytest.raises(ValueError, match="carries"):
+        log.write("step", step=1)
+    with pytest.raises(ValueError, match="unknown event type"):
+        log.write("stepped", step=1)
+    with (tmp_path / "events.jsonl").open("a") as file:
+        file.write('{"type": "step", "ste')  # a writer mid-line
+    events = read_events(tmp_path / "events.jsonl")
+    assert [event["type"] for event in events] == ["log", "progress"]
+    assert events[1]["fraction"] == 0.5 and "time" in events[0]
+    assert read_events(tmp_path / "missing.jsonl") == []
+
+
+def test_input_files_are_hashed_as_they_are():
+    assert InputFile.of(__file__).sha256 == sha256_of(__file__)
+
+
+@pytest.mark.slow
+def test_a_reward_job_runs_from_its_spec_and_writes_events_metrics_and_a_model(tmp_path):
+    base = build_tiny_llama(tmp_path / "base")
+    config = {
+        "kind": "helpfulness",
+        "base_model": str(base),
+        "cpu": True,
+        "max_length": 64,
+        "micro_batch_size": 4,
+        "max_steps": 2,
+    }
+    spec = RunSpec.from_dict(spec_values(tmp_path, config=config))
+    spec.write(tmp_path / "spec.json")
+    done = rlhf("run", str(tmp_path / "spec.json"))
+    assert done.returncode == 0, done.stderr
+    assert "trained 2 steps on 8 pairs" in done.stdout
+    events = read_events(spec.output_dir / "events.jsonl")
+    types = [event["type"] for event in events]
+    steps = [event for event in events if event["type"] == "step"]
+    assert [event["step"] for event in steps] == [1, 2]
+    assert all(event["loss"] > 0 for event in steps)
+    assert "evaluation" in types and types[-1] == "metrics"
+    assert [e["fraction"] for e in events if e["type"] == "progress"] == [0.5, 1.0]
+    metrics = json.loads((spec.output_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["pairs_trained"] == 8
+    assert metrics["metrics"]["accuracy"] == events[-1]["metrics"]["metrics"]["accuracy"]
+    assert (spec.output_dir / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_failing_job_writes_an_error_event_with_its_traceback(tmp_path):
+    config = {"kind": "helpfulness", "base_model": str(tmp_path / "no-such-model"), "cpu": True}
+    spec = RunSpec.from_dict(spec_values(tmp_path, config=config))
+    spec.write(tmp_path / "spec.json")
+    done = rlhf("run", str(tmp_path / "spec.json"))
+    assert done.returncode != 0
+    [error] = [e for e in read_events(spec.output_dir / "events.jsonl") if e["type"] == "error"]
+    assert "Traceback" in error["traceback"] and error["message"]
+    assert not (spec.output_dir / "metrics.json").exists()
