@@ -304,6 +304,13 @@ def _records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
         raise DataError(name, line_number + 1, None, f"unreadable file: {error}") from None
 
 
+def margins(pairs: Sequence[PreferencePair]) -> list[float]:
+    """Each pair's loss margin, as it was set once, when the pair was read: its rating's margin
+    under the run's table, or an unrated record's own. The trainer's loss and the evaluation
+    both take it from here."""
+    return [pair.margin for pair in pairs]
+
+
 def load_pairs(
     path: str | os.PathLike,
     *,
@@ -574,6 +581,7 @@ def split(
 
 
 __all__ = [
+    "margins",
     "FORMATS",
     "HELPFULNESS",
     "HELPFULNESS_RECIPE",

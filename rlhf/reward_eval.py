@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from rlhf.data import PreferencePair
+from rlhf.data import margins as pair_margins  # (a local "margins" below)
 from rlhf.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
 from rlhf.preferences import STRENGTH_LABELS, Strength
 
@@ -120,7 +121,7 @@ def metrics_from_rewards(
     chosen = chosen_rewards.double()
     rejected = rejected_rewards.double()
     correct = pairwise_accuracy(chosen, rejected, reduction="none")
-    margins = torch.tensor([pair.margin for pair in pairs], dtype=torch.float64)
+    margins = torch.tensor(pair_margins(pairs), dtype=torch.float64)
     ece, bins = calibration(preference_probability(chosen, rejected))
     return {
         "pairs": len(pairs),

@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.data import KINDS, PreferencePair
+from rlhf.data import KINDS, PreferencePair, margins
 from rlhf.files import normalize_permissions
-from rlhf.preferences import MARGIN_TABLES, margin_for_rating
+from rlhf.preferences import MARGIN_TABLES
 
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -316,13 +316,6 @@ class TrainingResult:
         return f"trained {self.steps} steps on {seen:,} pairs ({coverage})"
 
 
-def _margins(pairs: Sequence[PreferencePair], table: str) -> list[float]:
-    """Each pair's margin under ``table`` (a pair without a strength keeps its own margin)."""
-    return [
-        margin_for_rating(pair.strength, table) if pair.strength else pair.margin for pair in pairs
-    ]
-
-
 def _disable_dropout(model) -> None:
     import torch
 
@@ -380,7 +373,7 @@ class _Trainer:
         self.eval_encoded = encode_pairs(
             self.tokenizer, self.eval_pairs, max_length=self.max_length
         )
-        self.margins = torch.tensor(_margins(self.train_pairs, config.margin_table))
+        self.margins = torch.tensor(margins(self.train_pairs))
         self.world = self.accelerator.num_processes
         self.global_batch_size = (
             config.micro_batch_size * config.gradient_accumulation_steps * self.world
@@ -521,8 +514,8 @@ class _Trainer:
             sync = self.accelerator.no_sync(self.model) if not last else nullcontext()
             with sync:
                 chosen, rejected = self._forward([self.encoded[i] for i in indices])
-                margins = self.margins[indices].to(self.accelerator.device)
-                losses = margin_ranking_loss(chosen, rejected, margins, reduction="none")
+                batch_margins = self.margins[indices].to(self.accelerator.device)
+                losses = margin_ranking_loss(chosen, rejected, batch_margins, reduction="none")
                 weighted = (losses * weights).sum()
                 # DDP and FSDP average gradients over processes: × world makes it a sum, and
                 # ÷ real_pairs the mean over the global batch.

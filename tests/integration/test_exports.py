@@ -14,6 +14,8 @@ from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.exports import annotator_pseudonym, export_lines
 from annotation_app.services.imports import import_comparisons
+from rlhf.data import load_pairs, margins
+from rlhf.preferences import MARGIN_TABLES, Strength, margin_for_rating
 
 pytestmark = pytest.mark.django_db
 
@@ -61,6 +63,24 @@ def test_training_export_carries_the_llama2_margins(make_batch, annotator, table
         assert record["rejected"][0]["content"] == text_of(annotation.comparison_id, 1)
         assert record["prompt"][-1]["role"] == "user"
         assert record["batch_kind"] == "helpfulness"
+
+
+@pytest.mark.parametrize("table", sorted(MARGIN_TABLES))
+def test_the_loss_and_the_evaluation_use_the_margin_the_export_wrote(
+    make_batch, annotator, table, tmp_path
+):
+    """One margin per rating and table: the export's, the loaded pair's (read back with the
+    same table, as training does), and the one the trainer's loss and the evaluation take."""
+    strengths = [strength.value for strength in Strength]
+    batch = make_batch(comparisons=len(strengths))
+    annotate_all(batch, annotator, [Judgement("A", strength) for strength in strengths])
+    lines = list(export_lines("trl", margin_table=table))
+    (tmp_path / "export.jsonl").write_text("".join(line + "\n" for line in lines))
+    pairs = load_pairs(tmp_path / "export.jsonl", margin_table=table)
+    exported = [json.loads(line)["margin"] for line in lines]
+    expected = [margin_for_rating(pair.strength, table) for pair in pairs]
+    assert sorted({pair.strength for pair in pairs}) == sorted(strengths)
+    assert exported == margins(pairs) == expected
 
 
 def test_safety_pairs_with_unsafe_chosen_and_safe_rejected_are_dropped(make_batch, annotator):
