@@ -69,3 +69,45 @@ def test_a_job_killed_mid_run_is_reported_as_killed(tmp_path, base_model):
     assert outcome.killed_by == "SIGKILL" and not outcome.succeeded
     assert any(event["type"] == "step" for event in outcome.events)
     assert not any(event["type"] == "metrics" for event in outcome.events)
+
+
+def test_a_killed_job_launched_again_with_resume_ends_as_an_uninterrupted_one(
+    tmp_path, base_model, monkeypatch
+):
+    monkeypatch.setattr("model_worker.training.POLL_SECONDS", 0.01)  # to kill it early on
+    settings = {"max_steps": 200, "checkpoint_every": 2, "seed": 7}
+    whole = tmp_path / "whole"
+    whole.mkdir()
+    write_spec(whole, base_model, **settings)
+    uninterrupted = run_training_job(whole / "spec.json")
+    assert uninterrupted.succeeded, uninterrupted.output_tail
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    spec = write_spec(broken, base_model, **settings)
+    process_group = []
+
+    def kill_after_step_three(events):
+        if any(event["type"] == "step" and event["step"] >= 3 for event in events):
+            os.killpg(process_group[0], signal.SIGKILL)
+
+    killed = run_training_job(
+        broken / "spec.json",
+        kill_after_step_three,
+        on_start=lambda process: process_group.append(process.pid),
+    )
+    assert killed.killed_by == "SIGKILL"
+    assert not any(event["type"] == "metrics" for event in killed.events), " ".join(
+        f"{e['type']}{e.get('step', '')}" for e in killed.events if e["type"] != "progress"
+    )
+    spec.resume = True
+    spec.write(broken / "spec.json")
+    resumed = run_training_job(broken / "spec.json")
+    assert resumed.succeeded, resumed.output_tail
+
+    def losses(outcome):
+        [final] = [event for event in outcome.events if event["type"] == "metrics"]
+        return [entry["loss"] for entry in final["metrics"]["history"]]
+
+    assert len(losses(resumed)) == len(losses(uninterrupted)) > 1
+    assert losses(resumed) == pytest.approx(losses(uninterrupted), abs=1e-6)
