@@ -44,18 +44,22 @@ def import_llama2c(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """A job from its spec (rlhf/jobs.py): what the platform's workers launch."""
+    from accelerate import PartialState
+
     from rlhf.data import DataError
     from rlhf.jobs import JobError, RunSpec, run_job
     from rlhf.reward_training import ConfigError
 
     try:
         spec = RunSpec.load(args.spec)
-        metrics = run_job(spec)
+        # Under accelerate every process runs the job; the main one alone writes its records.
+        main_process = PartialState(cpu=spec.config.get("cpu") is True).is_main_process
+        metrics = run_job(spec, main_process=main_process)
     except (JobError, ConfigError, DataError, OSError) as error:
         # (A failure inside the job is in its event log too, with the traceback.)
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if "summary" in metrics:
+    if main_process and "summary" in metrics:
         print(f"{metrics['summary']}; wrote {spec.output_dir}")
     return 0
 

@@ -41,6 +41,10 @@ from rlhf.data import (
 from rlhf.jobs import EVENT_TYPES, MODEL_DIR, JobError
 from rlhf.reward_training import ConfigError, RewardTrainingConfig
 
+# A reward job's inputs by role (rlhf/jobs.py): --data, and the open-source sets of the recipe.
+REWARD_INPUT_ROLES = ("data", "open_helpfulness", "open_harmlessness")
+RECIPE_CHOICES = ("none", "paper")
+
 # The --help text (the module docstring is for readers of the code).
 TRAIN_DESCRIPTION = """\
 Train a helpfulness or safety reward model on preference pairs.
@@ -219,11 +223,6 @@ def training_data(args, config: RewardTrainingConfig, report=print):
         f"{len(held_out):,} held out ({_count(held_out)})"
     )
     return mixed, held_out
-
-
-# A reward job's inputs by role (rlhf/jobs.py): --data, and the open-source sets of the recipe.
-REWARD_INPUT_ROLES = ("data", "open_helpfulness", "open_harmlessness")
-RECIPE_CHOICES = ("none", "paper")
 
 
 def _job_progress(events, main_process: bool):

@@ -111,3 +111,12 @@ def test_a_killed_job_launched_again_with_resume_ends_as_an_uninterrupted_one(
 
     assert len(losses(resumed)) == len(losses(uninterrupted)) > 1
     assert losses(resumed) == pytest.approx(losses(uninterrupted), abs=1e-6)
+
+
+def test_a_job_on_two_processes_records_each_event_once(tmp_path, base_model):
+    """accelerate runs the job in two CPU processes (gloo); only the main one writes."""
+    write_spec(tmp_path, base_model, max_steps=2)
+    outcome = run_training_job(tmp_path / "spec.json", options=["--num_processes", "2", "--cpu"])
+    assert outcome.succeeded, outcome.output_tail
+    types = [event["type"] for event in outcome.events]
+    assert types.count("metrics") == 1 and types.count("step") == 2
