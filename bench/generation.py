@@ -7,7 +7,7 @@ with the same sampling parameters (temperature, top-p, max new tokens) in two wa
 
     batched    model_worker.generation.HuggingFaceBackend.generate(all N requests): prompts
                sorted by length, left-padded, one prefill and one forward pass per step for the
-               whole batch (rlhf.sampling)
+               whole batch (rlhf.nn.sampling)
     baseline   for each prompt in turn, Hugging Face ``model.generate(do_sample=True, …)`` with
                the same temperature and top-p (top-k disabled), the same max_new_tokens and the
                very same prompt token ids (plain format, truncated alike)
@@ -28,7 +28,7 @@ paths, making the two ratios equal.
 Models
 ------
     stories   ../shared/models/stories260K-hf (260K parameters, pretrained; skipped if absent)
-    20m       a random ~20M-parameter Llama built here by rlhf.tiny (llama_20m_config)
+    20m       a random ~20M-parameter Llama built here by rlhf.nn.tiny (llama_20m_config)
 
 Usage: python bench/generation.py [--prompts 64] [--max-new-tokens 64] [--models stories,20m]
            [--temperature 0.7] [--top-p 0.9] [--threads T] [--device cpu] [--repeat 1]
@@ -90,7 +90,7 @@ def load_prompts(count: int) -> tuple[list[str], str]:
 
 def requests_for(prompts: list[str], args) -> list:
     from model_worker.generation import GenerationRequest
-    from rlhf.sampling import SamplingParams
+    from rlhf.nn.sampling import SamplingParams
 
     return [
         GenerationRequest(
@@ -150,7 +150,7 @@ def synchronize(device) -> None:
 
 
 def model_dirs(names: list[str], workdir: Path):
-    from rlhf.tiny import build_tiny_llama, llama_20m_config
+    from rlhf.nn.tiny import build_tiny_llama, llama_20m_config
 
     for name in names:
         if name == "stories":

@@ -4,10 +4,10 @@ What is measured
 ----------------
 For each backbone and each seed (``--seeds``, default 0,1,2), one reward model is trained by each
 trainer, in this process, one after the other, from the same initial weights
-(``rlhf.reward_model.load_reward_backbone``: the same scalar head, initialised under a fixed
+(``rlhf.reward.model.load_reward_backbone``: the same scalar head, initialised under a fixed
 seed), on the same pairs, with the same settings:
 
-    ours           rlhf.reward_training.train_reward_model(config, train_pairs, [], out_dir)
+    ours           rlhf.reward.training.train_reward_model(config, train_pairs, [], out_dir)
     trl            trl.RewardTrainer (a benchmark-only dependency: ``pip install -e .[bench]``)
 and, with ``--trainers``, two variants that show where a difference comes from:
     trl-grouped    TRL with ``train_sampling_strategy="group_by_length"`` (batches of similar
@@ -19,9 +19,9 @@ Data: Anthropic HH-RLHF harmless-base (../shared/data/hh-rlhf/harmless-base/test
 2 312 pairs), loaded with ``rlhf.data.load_pairs`` and split with
 ``rlhf.data.split(eval_fraction=0.2, seed=0)``: 1 881 training and 431 held-out pairs (whole
 contexts held out). Both trainers train on the same training pairs; both trained models are
-scored on the same held-out pairs by the same code, ``rlhf.pair_scoring.score_pairs`` then
-``rlhf.reward_eval.metrics_from_rewards`` (float32 on the benchmark's device), so the accuracies
-differ only by training. A seed changes the order in which both trainers draw the pairs, not
+scored on the same held-out pairs by the same code, ``rlhf.reward.scoring.score_pairs``
+then ``rlhf.reward.evaluation.metrics_from_rewards`` (float32 on the benchmark's device), so the
+accuracies differ only by training. A seed changes the order in which both trainers draw the pairs, not
 the split; the seeds run one after the other, each trainer in turn.
 
 Settings shared by both: max length, batch size (pairs per optimizer step, no gradient
@@ -35,8 +35,8 @@ float32 on the CPU and bf16 autocast with ``--device cuda``; fused AdamW; unifor
 batches (each trainer draws its own order from the seed). What stays each trainer's own is how
 a batch is laid out (below).
 
-Inputs. Both trainers get the very same token ids: ``rlhf.pair_scoring.encode_pairs`` (the text
-of ``rlhf.reward_model.format_text``: with these tokenizers, which have no chat template, the
+Inputs. Both trainers get the very same token ids: ``rlhf.reward.scoring.encode_pairs`` (the text
+of ``rlhf.data.chat.conversation_text``: with these tokenizers, which have no chat template, the
 plain "User: …\\n\\nAssistant: …" text with the tokenizer's BOS or CLS/SEP; a pair longer than
 ``max_length`` loses the same context tokens from the left in both texts). TRL takes them
 pre-tokenized (``chosen_ids`` / ``rejected_ids`` columns) because its own text path differs:
@@ -46,9 +46,9 @@ tokenizer without one (BERT/MiniLM: ``str.endswith(None)``); (2) it never trunca
 under stories260K's tokenizer, the longest conversations); (3) a conversational dataset needs a
 chat template, which neither tokenizer has. Layout: TRL pads the B chosen and B rejected rows
 of a batch on the right to the longest of the 2B and runs them as one batch. Ours packs the
-batch into one row without padding (``rlhf.pair_scoring``): for a decoder each pair's shared
+batch into one row without padding (``rlhf.reward.scoring``): for a decoder each pair's shared
 context once, then both replies, the rejected reply attending to the context's keys; for an
-encoder both sequences whole. Attention runs per block (``rlhf.packed_attention``), and the
+encoder both sequences whole. Attention runs per block (``rlhf.nn.packed_attention``), and the
 last layer's attention only for the tokens a reward reads.
 
 Throughput is pairs per second of the training loop in steady state: the time from the end of
@@ -414,7 +414,8 @@ def timed(
 
 
 def load_split(path: Path):
-    from rlhf.data import load_pairs, split
+    from rlhf.data.pairs import load_pairs
+    from rlhf.data.split import split
 
     pairs = load_pairs(path, kind="safety")
     return split(pairs, eval_fraction=EVAL_FRACTION, seed=SPLIT_SEED)
@@ -451,16 +452,16 @@ class PairStats:
 
 @dataclass(frozen=True)
 class HeldOut:
-    metrics: dict  # rlhf.reward_eval.metrics_from_rewards
+    metrics: dict  # rlhf.reward.evaluation.metrics_from_rewards
     correct: list[float]  # per pair, the score metrics["accuracy"] is the mean of
 
 
 def held_out_metrics(model, tokenizer, pairs, device, max_length: int) -> HeldOut:
     import torch
 
-    from rlhf.losses import pairwise_accuracy
-    from rlhf.pair_scoring import score_pairs
-    from rlhf.reward_eval import metrics_from_rewards
+    from rlhf.reward.evaluation import metrics_from_rewards
+    from rlhf.reward.losses import pairwise_accuracy
+    from rlhf.reward.scoring import score_pairs
 
     model = model.to(device=device, dtype=torch.float32).eval()
     chosen, rejected = score_pairs(model, tokenizer, pairs, batch_size=16, max_length=max_length)
@@ -482,7 +483,7 @@ class Settings:
     warmup_steps: int  # left out of the timing
 
     def our_config(self, backbone: Path, device, prefix_sharing: str = "auto"):
-        from rlhf.reward_training import RewardTrainingConfig
+        from rlhf.reward.config import RewardTrainingConfig
 
         return RewardTrainingConfig(
             kind="safety",
@@ -506,7 +507,7 @@ class Settings:
         )
 
     def describe(self, backbone: Path, device) -> str:
-        from rlhf.reward_training import warmup_steps
+        from rlhf.reward.training import warmup_steps
 
         config = self.our_config(backbone, device)
         beta1, beta2 = config.adam_betas
@@ -528,8 +529,8 @@ def run_trl(
     from transformers.trainer_callback import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
-    from rlhf.reward_model import load_reward_backbone
-    from rlhf.reward_training import warmup_steps
+    from rlhf.reward.model import load_reward_backbone
+    from rlhf.reward.training import warmup_steps
 
     ours = run.our_config(backbone, device)
     began = time.perf_counter()
@@ -601,8 +602,8 @@ def run_ours(
     backbone: Path, encoded, run: Settings, device, counter, workdir: Path, prefix_sharing="auto"
 ):
     """Our trainer: ``(clock, wall seconds, model, tokenizer, notes)``."""
-    from rlhf.reward_model import load_reward_model
-    from rlhf.reward_training import train_reward_model
+    from rlhf.reward.model import load_reward_model
+    from rlhf.reward.training import train_reward_model
 
     clock = StepClock(device, counter)
     notes: dict = {}
@@ -656,8 +657,8 @@ def settings_for(name: str, args, seed: int) -> Settings:
 
 
 def bench_backbone(name: str, path: Path, train_pairs, eval_pairs, args, device) -> dict:
-    from rlhf.pair_scoring import encode_pairs, uses_prefix_sharing
-    from rlhf.reward_model import load_reward_backbone
+    from rlhf.reward.model import load_reward_backbone
+    from rlhf.reward.scoring import encode_pairs, uses_prefix_sharing
 
     run = settings_for(name, args, args.seeds[0])
     model, tokenizer = load_reward_backbone(path)
@@ -867,8 +868,8 @@ def print_table(reports: list[dict], peak: float) -> None:
         "\ntimed: steps in the throughput window / all steps; tok/pair: real tokens the backbone"
         " ran per pair (pad/pair: with padding); GFLOP/s and exec MFU: from those real tokens;"
         " model MFU: from scoring each pair's two texts separately (the same FLOPs per pair for"
-        " both); accuracy, loss: held-out, rlhf.pair_scoring.score_pairs then"
-        " rlhf.reward_eval.metrics_from_rewards; wall s: the whole trainer call"
+        " both); accuracy, loss: held-out, rlhf.reward.scoring.score_pairs then"
+        " rlhf.reward.evaluation.metrics_from_rewards; wall s: the whole trainer call"
     )
 
 

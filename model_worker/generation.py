@@ -3,28 +3,10 @@
 A worker gets :class:`GenerationRequest` s (a conversation and its :class:`SamplingParams`) and
 returns one :class:`GenerationResult` per request, in the same order. The default backend,
 :class:`HuggingFaceBackend`, runs any Hugging Face causal language model with the batched
-sampler of :mod:`rlhf.sampling`; :func:`load_backend` keeps one loaded per worker process.
+sampler of :mod:`rlhf.nn.sampling`; :func:`load_backend` keeps one loaded per worker process.
 
-Prompt format
--------------
-A tokenizer with a chat template formats the conversation itself
-(``apply_chat_template(messages, add_generation_prompt=True, tokenize=False)``). Without one
-(small base models such as stories260K, the tiny test models) the plain format is used: each
-turn on its own as ``"System: …"``, ``"User: …"`` or ``"Assistant: …"`` (content stripped),
-turns separated by a blank line, ending with the cue for the model's turn::
-
-    System: You are concise.
-
-    User: What is the capital of France?
-
-    Assistant: Paris.
-
-    User: And of Italy?
-
-    Assistant:
-
-A base model continues that text and may go on to write the next "User:" turn itself;
-:func:`response_text` keeps what comes before it.
+Prompts are written in the one chat format of :mod:`rlhf.data.chat` (the tokenizer's chat
+template, else the plain format), the one the reward models score.
 
 This module imports neither Django nor the database: requests carry all they need.
 """
@@ -39,11 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from model_worker import hub
-from rlhf.sampling import SamplingParams, sample
-
-ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
-TURN_SEPARATOR = "\n\n"
-NEXT_USER_TURN = "\nUser:"
+from rlhf.data.chat import format_prompt, has_chat_template, response_text
+from rlhf.nn.sampling import SamplingParams, sample
 
 
 @dataclass(frozen=True)
@@ -88,40 +67,11 @@ class GenerationBackend(Protocol):
 # --- prompt text ---------------------------------------------------------------------------------
 
 
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def format_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> str:
-    """The prompt text: the tokenizer's chat template if it has one, else the plain format."""
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(
-            [dict(m) for m in messages], add_generation_prompt=True, tokenize=False
-        )
-    return plain_prompt(messages)
-
-
-def plain_prompt(messages: Sequence[dict[str, str]]) -> str:
-    """The plain format described in the module docstring."""
-    turns = [f"{role_label(m['role'])}: {m['content'].strip()}" for m in messages]
-    return TURN_SEPARATOR.join([*turns, f"{ROLE_LABELS['assistant']}:"])
-
-
-def role_label(role: str) -> str:
-    return ROLE_LABELS.get(role, role.capitalize())
-
-
-def response_text(raw: str) -> str:
-    """A plain-format completion up to the next "User:" turn the model wrote, if any, stripped."""
-    cut = raw.find(NEXT_USER_TURN)
-    return (raw if cut < 0 else raw[:cut]).strip()
-
-
 # --- the Hugging Face backend --------------------------------------------------------------------
 
 
 class HuggingFaceBackend:
-    """Any ``AutoModelForCausalLM`` directory or hub id, sampled in batches by rlhf.sampling.
+    """Any ``AutoModelForCausalLM`` directory or hub id, sampled in batches by rlhf.nn.sampling.
 
     The tokenizer and model are loaded once, in eval mode: bfloat16 on a CUDA device that
     supports it, float32 otherwise. ``generate`` tokenizes all prompts, sorts them by length

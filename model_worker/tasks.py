@@ -26,7 +26,7 @@ def run_generation(requests: list[dict]) -> list[dict]:
     """Generate one response per request, batching the requests that share a model."""
     # Imported here so that web processes and non-generation workers never load torch.
     from model_worker.generation import GenerationRequest, load_backend
-    from rlhf.sampling import SamplingParams
+    from rlhf.nn.sampling import SamplingParams
 
     by_model: dict[str, list[dict]] = defaultdict(list)
     for request in requests:

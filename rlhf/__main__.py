@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rlhf.reward_cli import add_commands
+from rlhf.reward.cli import add_commands
 
 DESCRIPTION = """\
 Train and evaluate reward models, and convert llama2.c checkpoints, without the platform.
@@ -27,7 +27,7 @@ def quiet_transformers() -> None:
 
 
 def import_llama2c(args: argparse.Namespace) -> int:
-    from rlhf.llama2c import convert
+    from rlhf.nn.llama2c import convert
 
     for path in (args.checkpoint, args.tokenizer):
         if not path.is_file():
@@ -46,9 +46,9 @@ def run(args: argparse.Namespace) -> int:
     """A job from its spec (rlhf/jobs.py): what the platform's workers launch."""
     from accelerate import PartialState
 
-    from rlhf.data import DataError
+    from rlhf.data.pairs import DataError
     from rlhf.jobs import JobError, RunSpec, run_job
-    from rlhf.reward_training import ConfigError
+    from rlhf.reward.config import ConfigError
 
     try:
         spec = RunSpec.load(args.spec)

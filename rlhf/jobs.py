@@ -203,7 +203,7 @@ Stage = Callable[[RunSpec, EventLog], dict[str, Any]]
 
 
 def _reward_stage(spec: RunSpec, events: EventLog) -> dict[str, Any]:
-    from rlhf.reward_cli import run_reward_job
+    from rlhf.reward.cli import run_reward_job
 
     return run_reward_job(spec, events)
 

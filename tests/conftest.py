@@ -146,7 +146,7 @@ def api_client():
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory):
     """A tiny random Llama (grouped-query attention, two layers) with its own tokenizer."""
-    from rlhf.tiny import build_tiny_llama
+    from rlhf.nn.tiny import build_tiny_llama
 
     return build_tiny_llama(
         tmp_path_factory.mktemp("tiny-policy"),

@@ -1,4 +1,4 @@
-"""Tiny models for tests that need an encoder backbone (decoders come from rlhf.tiny)."""
+"""Tiny models for tests that need an encoder backbone (decoders come from rlhf.nn.tiny)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from rlhf.tiny import BUILTIN_CORPUS
+from rlhf.nn.tiny import BUILTIN_CORPUS
 
 
 def _bert_tokenizer():

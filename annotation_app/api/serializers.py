@@ -348,7 +348,7 @@ class StartTrainingSerializer(serializers.Serializer):
         required=False,
         default=dict,
         validators=[storable_json],
-        help_text="Hyperparameters, fields of rlhf.reward_training.RewardTrainingConfig "
+        help_text="Hyperparameters, fields of rlhf.reward.config.RewardTrainingConfig "
         "(learning_rate, micro_batch_size, max_length, epochs, max_steps, margin_table, "
         "eval_fraction, seed, ...); the others take the library's defaults.",
     )

@@ -142,7 +142,7 @@ def ensure_demo_policy() -> DemoPolicy:
     if current is not None and current.path != stored_path(str(tiny_path)):
         return DemoPolicy(current, "registered as current (PAIRWISE_POLICY is not set)")
     if not (tiny_path / "config.json").exists():
-        from rlhf.tiny import build_tiny_llama
+        from rlhf.nn.tiny import build_tiny_llama
 
         build_tiny_llama(tiny_path)
     version = registered_version(str(tiny_path), role) or register_model(

@@ -62,9 +62,9 @@ from annotation_app.storable import (
     json_problem,
     text_problem,
 )
-from rlhf import hh_rlhf
-from rlhf import messages as checks
-from rlhf.messages import FieldError
+from rlhf.data import hh_rlhf
+from rlhf.data import messages as checks
+from rlhf.data.messages import FieldError
 
 FORMATS = ("prompts", "canonical", "trl", "hh-rlhf")
 
@@ -521,7 +521,7 @@ def _parse_hh(record: Any, batch: Batch) -> ParsedComparison:
     if not isinstance(record, dict):
         raise FieldError("each line must be a JSON object")
     # The context is the shared beginning of both transcripts, up to its last Assistant
-    # marker; what follows that marker is each side's reply, taken as is (rlhf.hh_rlhf).
+    # marker; what follows that marker is each side's reply, taken as is (rlhf.data.hh_rlhf).
     chosen, rejected = _text(record, "chosen"), _text(record, "rejected")
     try:
         context, chosen_reply, rejected_reply = hh_rlhf.context_and_replies(chosen, rejected)

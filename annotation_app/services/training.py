@@ -3,7 +3,7 @@
 Two halves, one per process:
 
 - In the web process, :func:`start_reward_training` checks a request (kind, batches, base model,
-  hyperparameters, the latter by ``rlhf.reward_training.RewardTrainingConfig`` itself so that
+  hyperparameters, the latter by ``rlhf.reward.config.RewardTrainingConfig`` itself so that
   the page, the API and the CLI accept exactly the same configs), creates a queued
   :class:`TrainingRun` and records it in the outbox (``services/outbox.py``), which sends it
   to the ``training`` queue once the transaction commits, and again until a worker takes it.
@@ -151,7 +151,7 @@ HYPERPARAMETERS: tuple[Hyperparameter, ...] = (
 
 def hyperparameter_defaults() -> dict[str, Any]:
     """The library's defaults of the fields the page shows (the paper's values)."""
-    from rlhf.reward_training import RewardTrainingConfig
+    from rlhf.reward.config import RewardTrainingConfig
 
     defaults = RewardTrainingConfig().to_dict()
     return {hp.name: defaults[hp.name] for hp in HYPERPARAMETERS}
@@ -230,7 +230,7 @@ def validate_config(kind: str, base_model: ModelVersion, config: Mapping[str, An
 
     Errors name the field as ``config.<name>``.
     """
-    from rlhf.reward_training import ConfigError, RewardTrainingConfig
+    from rlhf.reward.config import ConfigError, RewardTrainingConfig
 
     if not isinstance(config, Mapping):
         raise InvalidInput("must be an object of hyperparameters", "config")
@@ -365,7 +365,7 @@ class RunReporter:
         self.flush(force=False)
 
     def event(self, event: Mapping[str, Any]) -> None:
-        """The progress callback of ``rlhf.reward_training.train_reward_model``."""
+        """The progress callback of ``rlhf.reward.training.train_reward_model``."""
         kind = event.get("event")
         if kind == "step":
             step, total = event.get("step", 0), event.get("total_steps") or 0
@@ -558,8 +558,8 @@ def evaluate_before_training(
     try:
         import torch
 
-        from rlhf.reward_eval import evaluate_reward_model
-        from rlhf.reward_model import load_reward_backbone
+        from rlhf.reward.evaluation import evaluate_reward_model
+        from rlhf.reward.model import load_reward_backbone
 
         # The backbone loader reads a saved reward model's head too, and unlike
         # load_reward_model it needs no pairwise_reward.json (a model registered by hand).
@@ -590,8 +590,10 @@ def evaluate_before_training(
 
 
 def _train(run: TrainingRun, reporter: RunReporter) -> None:
-    from rlhf.data import load_pairs, split
-    from rlhf.reward_training import RewardTrainingConfig, train_reward_model
+    from rlhf.data.pairs import load_pairs
+    from rlhf.data.split import split
+    from rlhf.reward.config import RewardTrainingConfig
+    from rlhf.reward.training import train_reward_model
 
     kind = run_kind(run)
     config = RewardTrainingConfig.from_dict(run.config)

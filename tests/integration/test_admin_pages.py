@@ -288,7 +288,7 @@ def test_a_run_records_its_pair_counts_before_it_trains(
         seen["given"] = (len(train_pairs), len(eval_pairs))
         raise RuntimeError("stop here")
 
-    monkeypatch.setattr("rlhf.reward_training.train_reward_model", trainer)
+    monkeypatch.setattr("rlhf.reward.training.train_reward_model", trainer)
     assert training.run_reward_training(run.pk) == "failed"
     assert (seen["train_pairs"], seen["eval_pairs"]) == seen["given"]
     assert seen["train_pairs"] + seen["eval_pairs"] == seen["export_pairs"] == 10

@@ -14,7 +14,7 @@ from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.exports import annotator_pseudonym, export_lines
 from annotation_app.services.imports import import_comparisons
-from rlhf.data import load_pairs, margins
+from rlhf.data.pairs import load_pairs, margins
 from rlhf.preferences import MARGIN_TABLES, Strength, margin_for_rating
 
 pytestmark = pytest.mark.django_db

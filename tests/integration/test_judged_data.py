@@ -396,7 +396,7 @@ def test_a_training_run_logs_what_its_frozen_export_left_out(
     from tests.integration.test_training import FakeTrainer
 
     settings.PAIRWISE_TRAINING_DIR = tmp_path / "training"
-    monkeypatch.setattr("rlhf.reward_training.train_reward_model", FakeTrainer())
+    monkeypatch.setattr("rlhf.reward.training.train_reward_model", FakeTrainer())
     ModelVersion.objects.create(name="policy", role="policy", path="org/policy", is_current=True)
     run = training.start_reward_training(
         ml_staff, "helpfulness", [damaged.first, damaged.second], config={"eval_fraction": 0.25}

@@ -139,7 +139,7 @@ def test_exportable_pair_counts_follow_the_training_export(make_batch, annotator
 def test_the_form_offers_only_settings_the_trainer_knows():
     from dataclasses import fields
 
-    from rlhf.reward_training import RewardTrainingConfig
+    from rlhf.reward.config import RewardTrainingConfig
 
     known = {field.name for field in fields(RewardTrainingConfig)}
     assert {hp.name for hp in training.HYPERPARAMETERS} <= known
@@ -269,14 +269,14 @@ def test_a_bad_config_registers_no_default_policy_either(
 
 
 class FakeTrainer:
-    """Stands in for rlhf.reward_training.train_reward_model: events, a model dir, a result."""
+    """Stands in for rlhf.reward.training.train_reward_model: events, a model dir, a result."""
 
     def __init__(self, fail: Exception | None = None):
         self.fail = fail
         self.calls = []
 
     def __call__(self, config, train_pairs, eval_pairs, out_dir, *, progress=None):
-        from rlhf.reward_training import TrainingResult
+        from rlhf.reward.training import TrainingResult
 
         self.calls.append((config, list(train_pairs), list(eval_pairs)))
         progress({"event": "log", "message": "loading the backbone"})
@@ -322,7 +322,7 @@ class FakeTrainer:
 def fake_trainer(monkeypatch, settings, tmp_path):
     settings.PAIRWISE_TRAINING_DIR = tmp_path / "training"
     trainer = FakeTrainer()
-    monkeypatch.setattr("rlhf.reward_training.train_reward_model", trainer)
+    monkeypatch.setattr("rlhf.reward.training.train_reward_model", trainer)
     return trainer
 
 
@@ -380,8 +380,8 @@ def test_the_current_reward_model_is_evaluated_on_the_newest_batch_first(
         seen["calls_before_training"] = len(fake_trainer.calls)
         return {"pairs": len(pairs), "accuracy": 0.625, "by_strength": {}}
 
-    monkeypatch.setattr("rlhf.reward_model.load_reward_backbone", fake_backbone)
-    monkeypatch.setattr("rlhf.reward_eval.evaluate_reward_model", fake_evaluate)
+    monkeypatch.setattr("rlhf.reward.model.load_reward_backbone", fake_backbone)
+    monkeypatch.setattr("rlhf.reward.evaluation.evaluate_reward_model", fake_evaluate)
     run = training.start_reward_training(ml_staff, "helpfulness", [newest, annotated_batch])
     training.run_reward_training(run.pk)
     run.refresh_from_db()

@@ -9,13 +9,12 @@ from model_worker.generation import (
     GenerationBackend,
     GenerationRequest,
     HuggingFaceBackend,
-    format_prompt,
     load_backend,
-    response_text,
     truncate_left,
 )
-from rlhf.sampling import SamplingParams
-from rlhf.tiny import BUILTIN_CORPUS, build_tiny_llama, build_tokenizer
+from rlhf.data.chat import format_prompt, response_text
+from rlhf.nn.sampling import SamplingParams
+from rlhf.nn.tiny import BUILTIN_CORPUS, build_tiny_llama, build_tokenizer
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}"

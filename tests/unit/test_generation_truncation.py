@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 
 from model_worker import generation
-from model_worker.generation import GenerationRequest, HuggingFaceBackend, format_prompt
+from model_worker.generation import GenerationRequest, HuggingFaceBackend
 from model_worker.tasks import run_generation
-from rlhf.sampling import SamplingParams
-from rlhf.tiny import BUILTIN_CORPUS, build_tiny_llama, build_tokenizer
+from rlhf.data.chat import format_prompt
+from rlhf.nn.sampling import SamplingParams
+from rlhf.nn.tiny import BUILTIN_CORPUS, build_tiny_llama, build_tokenizer
 
 POSITIONS = 48
 MAX_NEW_TOKENS = 8

@@ -23,7 +23,7 @@ from annotation_app.services.imports import (
     detect_format,
     read_file,
 )
-from rlhf.messages import FieldError
+from rlhf.data.messages import FieldError
 from tests.messages import assistant, hh, user
 
 HELPFULNESS, SAFETY = Batch.Kind.HELPFULNESS, Batch.Kind.SAFETY

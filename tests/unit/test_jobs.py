@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlhf.jobs import EventLog, InputFile, JobError, RunSpec, check, read_events, sha256_of
-from rlhf.tiny import build_tiny_llama
+from rlhf.nn.tiny import build_tiny_llama
 from tests.unit.test_reward_cli import rlhf, write_export
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from rlhf.__main__ import main
-from rlhf.llama2c import interleaved_to_halves, read_header
+from rlhf.nn.llama2c import interleaved_to_halves, read_header
 from tests.conftest import GOLDEN_STORY as GOLDEN
 from tests.conftest import shared_path
 

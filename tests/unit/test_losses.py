@@ -1,4 +1,5 @@
-"""rlhf.losses: the margin ranking loss against hand computations, its gradients and stability."""
+"""rlhf.reward.losses: the margin ranking loss against hand computations, its gradients and
+stability."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 
-from rlhf.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
 from rlhf.preferences import MARGIN_TABLES, Strength, margin_for_rating
+from rlhf.reward.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
 
 STRENGTHS = [s.value for s in Strength]  # significantly, better, slightly, negligibly
 

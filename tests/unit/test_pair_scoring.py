@@ -1,4 +1,4 @@
-"""rlhf.pair_scoring and rlhf.packed_attention: a batch in one packed row, each context once.
+"""rlhf.reward.scoring and rlhf.nn.packed_attention: a batch in one packed row, each context once.
 
 The central check: packed, prefix-shared rewards equal the rewards of scoring the chosen and the
 rejected sequence separately, to 1e-4 (in float32 they agree to ~1e-7), on a grouped-query-
@@ -14,11 +14,12 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from rlhf import pair_scoring
-from rlhf import reward_model as rm
-from rlhf.data import PreferencePair
-from rlhf.packed_attention import PackedLayout, lower_right_causal_mask
-from rlhf.pair_scoring import (
+from rlhf.data.pairs import PreferencePair
+from rlhf.nn.packed_attention import PackedLayout, lower_right_causal_mask
+from rlhf.nn.tiny import build_tiny_llama
+from rlhf.reward import model as rm
+from rlhf.reward import scoring as pair_scoring
+from rlhf.reward.scoring import (
     EncodedPair,
     PairRewardModel,
     collate,
@@ -29,7 +30,6 @@ from rlhf.pair_scoring import (
     truncate_pair,
     uses_prefix_sharing,
 )
-from rlhf.tiny import build_tiny_llama
 from tests.conftest import shared_path
 from tests.models import build_tiny_bert
 
@@ -175,7 +175,7 @@ def test_a_model_whose_packed_forward_differs_falls_back_to_padded_rows(llama, m
 
 
 def test_on_the_real_stories260k_and_harmless_base():
-    from rlhf.data import load_pairs
+    from rlhf.data.pairs import load_pairs
 
     model, tokenizer = rm.load_reward_backbone(shared_path("models/stories260K-hf"))
     data = shared_path("data/hh-rlhf/harmless-base/test.jsonl.gz")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.reward_cli import TrainingProgress
-from rlhf.reward_training import TrainingResult
-from rlhf.tiny import build_tiny_llama
+from rlhf.nn.tiny import build_tiny_llama
+from rlhf.reward.cli import TrainingProgress
+from rlhf.reward.training import TrainingResult
 from tests.conftest import ROOT
 
 SPHINX_MARKUP = ("``", ":func:", ":class:", ":data:", ":mod:")

@@ -1,4 +1,4 @@
-"""rlhf.reward_eval: accuracy by bucket, calibration and the safety gate, computed by hand."""
+"""rlhf.reward.evaluation: accuracy by bucket, calibration and the safety gate, computed by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from rlhf.data import PreferencePair
-from rlhf.reward_eval import calibration, format_metrics_table, metrics_from_rewards
+from rlhf.data.pairs import PreferencePair
+from rlhf.reward.evaluation import calibration, format_metrics_table, metrics_from_rewards
 
 
 def pair(

@@ -1,6 +1,6 @@
-"""rlhf.reward_model: backbones (decoder and encoder), text scoring, saving and loading.
+"""rlhf.reward.model: backbones (decoder and encoder), text scoring, saving and loading.
 
-No database, no network: the decoder is a tiny random Llama built by rlhf.tiny, the encoder a
+No database, no network: the decoder is a tiny random Llama built by rlhf.nn.tiny, the encoder a
 tiny random BERT with a byte-level tokenizer trained here in milliseconds.
 """
 
@@ -12,8 +12,9 @@ import os
 import pytest
 import torch
 
-from rlhf import reward_model as rm
-from rlhf.tiny import build_tiny_llama
+from rlhf.data import chat
+from rlhf.nn.tiny import build_tiny_llama
+from rlhf.reward import model as rm
 from tests.models import build_tiny_bert
 
 CONTEXTS = [
@@ -63,10 +64,10 @@ def bert_dir(tmp_path_factory):
 
 
 def test_plain_text_is_the_generation_prompt_followed_by_the_response():
-    from model_worker.generation import plain_prompt
+    from rlhf.data.chat import plain_prompt
 
     context = CONTEXTS[2]
-    text = rm.plain_text(context, "  The end.  ")
+    text = chat.plain_text(context, "  The end.  ")
     assert text == (
         "User: Tell me a story.\n\nAssistant: Once upon a time, there was a little girl."
         "\n\nUser: And then?\n\nAssistant: The end."
@@ -78,11 +79,13 @@ def test_chat_template_is_used_when_the_tokenizer_has_one(llama_dir):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(llama_dir)
-    assert rm.format_text(tokenizer, CONTEXTS[0], "Paris.") == rm.plain_text(CONTEXTS[0], "Paris.")
+    assert chat.conversation_text(tokenizer, CONTEXTS[0], "Paris.") == chat.plain_text(
+        CONTEXTS[0], "Paris."
+    )
     tokenizer.chat_template = (
         "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
     )
-    assert rm.format_text(tokenizer, CONTEXTS[0], "Paris.") == (
+    assert chat.conversation_text(tokenizer, CONTEXTS[0], "Paris.") == (
         "<user>What is the capital of France?<assistant>Paris."
     )
 
@@ -170,7 +173,7 @@ def test_truncation_cuts_the_context_from_the_left_and_keeps_the_response(llama)
     cut = rm.score_texts(model, tokenizer, contexts, [response] * 2, max_length=24)
     assert cut[0].item() == pytest.approx(cut[1].item(), abs=1e-6)  # only the shared tail is left
 
-    text = rm.format_text(tokenizer, contexts[0], response)
+    text = chat.conversation_text(tokenizer, contexts[0], response)
     ids = tokenizer(text, truncation=True, max_length=24)["input_ids"]
     assert len(ids) == 24
     assert ids[0] == tokenizer.bos_token_id
@@ -265,7 +268,7 @@ def test_encoder_backbone(bert_dir, tmp_path):
     torch.testing.assert_close(batched, one, atol=1e-5, rtol=0)
 
     # Truncated from the left, the [CLS] and [SEP] tokens stay.
-    text = rm.format_text(tokenizer, CONTEXTS[4], "Hello!")
+    text = chat.conversation_text(tokenizer, CONTEXTS[4], "Hello!")
     ids = tokenizer(text, truncation=True, max_length=16)["input_ids"]
     assert len(ids) == 16
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id

@@ -1,4 +1,4 @@
-"""rlhf.reward_training: schedule, batches, config, resume exactness, gloo data parallel, learning.
+"""rlhf.reward.training: schedule, batches, config, resume exactness, gloo data parallel, learning.
 
 Every model here is built locally (a tiny grouped-query-attention Llama) or read from ../shared.
 """
@@ -18,18 +18,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.data import PreferencePair, split
-from rlhf.reward_model import load_reward_model
-from rlhf.reward_training import (
-    ConfigError,
-    RewardTrainingConfig,
+from rlhf.data.pairs import PreferencePair
+from rlhf.data.split import split
+from rlhf.nn.tiny import build_tiny_llama
+from rlhf.reward.config import ConfigError, RewardTrainingConfig
+from rlhf.reward.model import load_reward_model
+from rlhf.reward.training import (
     global_batches,
     learning_rate_factor,
     micro_batches,
     train_reward_model,
     warmup_steps,
 )
-from rlhf.tiny import build_tiny_llama
 from tests.conftest import ROOT, shared_path
 
 GOOD = ["happy", "friends", "park", "sun", "play", "kind"]
@@ -275,7 +275,7 @@ def test_stories260k_beats_chance_on_held_out_harmless_base(tmp_path):
     test asks for 55 %, two standard errors above chance, so a model that learned nothing fails
     it with probability below 3 %.
     """
-    from rlhf.data import load_pairs
+    from rlhf.data.pairs import load_pairs
 
     base = shared_path("models/stories260K-hf")
     pairs = load_pairs(shared_path("data/hh-rlhf/harmless-base/test.jsonl.gz"), kind="safety")

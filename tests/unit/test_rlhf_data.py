@@ -1,4 +1,4 @@
-"""rlhf.data and rlhf.hh_rlhf: loading preference pairs, the Llama 2 mixes, the eval split."""
+"""rlhf.data and rlhf.data.hh_rlhf: loading preference pairs, the Llama 2 mixes, the eval split."""
 
 from __future__ import annotations
 
@@ -11,25 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from rlhf.data import (
+from rlhf.data.hh_rlhf import TranscriptError, context_and_replies, split_transcript
+from rlhf.data.mixes import (
     HELPFULNESS,
     HELPFULNESS_RECIPE,
     OPEN_SOURCE_HARMLESSNESS,
     OPEN_SOURCE_HELPFULNESS,
     SAFETY,
     SAFETY_RECIPE,
-    DataError,
     MixRecipe,
-    PreferencePair,
-    content_id,
     drop_unsafe_chosen,
-    eval_score,
     extra_count,
-    load_pairs,
     mix,
-    split,
 )
-from rlhf.hh_rlhf import TranscriptError, context_and_replies, split_transcript
+from rlhf.data.pairs import DataError, PreferencePair, content_id, load_pairs
+from rlhf.data.split import eval_score, split
 from rlhf.preferences import MARGIN_TABLES, Strength, margin_for_rating
 from tests.conftest import shared_path
 from tests.messages import assistant, hh, user

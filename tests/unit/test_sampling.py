@@ -1,4 +1,4 @@
-"""The batched sampler (rlhf.sampling) on tiny random Llamas and on the real stories260K model."""
+"""The batched sampler (rlhf.nn.sampling) on tiny random Llamas and the real stories260K model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rlhf.sampling import SamplingParams, left_pad, prefill, sample, sample_top_p
+from rlhf.nn.sampling import SamplingParams, left_pad, prefill, sample, sample_top_p
 from tests.conftest import GOLDEN_STORY as GOLDEN
 from tests.conftest import shared_path
 

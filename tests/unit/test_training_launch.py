@@ -9,7 +9,7 @@ import pytest
 
 from model_worker.training import launch_command, run_training_job
 from rlhf.jobs import RunSpec
-from rlhf.tiny import build_tiny_llama
+from rlhf.nn.tiny import build_tiny_llama
 from tests.unit.test_jobs import spec_values
 
 pytestmark = pytest.mark.slow

@@ -5,9 +5,10 @@
 
 What one run does (Touvron et al. 2023, section 3.2.2; DESIGN.md):
 
-- loss ``-log σ(r_c − r_r − m(rating))`` (:func:`rlhf.losses.margin_ranking_loss`), each pair's
-  margin from its rating; chosen and rejected scored in one forward pass with their shared context
-  computed once (:mod:`rlhf.pair_scoring`, decoders), the batch packed in one row without
+- loss ``-log σ(r_c − r_r − m(rating))`` (:func:`rlhf.reward.losses.margin_ranking_loss`),
+  each pair's margin from its rating; chosen and rejected scored in one forward pass with their
+  shared context
+  computed once (:mod:`rlhf.reward.scoring`, decoders), the batch packed in one row without
   padding;
 - AdamW; the learning rate warms up linearly over ``max(min_warmup_steps, ⌈3 % · steps⌉)``
   steps, then decays on a cosine to ``min_lr_ratio`` (10 %) of its maximum, reached at the last
@@ -21,8 +22,8 @@ What one run does (Touvron et al. 2023, section 3.2.2; DESIGN.md):
   optimizer, schedule, random states; plus the step and the loss history), from which a run
   started again with the same config and data resumes exactly where it stopped;
 - evaluation on the held-out pairs every ``eval_every`` steps and at the end
-  (:mod:`rlhf.reward_eval`), each process scoring its share;
-- the model saved with :func:`rlhf.reward_model.save_reward_model`, its ``pairwise_reward.json``
+  (:mod:`rlhf.reward.evaluation`), each process scoring its share;
+- the model saved with :func:`rlhf.reward.model.save_reward_model`, its ``pairwise_reward.json``
   holding the config, the data hashes, the metrics and the loss history.
 
 Distributed runs go through ``accelerate``: ``accelerate launch --num_processes 2 --cpu -m rlhf
@@ -31,7 +32,6 @@ train-reward …`` (gloo on CPUs), or with ``--use_fsdp`` on GPUs; the code is t
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -44,146 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlhf.data import KINDS, PreferencePair, margins
+from rlhf.data.pairs import PreferencePair, margins
 from rlhf.files import normalize_permissions
-from rlhf.preferences import MARGIN_TABLES
+from rlhf.reward.config import ConfigError, RewardTrainingConfig
 
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
 ProgressCallback = Callable[[dict[str, Any]], None]
 EvalProgressCallback = Callable[[int, int], None]  # (pairs scored, held-out pairs)
-
-
-class ConfigError(ValueError):
-    """A bad training setting: ``"learning_rate: must be positive, not -1"``."""
-
-    def __init__(self, field_name: str, message: str):
-        self.field, self.message = field_name, message
-        super().__init__(f"{field_name}: {message}")
-
-
-@dataclass
-class RewardTrainingConfig:
-    """Every setting of a reward-model run; the defaults are the paper's where it gives them.
-
-    The paper trains with an effective batch of 512 pairs, learning rate 1e-5 (5e-6 for 70B);
-    the smaller default batch suits the platform's first few thousand pairs.
-    """
-
-    kind: str = "helpfulness"  # which reward model: "helpfulness" | "safety"
-    base_model: str = ""  # backbone directory or hub id (the policy, as in the paper)
-    learning_rate: float = 1e-5
-    micro_batch_size: int = 8  # pairs per forward pass and process
-    gradient_accumulation_steps: int = 1
-    epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (may exceed an epoch)
-    max_length: int = 512  # tokens per reply sequence
-    warmup_ratio: float = 0.03
-    min_warmup_steps: int = 5
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    adam_epsilon: float = 1e-5
-    max_grad_norm: float = 1.0
-    margin_table: str = "small"
-    prefix_sharing: str = "auto"  # "auto" (decoders), "on", "off"
-    mixed_precision: str = "auto"  # "auto" (bf16 on CUDA, none on CPU), "no", "bf16", "fp16"
-    disable_dropout: bool = True  # a reward is a deterministic function of the text
-    seed: int = 0
-    eval_fraction: float = 0.2  # used by the callers that split the data (CLI, platform)
-    eval_every: int = 0  # steps between evaluations (0: only at the end)
-    eval_batch_size: int = 16
-    checkpoint_every: int = 0  # steps between checkpoints (0: none)
-    keep_checkpoints: int = 2
-    log_every: int = 1
-    cpu: bool = False  # train on the CPU even where a GPU is present
-
-    def __post_init__(self) -> None:
-        self.adam_betas = tuple(self.adam_betas)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first bad field."""
-        if self.kind not in KINDS:
-            raise ConfigError("kind", f"must be one of {list(KINDS)}, not {self.kind!r}")
-        positive_ints = (
-            "micro_batch_size",
-            "gradient_accumulation_steps",
-            "epochs",
-            "max_length",
-            "log_every",
-            "eval_batch_size",
-            "keep_checkpoints",
-        )
-        for name in positive_ints:
-            _check_int(name, getattr(self, name), minimum=1)
-        for name in ("min_warmup_steps", "eval_every", "checkpoint_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
-        if self.max_steps is not None:
-            _check_int("max_steps", self.max_steps, minimum=1)
-        if self.max_length < 2:
-            raise ConfigError("max_length", f"must be at least 2, not {self.max_length}")
-        _check_number("learning_rate", self.learning_rate, low=0, low_open=True)
-        _check_number("warmup_ratio", self.warmup_ratio, low=0, high=1)
-        _check_number("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
-        _check_number("weight_decay", self.weight_decay, low=0)
-        _check_number("adam_epsilon", self.adam_epsilon, low=0, low_open=True)
-        _check_number("max_grad_norm", self.max_grad_norm, low=0, low_open=True)
-        _check_number("eval_fraction", self.eval_fraction, low=0, high=1)
-        if len(self.adam_betas) != 2:
-            raise ConfigError("adam_betas", "must be two numbers")
-        for beta in self.adam_betas:
-            _check_number("adam_betas", beta, low=0, high=1)
-        if self.margin_table not in MARGIN_TABLES:
-            raise ConfigError("margin_table", f"must be one of {sorted(MARGIN_TABLES)}")
-        _check_choice("prefix_sharing", self.prefix_sharing, ("auto", "on", "off"))
-        _check_choice("mixed_precision", self.mixed_precision, ("auto", "no", "bf16", "fp16"))
-        for name in ("disable_dropout", "cpu"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, "must be true or false")
-        if not isinstance(self.base_model, str):
-            raise ConfigError("base_model", "must be a path or a hub id")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> RewardTrainingConfig:
-        """A config from JSON-like values; unknown keys and bad values raise ConfigError."""
-        if not isinstance(values, dict):
-            raise ConfigError("config", "must be an object of settings")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for name in values:
-            if name not in known:
-                raise ConfigError(name, f"is not a setting; the settings are {sorted(known)}")
-        try:
-            return cls(**values)
-        except TypeError as error:  # e.g. adam_betas not a sequence
-            raise ConfigError("config", str(error)) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        values["adam_betas"] = list(self.adam_betas)
-        return values
-
-
-def _check_int(name: str, value: Any, *, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigError(name, f"must be a whole number, not {value!r}")
-    if value < minimum:
-        raise ConfigError(name, f"must be at least {minimum}, not {value}")
-
-
-def _check_number(name, value, *, low=None, high=None, low_open=False) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-        raise ConfigError(name, f"must be a finite number, not {value!r}")
-    if low is not None and (value <= low if low_open else value < low):
-        bound = "above" if low_open else "at least"
-        raise ConfigError(name, f"must be {bound} {low}, not {value}")
-    if high is not None and value > high:
-        raise ConfigError(name, f"must be at most {high}, not {value}")
-
-
-def _check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(name, f"must be one of {list(choices)}, not {value!r}")
 
 
 # --- the schedule and the batches ---------------------------------------------------------------
@@ -230,12 +98,12 @@ def global_batches(
 
     Epoch e visits every pair once, in a random order drawn with seed ``seed + e``; with
     ``lengths`` (batches that pad: the model's own forward), in
-    :func:`rlhf.pair_scoring.length_grouped_order` (pairs of similar length together, batches in
+    :func:`rlhf.reward.scoring.length_grouped_order` (pairs of similar length together, batches in
     random order). An epoch's last, partial batch is not topped up from the next epoch, so an
     epoch is exactly its pairs. The order depends on the global batch size, never on the number
     of processes.
     """
-    from rlhf.pair_scoring import length_grouped_order
+    from rlhf.reward.scoring import length_grouped_order
 
     batches: list[list[int]] = []
     epoch = 0
@@ -348,8 +216,8 @@ class _Trainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        from rlhf.pair_scoring import PairRewardModel, encode_pairs
-        from rlhf.reward_model import load_reward_backbone, usable_length
+        from rlhf.reward.model import load_reward_backbone, usable_length
+        from rlhf.reward.scoring import PairRewardModel, encode_pairs
 
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.eval_progress = eval_progress
@@ -480,7 +348,7 @@ class _Trainer:
 
     def _forward(self, encoded):
         """``(chosen, rejected)`` rewards of encoded pairs, through the prepared model."""
-        from rlhf.pair_scoring import padding_multiple, to_device
+        from rlhf.reward.scoring import padding_multiple, to_device
 
         device = self.accelerator.device
         batch = self.wrapper.collate(
@@ -494,7 +362,7 @@ class _Trainer:
     def train_step(self, global_batch: Sequence[int]) -> float:
         import torch
 
-        from rlhf.losses import margin_ranking_loss
+        from rlhf.reward.losses import margin_ranking_loss
 
         config = self.config
         real_pairs = len(global_batch)
@@ -531,7 +399,7 @@ class _Trainer:
         """Metrics on the held-out pairs: each process scores its share, the main one reports."""
         import torch
 
-        from rlhf.reward_eval import metrics_from_rewards
+        from rlhf.reward.evaluation import metrics_from_rewards
 
         if not self.eval_pairs:
             return None
@@ -621,7 +489,7 @@ class _Trainer:
         )
 
     def save_model(self, metrics: dict[str, Any] | None) -> None:
-        from rlhf.reward_model import save_reward_model
+        from rlhf.reward.model import save_reward_model
 
         state = self.accelerator.get_state_dict(self.model)  # gathers FSDP shards everywhere
         if self.accelerator.is_main_process:
@@ -679,8 +547,6 @@ def train_reward_model(
 
 
 __all__ = [
-    "ConfigError",
-    "RewardTrainingConfig",
     "TrainingResult",
     "global_batches",
     "learning_rate_factor",

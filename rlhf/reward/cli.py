@@ -25,21 +25,18 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from rlhf.data import (
+from rlhf.data.mixes import (
     HELPFULNESS,
-    KINDS,
     OPEN_SOURCE_HARMLESSNESS,
     OPEN_SOURCE_HELPFULNESS,
     RECIPES,
     SAFETY,
-    DataError,
-    PreferencePair,
-    load_pairs,
     mix,
-    split,
 )
+from rlhf.data.pairs import KINDS, DataError, PreferencePair, load_pairs
+from rlhf.data.split import split
 from rlhf.jobs import EVENT_TYPES, MODEL_DIR, JobError
-from rlhf.reward_training import ConfigError, RewardTrainingConfig
+from rlhf.reward.config import ConfigError, RewardTrainingConfig
 
 # A reward job's inputs by role (rlhf/jobs.py): --data, and the open-source sets of the recipe.
 REWARD_INPUT_ROLES = ("data", "open_helpfulness", "open_harmlessness")
@@ -250,7 +247,7 @@ def run_reward_job(spec, events) -> dict:
     """
     from accelerate import PartialState
 
-    from rlhf.reward_training import train_reward_model
+    from rlhf.reward.training import train_reward_model
 
     for role in spec.inputs:
         if role not in REWARD_INPUT_ROLES:
@@ -378,8 +375,8 @@ class TrainingProgress:
 def train_reward(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
-    from rlhf.reward_eval import format_metrics_table
-    from rlhf.reward_training import train_reward_model
+    from rlhf.reward.evaluation import format_metrics_table
+    from rlhf.reward.training import train_reward_model
 
     # Accelerator(cpu=...) builds this same state again; only the main process prints.
     main_process = PartialState(cpu=args.cpu).is_main_process
@@ -424,8 +421,8 @@ def train_reward(args: argparse.Namespace) -> int:
 def eval_reward(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rlhf.reward_eval import evaluate_reward_model, format_metrics_table
-    from rlhf.reward_model import METADATA_FILE, load_reward_model
+    from rlhf.reward.evaluation import evaluate_reward_model, format_metrics_table
+    from rlhf.reward.model import METADATA_FILE, load_reward_model
 
     if not (args.model / METADATA_FILE).is_file():
         return _error(f"{args.model}: not a reward model directory (no {METADATA_FILE})")

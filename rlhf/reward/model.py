@@ -24,11 +24,9 @@ Scoring takes text, so the policy and the reward model may use different tokeniz
 - with the tokenizer's chat template, when it has one: the whole conversation, the response as
   the last assistant turn (``apply_chat_template(context + [assistant], tokenize=False)``); the
   template writes its own special tokens, so the tokenizer adds none;
-- else in the plain format of ``model_worker.generation`` (reimplemented here by
-  :func:`plain_text`, since this library imports nothing from the platform): each turn on its
-  own as ``"System: …"``, ``"User: …"`` or ``"Assistant: …"`` (content stripped), turns separated
-  by a blank line, the response as the last ``"Assistant: …"`` turn; i.e. the generation prompt
-  followed by the response. The tokenizer adds its usual special tokens (BOS, or CLS/SEP).
+- else in the plain format of :mod:`rlhf.data.chat`, the one generation samples from: the
+  generation prompt followed by the response. The tokenizer adds its usual special tokens
+  (BOS, or CLS/SEP).
 
 A text longer than ``max_length`` tokens is cut from the left (the oldest context goes first,
 the response is kept); the special tokens the tokenizer adds (BOS, CLS/SEP) are kept too. A
@@ -53,14 +51,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from rlhf.data.chat import conversation_text, has_chat_template
 from rlhf.files import normalize_permissions
 
 METADATA_FILE = "pairwise_reward.json"
 HEAD_INIT_SEED = 0  # the new score head is initialised under this seed
-
-# The plain chat format of model_worker.generation (kept in step with it by hand).
-ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
-TURN_SEPARATOR = "\n\n"
 
 
 def library_version() -> str:
@@ -119,30 +114,6 @@ def load_reward_backbone(path_or_model_dir: str | Path, *, dtype=None):
 # --- formatting and scoring ---------------------------------------------------------------------
 
 
-def role_label(role: str) -> str:
-    return ROLE_LABELS.get(role, role.capitalize())
-
-
-def plain_text(context: Sequence[Mapping[str, str]], response: str) -> str:
-    """The plain format: the context's turns, then the response as the last assistant turn."""
-    turns = [f"{role_label(m['role'])}: {m['content'].strip()}" for m in context]
-    turns.append(f"{ROLE_LABELS['assistant']}: {response.strip()}")
-    return TURN_SEPARATOR.join(turns)
-
-
-def has_chat_template(tokenizer) -> bool:
-    return bool(getattr(tokenizer, "chat_template", None))
-
-
-def format_text(tokenizer, context: Sequence[Mapping[str, str]], response: str) -> str:
-    """The text a (context, response) pair is scored as (see the module docstring)."""
-    if has_chat_template(tokenizer):
-        conversation = [dict(m) for m in context]
-        conversation.append({"role": "assistant", "content": response})
-        return tokenizer.apply_chat_template(conversation, tokenize=False)
-    return plain_text(context, response)
-
-
 def encode_texts(
     tokenizer, texts: Sequence[str], *, max_length: int | None = 512
 ) -> list[list[int]]:
@@ -190,7 +161,7 @@ def score_texts(
         raise ValueError("batch_size and max_length must be positive")
     if not responses:
         return torch.zeros(0)
-    texts = [format_text(tokenizer, c, r) for c, r in zip(contexts, responses, strict=True)]
+    texts = [conversation_text(tokenizer, c, r) for c, r in zip(contexts, responses, strict=True)]
     encoded = encode_texts(tokenizer, texts, max_length=usable_length(model, max_length))
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     rewards = torch.empty(len(encoded), dtype=torch.float32)

@@ -8,7 +8,7 @@ computed once. A batch of B pairs becomes one packed row, the pairs one after th
     tokens     [ p0 p1 … pP-1 | c0 c1 … cA-1 | r0 r1 … rB-1 | next pair … ]
     positions  [ 0  1  … P-1  | P  P+1 … P+A-1 | P  P+1 … P+B-1 | 0 1 … ]
 
-and attention keeps them apart (:mod:`rlhf.packed_attention`): the prefix and the chosen reply
+and attention keeps them apart (:mod:`rlhf.nn.packed_attention`): the prefix and the chosen reply
 attend causally to themselves, the rejected reply to the prefix and to itself, never to the
 chosen one. The rewards are the score head at the last chosen token (index P+A-1) and at the last
 rejected one (P+A+B-1). This is exactly the computation of scoring the two sequences separately
@@ -21,7 +21,7 @@ attending to itself, the reward read at ``[CLS]``. A model whose packed scoring 
 its own forward (:func:`packs_exactly` checks once, on two small random pairs) gets 2B padded rows
 through its own forward instead. Both ways return the same ``(chosen, rejected)``.
 
-Tokens are those of :func:`rlhf.reward_model.score_texts` (its text format; a pair too long for
+Tokens are those of :func:`rlhf.reward.model.score_texts` (its text format; a pair too long for
 ``max_length`` is cut by :func:`truncate_pair`, which keeps the two replies' context the same), so
 scoring a pair that fits equals scoring its two texts there.
 
@@ -41,9 +41,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf.data import PreferencePair
-from rlhf.packed_attention import AttentionBlock, PackedLayout, packed_attention_of
-from rlhf.reward_model import encode_texts, format_text, has_chat_template, usable_length
+from rlhf.data.chat import conversation_text, has_chat_template
+from rlhf.data.pairs import PreferencePair
+from rlhf.nn.packed_attention import AttentionBlock, PackedLayout, packed_attention_of
+from rlhf.reward.model import encode_texts, usable_length
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ def encode_pairs(
     """Tokenise each pair's chosen and rejected texts and cut them with :func:`truncate_pair`.
 
     A pair whose two texts fit in ``max_length`` gets exactly the tokens
-    :func:`rlhf.reward_model.score_texts` scores; a longer pair keeps the same context for both
+    :func:`rlhf.reward.model.score_texts` scores; a longer pair keeps the same context for both
     replies (where single-text truncation would cut the shorter text's context less).
     """
     if max_length < 2:
@@ -130,8 +131,8 @@ def encode_pairs(
         return []
     texts = []
     for pair in pairs:
-        texts.append(format_text(tokenizer, pair.context, pair.chosen))
-        texts.append(format_text(tokenizer, pair.context, pair.rejected))
+        texts.append(conversation_text(tokenizer, pair.context, pair.chosen))
+        texts.append(conversation_text(tokenizer, pair.context, pair.rejected))
     ids = encode_texts(tokenizer, texts, max_length=None)
     lead = leading_special_tokens(tokenizer)
     encoded = []
@@ -182,7 +183,7 @@ def collate(
     """Model inputs for a batch of B pairs.
 
     Packed (the default): one row of all the batch's tokens, no padding — ``input_ids`` and
-    ``position_ids`` (1, N), ``packed_layout`` (a :class:`rlhf.packed_attention.PackedLayout`)
+    ``position_ids`` (1, N), ``packed_layout`` (a :class:`rlhf.nn.packed_attention.PackedLayout`)
     and ``chosen_index`` / ``rejected_index`` (B,), the tokens whose hidden state is each reward
     (``reward_token``: ``"last"`` for decoders, ``"first"`` for encoders' ``[CLS]``). With
     ``prefix_sharing`` a pair is its context once, then the chosen reply, then the rejected

@@ -6,7 +6,7 @@
 
 The metrics (a JSON-serialisable dict):
 
-- ``pairs``, ``accuracy`` (ties count ½, :func:`rlhf.losses.pairwise_accuracy`) and ``loss``
+- ``pairs``, ``accuracy`` (ties count ½, :func:`rlhf.reward.losses.pairwise_accuracy`) and ``loss``
   (the margin loss with each pair's margin);
 - ``by_strength``: accuracy per rating bucket, the columns of Llama 2's Table 8 (significantly
   better, better, slightly better, negligibly better / unsure; ``unrated`` for pairs without a
@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from rlhf.data import PreferencePair
-from rlhf.data import margins as pair_margins  # (a local "margins" below)
-from rlhf.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
+from rlhf.data.pairs import PreferencePair
+from rlhf.data.pairs import margins as pair_margins  # (a local "margins" below)
 from rlhf.preferences import STRENGTH_LABELS, Strength
+from rlhf.reward.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
 
 SAFETY_THRESHOLD = 0.15
 CALIBRATION_BINS = 10
@@ -147,11 +147,11 @@ def evaluate_reward_model(
     safety_threshold: float = SAFETY_THRESHOLD,
     progress=None,
 ) -> dict[str, Any]:
-    """Score every pair (:func:`rlhf.pair_scoring.score_pairs`) and compute the metrics.
+    """Score every pair (:func:`rlhf.reward.scoring.score_pairs`) and compute the metrics.
 
     ``progress`` is called with the number of pairs scored after each batch.
     """
-    from rlhf.pair_scoring import score_pairs
+    from rlhf.reward.scoring import score_pairs
 
     chosen, rejected = score_pairs(
         model, tokenizer, pairs, batch_size=batch_size, max_length=max_length, progress=progress
