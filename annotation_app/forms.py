@@ -12,10 +12,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm, UsernameField
 
 from annotation_app.errors import InvalidInput
-from annotation_app.models import Batch
+from annotation_app.models import Batch, ModelVersion
 from annotation_app.services.annotations import DISPLAY_SIDES, MAX_RATIONALE_CHARS, Judgement
 from annotation_app.services.dialogues import MAX_TURN_CHARS
+from annotation_app.services.training.start import KINDS
+from rlhf.hyperparameters import ADVANCED, ConfigError, shown_settings
 from rlhf.preferences import Strength
+from rlhf.reward.config import RewardTrainingConfig
 
 MISSING_RATING = "choose which response is better, and by how much"
 # A flag's reason is a note for the batch admins, not data: a few sentences.
@@ -129,6 +132,65 @@ class FlagForm(CheckedForm):
     """The task page's flag; an empty reason is allowed (the service says so in its place)."""
 
     reason = forms.CharField(required=False, strip=False, max_length=MAX_FLAG_REASON_CHARS)
+
+
+class TrainingForm(CheckedForm):
+    """The training page: kind, batches, base model, and the settings the reward config shows on
+    forms, one text field each, from their declarations (``rlhf.reward.config``): label, help,
+    choices, basic or advanced. A blank setting is left to the library's default; the service
+    checks the values (and that batches were chosen)."""
+
+    kind = forms.ChoiceField(choices=[(kind, kind) for kind in KINDS])
+    batches = forms.ModelMultipleChoiceField(
+        queryset=Batch.objects.all(),
+        required=False,
+        error_messages={
+            "invalid_choice": "no such batch: %(value)s",
+            "invalid_pk_value": "not a valid choice",
+        },
+    )
+    base_model = forms.ModelChoiceField(
+        queryset=ModelVersion.objects.all(),
+        required=False,
+        error_messages={"invalid_choice": "no such model version"},
+    )
+
+    SETTINGS = shown_settings(RewardTrainingConfig)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for rule in self.SETTINGS:
+            self.fields[rule.name] = forms.CharField(
+                required=False, label=rule.label, help_text=rule.help
+            )
+
+    def config(self) -> dict:
+        """The settings typed in, parsed by their declarations; a bad one raises InvalidInput
+        naming it (``"Seed must be a whole number, not 'x'"``)."""
+        values = {}
+        for rule in self.SETTINGS:
+            raw = (self.cleaned_data.get(rule.name) or "").strip()
+            if not raw:
+                continue
+            try:
+                values[rule.name] = rule.parse(raw)
+            except ConfigError as error:
+                raise InvalidInput(f"{rule.label} {error.message}", rule.name) from None
+        return values
+
+    def settings_shown(self) -> list[dict]:
+        """Each setting for the template: its rule, basic or advanced, and its value (what was
+        posted, or the library's default)."""
+        defaults = RewardTrainingConfig()
+        shown = []
+        for rule in self.SETTINGS:
+            if self.is_bound:
+                value = self.data.get(rule.name, "")
+            else:  # Python's repr (1e-05), never localised
+                default = getattr(defaults, rule.name)
+                value = "" if default is None else str(default)
+            shown.append({"hp": rule, "advanced": rule.form == ADVANCED, "value": value})
+        return shown
 
 
 class SignInForm(AuthenticationForm):

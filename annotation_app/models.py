@@ -715,10 +715,13 @@ class TrainingRun(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
-    # Written with every progress write while running: a running run whose heartbeat stops
-    # lost its worker, and a redelivered task takes it over (services.training).
+    # Written with every batch of events its job sends while running: a running run whose
+    # heartbeat stops lost its worker, and the relay sends it again (services.training).
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # How many records of its job's event log are mirrored here: a batch of events sent twice,
+    # or out of order, is applied once and in order.
+    events_mirrored = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at"]

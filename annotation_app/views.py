@@ -21,6 +21,7 @@ from annotation_app.forms import (
     JudgementForm,
     NextTurnForm,
     PromptForm,
+    TrainingForm,
 )
 from annotation_app.models import (
     Assignment,
@@ -33,10 +34,12 @@ from annotation_app.models import (
 from annotation_app.roles import Role, user_roles
 from annotation_app.selectors import annotator_queue, batch_progress
 from annotation_app.services import assignment as assignment_service
-from annotation_app.services import dialogues, training
+from annotation_app.services import dialogues
 from annotation_app.services.annotations import MISSING_SAFETY_LABEL, submit_annotation
 from annotation_app.services.registry import current_version
-from rlhf.preferences import STRENGTH_LABELS, Strength
+from annotation_app.services.training import report as run_report
+from annotation_app.services.training import start
+from rlhf.preferences import STRENGTH_LABELS, TABLE8_SHORT_LABELS, Strength
 
 annotator_required = permission_required("annotation_app.annotate", raise_exception=True)
 # Training pages are ML staff's: batch admins can read runs in the admin, not start them.
@@ -345,88 +348,45 @@ def continue_dialogue(request: HttpRequest, assignment_id: int) -> HttpResponse:
     )
 
 
-def _ids(values: list[str], field: str) -> list[int]:
-    try:
-        return [int(value) for value in values]
-    except ValueError:
-        raise InvalidInput("not a valid choice", field) from None
-
-
-def _start_training_from_form(request: HttpRequest) -> TrainingRun:
-    data = request.POST
-    batch_ids = _ids(data.getlist("batches"), "batches")
-    batches = list(Batch.objects.filter(pk__in=batch_ids))
-    unknown = sorted(set(batch_ids) - {batch.pk for batch in batches})
-    if unknown:  # as the API answers: never train on fewer batches than were asked for
-        raise InvalidInput(f"no such batch: {', '.join(map(str, unknown))}", "batches")
-    base_model = None
-    if data.get("base_model"):
-        (base_id,) = _ids([data["base_model"]], "base_model")
-        base_model = ModelVersion.objects.filter(pk=base_id).first()
-        if base_model is None:
-            raise InvalidInput("no such model version", "base_model")
-    return training.start_reward_training(
-        request.user,
-        data.get("kind", ""),
-        batches,
-        base_model=base_model,
-        config=training.config_from_form(data),
-    )
-
-
-def _form_value(value) -> str:
-    """A default as the form shows it: ``1e-05`` stays Python's repr, never localised."""
-    return "" if value is None else str(value)
-
-
 @login_required
 @trainer_required
 def training_page(request: HttpRequest) -> HttpResponse:
     """Start a reward-model run (kind, batches, base model, hyperparameters); list the runs."""
     error = None
+    form = TrainingForm(request.POST if request.method == "POST" else None)
     if request.method == "POST":
         try:
-            run = _start_training_from_form(request)
+            choices = form.checked()
+            run = start.start_reward_training(
+                request.user,
+                choices["kind"],
+                choices["batches"],
+                base_model=choices["base_model"],
+                config=form.config(),
+            )
         except InvalidInput as invalid:
             error = invalid
         else:
             messages.success(request, f"Training run {run.pk} is queued.")
             return redirect("training-run", run_id=run.pk)
-    form = request.POST if error else {}
-    defaults = training.hyperparameter_defaults()
+    posted = request.POST if error else {}
     policy = current_version(ModelVersion.Role.POLICY)
     context = {
         "error": error,
-        "form": form,
-        "kinds": training.KINDS,
-        "kind": form.get("kind", "helpfulness"),
-        "batches": training.batches_for_training(),
-        "selected_batches": set(form.getlist("batches")) if form else set(),
-        "base_models": training.base_model_choices(),
-        "base_model": form.get("base_model") if form else str(policy.pk) if policy else "",
-        "hyperparameters": [
-            {
-                "hp": hp,
-                "value": form.get(hp.name, "") if form else _form_value(defaults.get(hp.name)),
-            }
-            for hp in training.HYPERPARAMETERS
-        ],
-        "runs": TrainingRun.objects.filter(kind__in=training.RUN_KIND.values())
+        "form": posted,
+        "kinds": start.KINDS,
+        "kind": posted.get("kind", "helpfulness"),
+        "batches": start.batches_for_training(),
+        "selected_batches": set(posted.getlist("batches")) if posted else set(),
+        "base_models": start.base_model_choices(),
+        "base_model": posted.get("base_model") if posted else str(policy.pk) if policy else "",
+        "hyperparameters": form.settings_shown(),
+        "runs": TrainingRun.objects.filter(kind__in=start.RUN_KIND.values())
         .defer("logs", "metrics")
         .select_related("base_model", "created_by")
         .prefetch_related("batches")[:50],
     }
     return render(request, "annotation_app/training.html", context, status=400 if error else 200)
-
-
-# Bar labels must fit under five bars: the table beside the chart has the full names.
-SHORT_BUCKET_LABELS = {
-    "significantly_better": "Significantly",
-    "better": "Better",
-    "slightly_better": "Slightly",
-    "negligibly_better": "Negligibly",
-    "unrated": "Unrated",
-}
 
 
 def _run_charts(report: dict) -> dict:
@@ -442,9 +402,10 @@ def _run_charts(report: dict) -> dict:
     if rows:
         buckets = charts.bar_chart(
             [
-                (SHORT_BUCKET_LABELS[key], cell["accuracy"], f"n={cell['pairs']}")
+                # Bar labels must fit under five bars: the table has the full names.
+                (TABLE8_SHORT_LABELS[key], cell["accuracy"], f"n={cell['pairs']}")
                 for key, cell in rows[0]["cells"].items()
-                if cell and key in SHORT_BUCKET_LABELS
+                if cell
             ],
             title=f"Accuracy by rating: {rows[0]['label']}",
             y_label="accuracy",
@@ -459,7 +420,7 @@ def training_run(request: HttpRequest, run_id: int) -> HttpResponse:
     run = get_object_or_404(
         TrainingRun.objects.select_related("base_model", "created_by"), pk=run_id
     )
-    report = training.metrics_report(run)
+    report = run_report.metrics_report(run)
     context = {
         "run": run,
         "batches": run.batches.order_by("created_at", "pk"),
@@ -467,7 +428,7 @@ def training_run(request: HttpRequest, run_id: int) -> HttpResponse:
         "report": report,
         "charts": _run_charts(report),
         "finished": run.status in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED),
-        "log_tail": training.log_tail(run),
+        "log_tail": run_report.log_tail(run),
     }
     return render(request, "annotation_app/training_run.html", context)
 
@@ -479,7 +440,7 @@ def promote_training_output(request: HttpRequest, run_id: int) -> HttpResponse:
     """Make the run's model the current one of its role."""
     run = get_object_or_404(TrainingRun, pk=run_id)
     try:
-        version = training.promote_run_output(run)
+        version = start.promote_run_output(run)
     except Conflict as refused:
         messages.warning(request, str(refused))
     else:

@@ -358,7 +358,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "model_worker.tasks.generate_*": {"queue": "generation"},
-    "annotation_app.tasks.train_*": {"queue": "training"},
+    "model_worker.tasks.train_*": {"queue": "training"},
 }
 
 # Without a broker, generation runs in a background thread of the web process (the demo).

@@ -1,6 +1,7 @@
 """Celery tasks of the model workers. They never touch the database: requests carry all they
 need (model path, messages, sampling parameters, seed) and results go back as plain data, which
-the platform's own callback stores. Generation tasks run on the ``generation`` queue.
+the platform's own callback stores. Generation tasks run on the ``generation`` queue, training
+tasks on the ``training`` queue (the ``generate_*`` and ``train_*`` routes in settings).
 """
 
 from __future__ import annotations
@@ -8,12 +9,17 @@ from __future__ import annotations
 import os
 import socket
 from collections import defaultdict
+from pathlib import Path
 
-from celery import shared_task
+from celery import shared_task, signature
 
 from model_worker.hub import HubUnavailable
 
 MAX_RETRIES = 3
+# A training job killed by a signal (a SIGKILL, the OOM killer) is launched again this many times,
+# each resuming from its last checkpoint, before the run is reported failed.
+TRAINING_RELAUNCHES = 2
+RELAUNCH_COUNTDOWN_SECONDS = 2
 
 
 @shared_task(name="model_worker.tasks.ping")
@@ -91,3 +97,45 @@ def generate_responses(
         return [
             {"comparison": r["comparison"], "slot": r["slot"], "error": message} for r in requests
         ]
+
+
+@shared_task(
+    bind=True,
+    name="model_worker.tasks.train_model",
+    acks_late=True,  # a worker that dies mid-job leaves the message to be delivered again
+    reject_on_worker_lost=True,
+    max_retries=TRAINING_RELAUNCHES,
+)
+def train_model(self, spec_path: str, on_events: dict | None = None, events_from: int = 0) -> dict:
+    """Run a training job (``model_worker/training.py``) and report how it ended.
+
+    ``on_events``: a Celery signature (the platform's) sent with ``(index, events)`` for each new
+    batch of the job's events, and with an empty batch now and then while the job is quiet;
+    ``events_from``: the first event the platform has not seen. A job killed by a signal is
+    launched again, resuming from its checkpoint (a retry of this task: it needs a broker).
+    """
+    from model_worker.training import train
+    from rlhf.jobs import EVENTS_FILE, EventLog, RunSpec
+
+    def send(index: int, events: list[dict]) -> None:
+        if on_events is not None:
+            signature(on_events).clone(args=(index, events)).apply_async()
+
+    spec_path = Path(spec_path)
+    report, outcome = train(spec_path, send, events_from=events_from)
+    killed = outcome is not None and outcome.killed_by is not None
+    if killed and self.request.retries < TRAINING_RELAUNCHES and not self.request.is_eager:
+        log = EventLog(RunSpec.load(spec_path).output_dir / EVENTS_FILE)
+        log.write(
+            "log",
+            message=f"{report['error']}: launched again, resuming from its last checkpoint",
+        )
+        raise self.retry(
+            countdown=RELAUNCH_COUNTDOWN_SECONDS,
+            kwargs={
+                "spec_path": str(spec_path),
+                "on_events": on_events,
+                "events_from": len(outcome.events),
+            },
+        )
+    return report

@@ -9,7 +9,8 @@ from pathlib import Path
 from rlhf.reward.cli import add_commands
 
 DESCRIPTION = """\
-Train and evaluate reward models, and convert llama2.c checkpoints, without the platform.
+Train and evaluate reward models, run training jobs, and convert llama2.c checkpoints,
+without the platform.
 Run "python -m rlhf COMMAND --help" for the options of a command."""
 
 
@@ -42,13 +43,21 @@ def import_llama2c(args: argparse.Namespace) -> int:
     return 0
 
 
+def tiny_llama(args: argparse.Namespace) -> int:
+    from rlhf.nn.tiny import build_tiny_llama
+
+    print(f"wrote a tiny, untrained Llama to {build_tiny_llama(args.out_dir)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """A job from its spec (rlhf/jobs.py): what the platform's workers launch."""
     from accelerate import PartialState
 
     from rlhf.data.pairs import DataError
-    from rlhf.jobs import JobError, RunSpec, run_job
+    from rlhf.jobs import JobError, RunSpec
     from rlhf.reward.config import ConfigError
+    from rlhf.runner import run_job
 
     try:
         spec = RunSpec.load(args.spec)
@@ -82,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     llama2c.add_argument("out_dir", type=Path)
     llama2c.set_defaults(run=import_llama2c)
+    tiny = commands.add_parser(
+        "tiny-llama",
+        help="write a tiny, untrained Llama (the demo's fallback policy, tests)",
+        description="Write a tiny, untrained LlamaForCausalLM with its own small tokenizer.",
+    )
+    tiny.add_argument("out_dir", type=Path)
+    tiny.set_defaults(run=tiny_llama)
     job = commands.add_parser(
         "run",
         help="run a training job from its spec file",

@@ -182,7 +182,7 @@ def add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
     for rule in rules(config_class):
         if rule.flag is None:
             continue
-        described = f"{rule.help} " if rule.help else ""
+        described = f"{rule.help} ".replace("%", "%%") if rule.help else ""  # argparse formats
         parser.add_argument(
             "--" + rule.flag.replace("_", "-"),
             dest=rule.name,

@@ -1,7 +1,10 @@
 """The job contract: a training stage reads a run spec and writes an event log, metrics and a model.
 
 A job is what the platform's model workers launch (``accelerate launch -m rlhf run SPEC.json``)
-and what anyone can run by hand; it touches no database. Its spec (JSON) says everything:
+and what the stages' own commands (``train-reward``, …) build and run; it touches no database.
+This module is the contract alone (what a spec holds, what a job writes), free of torch, so that
+the platform can write specs and read events; :mod:`rlhf.runner` runs them. Its spec (JSON) says
+everything:
 
     {"stage": "reward",                       # which stage runs it (STAGES)
      "config": {...},                         # the stage's settings (reward: RewardTrainingConfig)
@@ -23,13 +26,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+SPEC_FILE = "spec.json"  # where the commands and the platform keep the spec they ran
 EVENTS_FILE = "events.jsonl"
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
@@ -40,6 +43,10 @@ EVENT_TYPES = {
     "step": ("step", "total_steps", "loss", "learning_rate", "pairs_per_second"),
     "evaluation": ("step", "metrics"),
     "progress": ("fraction",),
+    # What the stage trains on and holds out, once its data is read (pairs, prompts, …).
+    "data": ("train", "held_out"),
+    # The current model of the kind on the newest data, before training on it (reward stage).
+    "baseline": ("model", "batch", "pairs", "metrics", "error"),
     "metrics": ("metrics",),
     "error": ("message", "traceback"),
 }
@@ -170,10 +177,23 @@ def _inputs_from(values: Any) -> dict[str, list[InputFile]]:
 
 
 class EventLog:
-    """``events.jsonl`` of a job: records appended a line at a time, flushed as written."""
+    """``events.jsonl`` of a job: records appended a line at a time, flushed as written.
 
-    def __init__(self, path: str | Path):
+    Under several processes only the main one writes (``main_process``); the others' writes do
+    nothing, so that a stage can report without asking which process it runs in. ``listener``
+    receives each record as it is written (the command line's progress display).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        main_process: bool = True,
+        listener: Callable[[dict[str, Any]], None] | None = None,
+    ):
         self.path = Path(path)
+        self.main_process = main_process
+        self.listener = listener
 
     def write(self, event_type: str, **fields: Any) -> None:
         expected = EVENT_TYPES.get(event_type)
@@ -183,9 +203,13 @@ class EventLog:
             )
         if set(fields) != set(expected):
             raise ValueError(f"a {event_type!r} event carries {expected}, not {sorted(fields)}")
+        if not self.main_process:
+            return
         record = {"type": event_type, "time": datetime.now(UTC).isoformat(), **fields}
         with self.path.open("a") as file:
             file.write(json.dumps(record) + "\n")
+        if self.listener is not None:
+            self.listener(record)
 
 
 def read_events(path: str | Path) -> list[dict[str, Any]]:
@@ -196,55 +220,3 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
         return []
     complete = text[: text.rfind("\n") + 1]
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
-
-
-# A stage: runs the spec, writing events to the log; returns the final metrics to record.
-Stage = Callable[[RunSpec, EventLog], dict[str, Any]]
-
-
-def _reward_stage(spec: RunSpec, events: EventLog) -> dict[str, Any]:
-    from rlhf.reward.cli import run_reward_job
-
-    return run_reward_job(spec, events)
-
-
-STAGES: dict[str, Stage] = {"reward": _reward_stage}
-
-
-def check(spec: RunSpec) -> None:
-    """Everything checked before a job starts: a known stage, its inputs as the spec names
-    them, and an output directory that holds no other run unless the spec resumes it."""
-    if spec.stage not in STAGES:
-        raise JobError("stage", f"{spec.stage!r} is not a stage; the stages are {sorted(STAGES)}")
-    for role, files in spec.inputs.items():
-        for file in files:
-            file.verify(role)
-    model = spec.output_dir / MODEL_DIR
-    if not spec.resume and model.is_dir() and any(model.iterdir()):
-        raise JobError(
-            "output_dir",
-            f"{spec.output_dir} holds a run already: set resume to continue it, or name "
-            "another directory",
-        )
-
-
-def run_job(spec: RunSpec, *, main_process: bool = True) -> dict[str, Any]:
-    """Run ``spec`` (checked first); returns its final metrics. A failure is written to the
-    event log as an "error" event with its traceback, then raised."""
-    check(spec)
-    spec.output_dir.mkdir(parents=True, exist_ok=True)
-    events = EventLog(spec.output_dir / EVENTS_FILE)
-    try:
-        metrics = STAGES[spec.stage](spec, events)
-    except BaseException as error:
-        if main_process:
-            events.write(
-                "error",
-                message=str(error) or type(error).__name__,
-                traceback=traceback.format_exc(),
-            )
-        raise
-    if main_process:
-        events.write("metrics", metrics=metrics)
-        (spec.output_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics

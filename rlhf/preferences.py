@@ -32,6 +32,22 @@ STRENGTH_LABELS: dict[Strength, str] = {
     Strength.NEGLIGIBLY_BETTER: "Negligibly better / unsure",
 }
 
+# The accuracy buckets of Llama 2's Table 8: the rating scale's, strongest first, then pairs
+# without a rating (imported preferences, HH-RLHF). Keys as evaluation metrics name them.
+UNRATED = "unrated"
+TABLE8_BUCKETS: dict[str, str] = {
+    **{strength.value: label for strength, label in STRENGTH_LABELS.items()},
+    UNRATED: "Unrated",
+}
+# The same, short enough to label a bar of a chart of five.
+TABLE8_SHORT_LABELS: dict[str, str] = {
+    Strength.SIGNIFICANTLY_BETTER: "Significantly",
+    Strength.BETTER: "Better",
+    Strength.SLIGHTLY_BETTER: "Slightly",
+    Strength.NEGLIGIBLY_BETTER: "Negligibly",
+    UNRATED: "Unrated",
+}
+
 # Margins of the Llama 2 paper, Table 27; "none" is the plain Bradley-Terry loss.
 MARGIN_TABLES: dict[str, dict[Strength, float]] = {
     "none": {strength: 0.0 for strength in Strength},

@@ -29,7 +29,7 @@ from annotation_app.api.fields import JSONParser
 from annotation_app.models import Annotation, Batch, ModelVersion, TrainingRun
 from annotation_app.selectors import batch_progress
 from annotation_app.services import assignment as assignment_service
-from annotation_app.services import dialogues, registry, training
+from annotation_app.services import dialogues, registry
 from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.batches import (
     activate_batch,
@@ -45,6 +45,7 @@ from annotation_app.services.exports import (
 )
 from annotation_app.services.generation import retry_unfinished_generation
 from annotation_app.services.imports import import_comparisons
+from annotation_app.services.training import report, start
 from annotation_app.templatetags.pairwise_text import minutes
 
 
@@ -439,7 +440,7 @@ class TrainingRunViewSet(
         form = s.StartTrainingSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         data = form.validated_data
-        run = training.start_reward_training(
+        run = start.start_reward_training(
             request.user,
             data["kind"],
             data["batches"],
@@ -461,7 +462,7 @@ class TrainingRunViewSet(
                     "status": run.status,
                     "progress": run.progress,
                     "error": run.error,
-                    "log_tail": training.log_tail(run),
+                    "log_tail": report.log_tail(run),
                     "train_pairs": run.train_pairs,
                     "eval_pairs": run.eval_pairs,
                     "started_at": run.started_at,

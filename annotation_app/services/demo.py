@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,9 +144,12 @@ def ensure_demo_policy() -> DemoPolicy:
     if current is not None and current.path != stored_path(str(tiny_path)):
         return DemoPolicy(current, "registered as current (PAIRWISE_POLICY is not set)")
     if not (tiny_path / "config.json").exists():
-        from rlhf.nn.tiny import build_tiny_llama
-
-        build_tiny_llama(tiny_path)
+        # In a process of its own: the platform's processes load no torch.
+        subprocess.run(
+            [sys.executable, "-m", "rlhf", "tiny-llama", str(tiny_path)],
+            check=True,
+            capture_output=True,
+        )
     version = registered_version(str(tiny_path), role) or register_model(
         str(tiny_path), role, name=_unused_name(TINY_POLICY_NAME)
     )

@@ -11,31 +11,26 @@ Four formats (``FORMATS``), detected from the first record or named explicitly:
   ``prompt`` as two whole conversations sharing their beginning.
 - ``hh-rlhf``: Anthropic HH-RLHF ``chosen`` / ``rejected`` transcripts.
 
-The whole file is parsed and checked before anything is written; a bad record rejects the
-file with every problem listed by file, line and field, and the database is left untouched.
-Files must be UTF-8, and may be gzip-compressed: that is known from their first bytes, whatever
-their name. A name ending in ``.csv`` (or ``.csv.gz``, in any case) is read as CSV, any other
-as JSON Lines. Lines are counted on the bytes and decoded one by one, so an error names its
-true line and the rest of the file is still checked.
+Files are read, and their format told, by :mod:`rlhf.data.records`, which the training-data
+loader (:func:`rlhf.data.pairs.load_pairs`) uses too, so a file reads the same in both; the
+importer gives it the platform's limits. The whole file is parsed and checked before anything
+is written; a bad record rejects the file with every problem listed by file, line and field,
+and the database is left untouched. Files must be UTF-8, and may be gzip-compressed: that is
+known from their first bytes, whatever their name. A name ending in ``.csv`` (or ``.csv.gz``,
+in any case) is read as CSV, any other as JSON Lines. Lines are counted on the bytes and
+decoded one by one, so an error names its true line and the rest of the file is still checked.
 
 Limits (``PAIRWISE_IMPORT_MAX_BYTES`` uncompressed, ``PAIRWISE_IMPORT_MAX_RECORDS``) are
 enforced while the file is read: past one, reading stops, so that a compression bomb costs no
-more than the limit. The content is hashed as it is read (SHA-256 of the uncompressed bytes);
-importing the same content into the same batch again is refused unless asked for.
+more than the limit. A record nested deeper than ``MAX_JSON_DEPTH`` is an error of its line.
+The content is hashed as it is read (SHA-256 of the uncompressed bytes); importing the same
+content into the same batch again is refused unless asked for.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
-import gzip
-import hashlib
-import io
-import json
-import math
 import random
-import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -58,15 +53,20 @@ from annotation_app.storable import (
     BIGINT_MIN,
     INTEGER_MAX,
     MAX_JSON_DEPTH,
-    json_depth,
     json_problem,
     text_problem,
 )
 from rlhf.data import hh_rlhf
 from rlhf.data import messages as checks
 from rlhf.data.messages import FieldError
-
-FORMATS = ("prompts", "canonical", "trl", "hh-rlhf")
+from rlhf.data.records import (
+    FORMATS,
+    FileTooLarge,
+    ReadingStopped,
+    RecordReader,
+    TooManyRecords,
+    detect_format,
+)
 
 # Prompt and category columns of the public prompt sets (HarmBench, SimpleSafetyTests,
 # StrongREJECT, AdvBench, XSTest, Do-Not-Answer), tried in this order.
@@ -77,11 +77,6 @@ CATEGORY_KEYS = ("risk_category", "harm_area", "SemanticCategory", "category", "
 CONTEXT_STRING_KEY = "ContextString"
 # A record's conversation holds at most this many messages (no dialogue to judge needs more).
 MAX_CONTEXT_TURNS = 100
-# Integers are refused past this many digits, before Python converts them (its own limit, of
-# 4,300 digits, answers with advice for programmers); no integer column holds more than 19.
-MAX_INTEGER_DIGITS = 100
-GZIP_MAGIC = b"\x1f\x8b"  # the first two bytes of every gzip file
-READ_CHUNK_BYTES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -140,233 +135,6 @@ class ImportReport:
     records: int
     comparisons: int
     waiting_for_generation: int
-
-
-# --- reading records --------------------------------------------------------------------
-
-
-class _FileTooLarge(Exception):
-    """The uncompressed content passed ``PAIRWISE_IMPORT_MAX_BYTES``."""
-
-
-class _MeteredReader(io.RawIOBase):
-    """The file's (uncompressed) bytes, counted and hashed as they are read.
-
-    Reading past ``max_bytes`` raises :class:`_FileTooLarge`; no more than one byte beyond the
-    limit is ever asked of the source, so a gzip bomb is decompressed no further than that.
-    """
-
-    def __init__(self, source: IO[bytes], max_bytes: int):
-        self._source = source
-        self._max_bytes = max_bytes
-        self.bytes_read = 0
-        self.sha256 = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        wanted = min(len(buffer), self._max_bytes + 1 - self.bytes_read)
-        data = self._source.read(wanted)
-        self.bytes_read += len(data)
-        if self.bytes_read > self._max_bytes:
-            raise _FileTooLarge
-        self.sha256.update(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-
-class _Rejoined(io.RawIOBase):
-    """The bytes ``head``, already read from ``source``, then the rest of ``source``."""
-
-    def __init__(self, head: bytes, source: IO[bytes]):
-        self._head = head
-        self._source = source
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if self._head:
-            data, self._head = self._head[: len(buffer)], self._head[len(buffer) :]
-        else:
-            data = self._source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _content_kind(filename: str, head: bytes) -> tuple[bool, bool]:
-    """(gzip-compressed, CSV) for a file named ``filename`` that starts with the bytes ``head``.
-
-    Compression is known from the content (gzip's first two bytes), so that a file's name
-    cannot mislead; CSV from the name, ``.csv`` or ``.csv.gz`` in any case.
-    """
-    return head.startswith(GZIP_MAGIC), filename.lower().removesuffix(".gz").endswith(".csv")
-
-
-class _Lines:
-    """The numbered lines (bytes, ending in ``\\n``) of a file, plain or gzip-compressed.
-
-    ``line`` is the number of lines read so far: where reading stopped, if it stops early.
-    ``compressed`` and ``csv`` say what the file is (:func:`_content_kind`).
-    """
-
-    def __init__(self, stream: IO[bytes], filename: str, max_bytes: int):
-        head = stream.read(len(GZIP_MAGIC))
-        self.compressed, self.csv = _content_kind(filename, head)
-        source: IO[bytes] = _Rejoined(head, stream)
-        if self.compressed:
-            source = gzip.GzipFile(fileobj=source, mode="rb")
-        self.max_bytes = max_bytes
-        self._reader = _MeteredReader(source, max_bytes)
-        self.line = 0
-
-    @property
-    def sha256(self) -> str:
-        return self._reader.sha256.hexdigest()
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        for raw in io.BufferedReader(self._reader, buffer_size=READ_CHUNK_BYTES):
-            self.line += 1
-            if self.line == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)
-            yield self.line, raw
-
-
-def _decode(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise FieldError(
-            f"not valid UTF-8: byte 0x{raw[error.start]:02x} at position {error.start + 1} of "
-            "the line; save the file as UTF-8"
-        ) from None
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text[:20]} is too large")
-    return value
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
-def _bounded_int(text: str) -> int:
-    digits = len(text.lstrip("-"))
-    if digits > MAX_INTEGER_DIGITS:
-        raise ValueError(f"an integer of {digits:,} digits is too large")
-    return int(text)
-
-
-def _json_record(text: str) -> Any:
-    """One JSON line, or a :class:`FieldError` saying what is wrong with it."""
-    too_deep = f"nested more than {MAX_JSON_DEPTH} levels deep"
-    try:
-        value = json.loads(
-            text,
-            parse_float=_finite_float,
-            parse_int=_bounded_int,
-            parse_constant=_reject_constant,
-        )
-    except json.JSONDecodeError as error:
-        raise FieldError(f"invalid JSON: {error.msg} (column {error.colno})") from None
-    except RecursionError:
-        raise FieldError(too_deep) from None
-    except ValueError as error:  # a number out of range, NaN or Infinity
-        raise FieldError(f"invalid JSON: {error}") from None
-    if json_depth(value) > MAX_JSON_DEPTH:
-        raise FieldError(too_deep)
-    return value
-
-
-def _read_records(lines: _Lines) -> Iterator[tuple[int, Any]]:
-    """Yield (line number, record) pairs; CSV rows are dicts, JSONL lines decoded JSON.
-
-    A record that cannot be read is yielded as the :class:`FieldError` saying why.
-    """
-    if lines.csv:
-        yield from _read_csv(lines)
-        return
-    for line_number, raw in lines:
-        if not raw.strip():
-            continue
-        try:
-            yield line_number, _json_record(_decode(raw))
-        except FieldError as error:
-            yield line_number, error
-
-
-def _read_csv(lines: _Lines) -> Iterator[tuple[int, Any]]:
-    """Yield (line on which the row starts, row as a dict keyed by the header) pairs.
-
-    Blank lines are skipped; missing trailing fields read as None, like ``csv.DictReader``.
-    The reader is strict: a quote left open at the end of the file is an error, not a field
-    that silently swallows the rest of the file. A line that is not UTF-8 is an error of the
-    row it belongs to (the row is then skipped; the rows after it are still checked), unless
-    it is the header's: without column names no row can be read, so reading stops there.
-    """
-    # A field may be as large as the file (csv's own limit is 128 KiB); csv takes a C long.
-    csv.field_size_limit(max(csv.field_size_limit(), min(lines.max_bytes, 2**31 - 1)))
-    undecodable: list[tuple[int, FieldError]] = []
-
-    def texts() -> Iterator[str]:
-        for number, raw in lines:
-            try:
-                yield _decode(raw)
-            except FieldError as error:
-                undecodable.append((number, error))
-                yield raw.decode("utf-8", errors="replace")
-
-    reader = csv.reader(texts(), strict=True)
-    header: list[str] | None = None
-    while True:
-        line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            yield from undecodable
-            return
-        except csv.Error as error:
-            yield from undecodable
-            if str(error) == "unexpected end of data":
-                message = "a quoted field that starts on this line is never closed"
-            else:
-                message = f"bad CSV: {error}"
-            yield line, FieldError(message)
-            return
-        if undecodable:
-            if header is None:
-                for number, error in undecodable:
-                    yield number, FieldError(f"{error} (the header: no row below it was read)")
-                return
-            yield from undecodable
-            undecodable.clear()
-            continue
-        if not row:
-            continue
-        if header is None:
-            header = row
-            continue
-        yield line, {name: row[i] if i < len(row) else None for i, name in enumerate(header)}
-
-
-def detect_format(record: Any) -> str:
-    """Guess the format of a file from its first record."""
-    if isinstance(record, str):
-        return "prompts"
-    if not isinstance(record, dict):
-        raise FieldError("each line must be a JSON object or string")
-    if "responses" in record:
-        return "canonical"
-    if "chosen" in record and "rejected" in record:
-        chosen = record["chosen"]
-        if "prompt" not in record and isinstance(chosen, str) and hh_rlhf.HH_ASSISTANT in chosen:
-            return "hh-rlhf"
-        return "trl"
-    return "prompts"
 
 
 # --- field helpers ------------------------------------------------------------------------
@@ -592,14 +360,28 @@ def _source_label(filename: str, line: int) -> str:
     return name + suffix
 
 
-def _limit_error(filename: str, line: int, what: str, setting: str) -> RowError:
-    return RowError(
-        filename,
-        line,
-        None,
-        f"{what}, the import limit ({setting}={getattr(settings, setting)}); nothing past it "
-        f"was read. Split the file, or raise {setting} in the server's environment.",
-    )
+# The setting behind each limit the reader enforces, named in its error.
+_LIMIT_SETTINGS = {
+    FileTooLarge: "PAIRWISE_IMPORT_MAX_BYTES",
+    TooManyRecords: "PAIRWISE_IMPORT_MAX_RECORDS",
+}
+
+
+def _stop_error(filename: str, stopped: ReadingStopped) -> RowError:
+    """The error of a file whose reading stopped early; a passed limit names its setting."""
+    setting = _LIMIT_SETTINGS.get(type(stopped))
+    message = str(stopped)
+    if setting is not None:
+        message += (
+            f", the import limit ({setting}={getattr(settings, setting)}); nothing past it "
+            f"was read. Split the file, or raise {setting} in the server's environment."
+        )
+    return RowError(filename, stopped.line, None, message)
+
+
+def _is_csv(filename: str) -> bool:
+    """CSV is known from the name: ``.csv`` or ``.csv.gz``, in any case."""
+    return filename.lower().removesuffix(".gz").endswith(".csv")
 
 
 def read_file(
@@ -627,30 +409,22 @@ def read_file(
     if problem:
         raise ImportFailed([RowError(ascii(filename), 0, "file", f"the file name {problem}")])
     max_errors = settings.PAIRWISE_MAX_IMPORT_ERRORS
-    max_records = settings.PAIRWISE_IMPORT_MAX_RECORDS
     errors: list[RowError] = []
     error_count = 0
     parsed: list[ParsedComparison] = []
     seen_keys: set[str] = set()
-    records = 0
     detected = False  # True when the format comes from the first record
-    lines = _Lines(stream, filename, settings.PAIRWISE_IMPORT_MAX_BYTES)
+    reader = RecordReader(
+        stream,
+        csv=_is_csv(filename),
+        max_bytes=settings.PAIRWISE_IMPORT_MAX_BYTES,
+        max_records=settings.PAIRWISE_IMPORT_MAX_RECORDS,
+        max_depth=MAX_JSON_DEPTH,
+    )
     try:
-        for line, record in _read_records(lines):
-            records += 1
-            if records > max_records:
-                errors.append(
-                    _limit_error(
-                        filename,
-                        line,
-                        f"the file holds more than {max_records:,} records",
-                        "PAIRWISE_IMPORT_MAX_RECORDS",
-                    )
-                )
-                error_count += 1
-                break
-            if progress is not None and records % 100 == 0:
-                progress(records)
+        for line, record in reader:
+            if progress is not None and reader.records % 100 == 0:
+                progress(reader.records)
             try:
                 if isinstance(record, FieldError):
                     raise record
@@ -676,36 +450,15 @@ def read_file(
                 seen_keys.add(comparison.dedupe_key)
             comparison.source = _source_label(filename, line)
             parsed.append(comparison)
-    except _FileTooLarge:
-        size = settings.PAIRWISE_IMPORT_MAX_BYTES
-        errors.append(
-            _limit_error(
-                filename,
-                lines.line + 1,
-                f"the file is larger than {size:,} bytes uncompressed",
-                "PAIRWISE_IMPORT_MAX_BYTES",
-            )
-        )
+    except ReadingStopped as stopped:  # a limit passed, or a damaged gzip stream
+        errors.append(_stop_error(filename, stopped))
         error_count += 1
-    except (gzip.BadGzipFile, EOFError, zlib.error) as error:
-        # The gzip stream is damaged somewhere past what was read: the file as a whole (line 0),
-        # since decompressed text is read ahead of the lines checked.
-        errors.append(
-            RowError(
-                filename,
-                0,
-                None,
-                f"unreadable gzip file: {error}; reading stopped after line {lines.line} "
-                "(is the file whole?)",
-            )
-        )
-        error_count += 1
-    if records == 0 and not errors:
+    if reader.records == 0 and not errors:
         errors.append(RowError(filename, 0, None, "the file holds no records"))
         error_count += 1
     if errors:
         raise ImportFailed(errors, more=error_count - len(errors))
-    return ParsedFile(file_format or "prompts", parsed, records, lines.sha256)
+    return ParsedFile(file_format or "prompts", parsed, reader.records, reader.sha256)
 
 
 def _check_open(batch: Batch) -> None:

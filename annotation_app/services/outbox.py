@@ -292,7 +292,7 @@ def _relay_one(message: OutboxMessage, now: datetime) -> Outcome:
 
 def _send(message: OutboxMessage) -> None:
     # Imported here: the tasks' modules import the services that import this one.
-    from annotation_app.tasks import store_generated_responses, train_reward_model
+    from annotation_app.tasks import start_training_run, store_generated_responses
     from model_worker.tasks import generate_responses
 
     if message.kind == Kind.GENERATION:
@@ -303,7 +303,7 @@ def _send(message: OutboxMessage) -> None:
         # On the first task only: the store callback, sent by the worker, never expires.
         options = {"expires": lifetime}
     else:
-        work = train_reward_model.s(message.payload["run_id"], outbox_id=message.pk)
+        work = start_training_run.s(message.payload["run_id"], outbox_id=message.pk)
         options = {}
     if uses_broker() or not settings.PAIRWISE_EAGER_IN_THREAD:
         # Results travel along the chain; nothing reads them from a result backend.

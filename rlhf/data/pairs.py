@@ -4,8 +4,11 @@ A :class:`PreferencePair` is one human judgement: a context (``{role, content}``
 with a user turn), the chosen and the rejected reply, and what the loss and the evaluation need
 (margin, strength, kind, safety bin, batch).
 
-Loading (:func:`load_pairs`) reads JSON Lines, gzip-compressed when the name ends in ``.gz``;
-the first record of a file fixes its format:
+Loading (:func:`load_pairs`) reads JSON Lines, plain or gzip-compressed (known from the content,
+whatever the name), with the reader and the format detector of :mod:`rlhf.data.records`, which
+the platform's importer uses too: a file reads the same in both. The first record of a file
+fixes its format; of the importer's formats, three hold preference pairs (a ``prompts`` file,
+of prompts without responses, is refused):
 
 - ``trl``: ``prompt`` / ``chosen`` / ``rejected``; the prompt a string (one user turn) or a list
   of messages, each completion a string or a list holding one assistant message. The platform's
@@ -29,7 +32,6 @@ The mixes and the split are documented on :class:`MixRecipe`, :func:`mix` and :f
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import math
@@ -40,8 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.data import messages as checks
-from rlhf.data.hh_rlhf import HH_ASSISTANT, context_and_replies
+from rlhf.data import records
+from rlhf.data.hh_rlhf import context_and_replies
 from rlhf.data.messages import FieldError
+from rlhf.data.records import RecordReader, UnreadableGzip, detect_format
 from rlhf.preferences import (
     DEFAULT_MARGIN_TABLE,
     SafetyBin,
@@ -50,7 +54,6 @@ from rlhf.preferences import (
 )
 
 KINDS = ("helpfulness", "safety")
-FORMATS = ("trl", "hh-rlhf", "canonical")
 
 
 # --- the pair ---------------------------------------------------------------------------------
@@ -259,39 +262,36 @@ PARSERS: dict[str, Callable[[dict, _Options], dict]] = {
 }
 
 
-def detect_format(record: Any) -> str:
-    """The format of a file, from its first record (see the module docstring)."""
-    if not isinstance(record, dict):
-        raise FieldError("each line must be a JSON object")
-    if "responses" in record:
-        return "canonical"
-    chosen = record.get("chosen")
-    if "prompt" not in record and isinstance(chosen, str) and HH_ASSISTANT in chosen:
-        return "hh-rlhf"
-    return "trl"
+# The formats that hold preference pairs (of :data:`rlhf.data.records.FORMATS`).
+FORMATS = tuple(PARSERS)
 
 
 # --- loading ----------------------------------------------------------------------------------
 
 
+def _pair_format(record: dict) -> str:
+    """The format of a file whose first record is ``record``, if it holds pairs."""
+    detected = detect_format(record)
+    if detected not in FORMATS:
+        raise FieldError(
+            f"the first record is a prompt without responses (format {detected!r}), which holds "
+            "no preference pair: a pair needs 'chosen' and 'rejected' (trl, hh-rlhf) or two "
+            "'responses' and a 'preferred' slot (canonical)"
+        )
+    return detected
+
+
 def _records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded JSON) of every non-blank line."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    line_number = 0
-    try:
-        with opener(path, "rt", encoding="utf-8-sig", newline="") as text:
-            for line_number, line in enumerate(text, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise DataError(
-                        name, line_number, None, f"invalid JSON: {error.msg} (column {error.colno})"
-                    ) from None
-                yield line_number, record
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as error:
-        raise DataError(name, line_number + 1, None, f"unreadable file: {error}") from None
+    """(line number, decoded JSON) of every record, read by :class:`RecordReader`; a line that
+    cannot be read (not UTF-8, not JSON), or a damaged gzip stream, is a :class:`DataError`."""
+    with path.open("rb") as stream:
+        try:
+            for line, record in RecordReader(stream):
+                if isinstance(record, FieldError):
+                    raise DataError(name, line, record.field, str(record))
+                yield line, record
+        except UnreadableGzip as error:
+            raise DataError(name, None, None, str(error)) from None
 
 
 def margins(pairs: Sequence[PreferencePair]) -> list[float]:
@@ -308,30 +308,37 @@ def load_pairs(
     kind: str | None = None,
     file_format: str | None = None,
 ) -> list[PreferencePair]:
-    """Every preference pair of a JSONL file (``.jsonl`` or ``.jsonl.gz``), in file order.
+    """Every preference pair of a JSONL file (plain or gzip-compressed), in file order.
 
     ``file_format`` (one of :data:`FORMATS`) overrides detection from the first record.
     ``kind`` ("helpfulness" or "safety") is the kind of pairs whose record carries none (an
     HH-RLHF file, say); a record whose own kind differs is an error. Nothing is dropped here:
     the safety drop rule belongs to the mixes (:func:`mix`, :func:`drop_unsafe_chosen`).
-    Raises :class:`DataError` naming file, line and field on the first bad record, and for a
-    file with no records.
+    Raises :class:`DataError` naming file, line and field on the first bad record, for a
+    file of prompts (format ``prompts``: no pairs to train on), for a damaged gzip stream, and
+    for a file with no records.
     """
     margin_for_rating(Strength.BETTER, margin_table)  # fail early on an unknown table
     if kind is not None and kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}; use one of {KINDS}")
-    if file_format is not None and file_format not in FORMATS:
-        raise ValueError(f"unknown format {file_format!r}; use one of {FORMATS}")
-    path = Path(path)
     name = os.fspath(path)
+    if file_format is not None and file_format not in FORMATS:
+        if file_format in records.FORMATS:  # a format of the importer's that holds no pairs
+            raise DataError(
+                name,
+                None,
+                None,
+                f"a {file_format} file holds no preference pairs; use one of {FORMATS}",
+            )
+        raise ValueError(f"unknown format {file_format!r}; use one of {FORMATS}")
     options = _Options(margin_table=margin_table, kind=kind)
     pairs: list[PreferencePair] = []
-    for line, record in _records(path, name):
+    for line, record in _records(Path(path), name):
         try:
-            if file_format is None:
-                file_format = detect_format(record)
             if not isinstance(record, dict):
                 raise FieldError("each line must be a JSON object")
+            if file_format is None:
+                file_format = _pair_format(record)
             fields = PARSERS[file_format](record, options)
         except ValueError as error:  # FieldError, TranscriptError
             raise DataError(name, line, getattr(error, "field", None), str(error)) from None

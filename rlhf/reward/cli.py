@@ -1,88 +1,58 @@
 """``python -m rlhf train-reward`` and ``python -m rlhf eval-reward``.
 
     python -m rlhf train-reward --kind safety --data export.jsonl hh/harmless-base.jsonl.gz \\
-        --base models/policy --out models/rm-safety
-    python -m rlhf eval-reward --model models/rm-safety --data new-batch.jsonl > metrics.json
+        --base models/policy --out runs/rm-safety
+    python -m rlhf eval-reward --model runs/rm-safety --data new-batch.jsonl > metrics.json
 
-Training data: every ``--data`` file is loaded with :func:`rlhf.data.load_pairs` (pairs without a
-kind of their own take ``--kind``) and split into train and held-out pairs by context
-(:func:`rlhf.data.split`, ``--eval-fraction``, ``--seed``). Without a recipe only the pairs of
-``--kind`` are used (the platform's default export holds both kinds; the others are counted and
-left out). With ``--recipe paper`` the training parts are mixed with the Llama 2 recipe of
-``--kind`` (:data:`rlhf.data.RECIPES`): the pairs of ``--data`` are the platform's helpfulness or
-safety data by their kind, those of ``--open-helpfulness`` / ``--open-harmlessness`` the
-open-source sets. Held-out pairs are never mixed: they are all evaluated. The command reports what
-it used (pairs per file and kind, the mix). Under ``accelerate launch`` only the main process
-prints. ``TRAIN_DESCRIPTION`` is the same in plain words, for ``--help``.
+``train-reward`` is a job like the platform's (:mod:`rlhf.jobs`): it writes the spec its flags
+describe to ``OUT/spec.json`` and runs it in this process (:func:`rlhf.runner.run_job`), so a
+command-line run and a platform run are one code path; ``OUT`` then holds ``events.jsonl``,
+``metrics.json`` and the model in ``model/``. Its settings' flags come from the declarations
+of :class:`rlhf.reward.config.RewardTrainingConfig`. How the pairs are chosen is
+:func:`rlhf.reward.job.training_data`; ``TRAIN_DESCRIPTION`` says it in plain words, for
+``--help``. Under ``accelerate launch`` every process runs the job and only the main one
+writes and prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-from collections import Counter
 from pathlib import Path
 
-from rlhf.data.mixes import (
-    HELPFULNESS,
-    OPEN_SOURCE_HARMLESSNESS,
-    OPEN_SOURCE_HELPFULNESS,
-    RECIPES,
-    SAFETY,
-    mix,
-)
-from rlhf.data.pairs import KINDS, DataError, PreferencePair, load_pairs
-from rlhf.data.split import split
-from rlhf.jobs import EVENT_TYPES, MODEL_DIR, JobError
-from rlhf.reward.config import ConfigError, RewardTrainingConfig
-
-# A reward job's inputs by role (rlhf/jobs.py): --data, and the open-source sets of the recipe.
-REWARD_INPUT_ROLES = ("data", "open_helpfulness", "open_harmlessness")
-RECIPE_CHOICES = ("none", "paper")
+from rlhf import hyperparameters
+from rlhf.data.pairs import KINDS, DataError
+from rlhf.jobs import MODEL_DIR, SPEC_FILE, InputFile, RunSpec
+from rlhf.reward.config import RewardTrainingConfig
+from rlhf.reward.job import RECIPE_CHOICES, load_files
+from rlhf.runner import check, run_job
 
 # The --help text (the module docstring is for readers of the code).
 TRAIN_DESCRIPTION = """\
 Train a helpfulness or safety reward model on preference pairs.
 
   python -m rlhf train-reward --kind safety --data export.jsonl hh/harmless-base.jsonl.gz \\
-      --base models/policy --out models/rm-safety
+      --base models/policy --out runs/rm-safety
+
+The run's directory (--out) receives the spec it ran (spec.json), its event log (events.jsonl),
+its final metrics (metrics.json) and the model (model/, with checkpoints); --resume continues
+an interrupted run from its last checkpoint.
 
 --data takes the platform's training export (trl), TRL-format JSONL, canonical exports and
 HH-RLHF transcripts, gzip-compressed or not; pairs whose records carry no kind (HH-RLHF, say)
 take --kind. The pairs are split into training and held-out pairs by prompt (--eval-fraction,
 --seed). Without a recipe, the model trains on the pairs of its --kind only: the pairs of the
 other kind in a mixed file (the platform's default export holds both) are left out, and the
-command says how many. With --recipe paper, the training pairs are mixed the Llama 2 way: a
-helpfulness model trains on all helpfulness pairs plus as many drawn from the safety and
-open-source pairs; a safety model on all safety and open-source harmlessness pairs plus 10 %
-from helpfulness data (--open-helpfulness / --open-harmlessness name the open-source files).
-Held-out pairs are never mixed: all of them are evaluated. The command prints what it used.
+command says how many; --recipe all trains on every pair whatever its kind. With --recipe
+paper, the training pairs are mixed the Llama 2 way: a helpfulness model trains on all
+helpfulness pairs plus as many drawn from the safety and open-source pairs; a safety model
+on all safety and open-source harmlessness pairs plus 10 % from helpfulness data
+(--open-helpfulness / --open-harmlessness name the open-source files). Held-out pairs are
+never mixed: all of them are evaluated. The command prints what it used.
 
 On a terminal, training shows a progress bar; into a file or a pipe, it writes a line per
 tenth of the run instead. Under "accelerate launch" only the main process prints."""
-
-# Command-line option -> RewardTrainingConfig field, for the hyperparameters.
-HYPERPARAMETERS = {
-    "lr": ("learning_rate", float),
-    "batch_size": ("micro_batch_size", int),
-    "gradient_accumulation": ("gradient_accumulation_steps", int),
-    "epochs": ("epochs", int),
-    "max_steps": ("max_steps", int),
-    "max_length": ("max_length", int),
-    "warmup_ratio": ("warmup_ratio", float),
-    "min_lr_ratio": ("min_lr_ratio", float),
-    "weight_decay": ("weight_decay", float),
-    "max_grad_norm": ("max_grad_norm", float),
-    "margin_table": ("margin_table", str),
-    "prefix_sharing": ("prefix_sharing", str),
-    "mixed_precision": ("mixed_precision", str),
-    "seed": ("seed", int),
-    "eval_fraction": ("eval_fraction", float),
-    "eval_every": ("eval_every", int),
-    "checkpoint_every": ("checkpoint_every", int),
-}
 
 
 def add_commands(commands) -> None:
@@ -99,16 +69,11 @@ def add_commands(commands) -> None:
     train.add_argument("--recipe", choices=RECIPE_CHOICES, default="none")
     train.add_argument("--open-helpfulness", type=Path, nargs="*", default=[], metavar="FILE")
     train.add_argument("--open-harmlessness", type=Path, nargs="*", default=[], metavar="FILE")
-    defaults = RewardTrainingConfig()
-    for option, (name, kind) in HYPERPARAMETERS.items():
-        train.add_argument(
-            "--" + option.replace("_", "-"),
-            dest=option,
-            type=kind,
-            default=None,
-            help=f"default {getattr(defaults, name)}",
-        )
+    hyperparameters.add_flags(train, RewardTrainingConfig)
     train.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
+    train.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=train_reward)
 
@@ -133,162 +98,6 @@ def add_commands(commands) -> None:
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
-
-
-def _load(files: list[Path], kind: str | None, margin_table: str) -> list[PreferencePair]:
-    """Every pair of ``files``; pairs whose records carry no kind take ``kind``.
-
-    A record's own kind is kept: the platform's default export holds both kinds.
-    """
-    pairs: list[PreferencePair] = []
-    for file in files:
-        if not file.is_file():
-            raise DataError(str(file), None, None, "no such file")
-        for pair in load_pairs(file, margin_table=margin_table):
-            if pair.kind is None and kind is not None:
-                pair = dataclasses.replace(pair, kind=kind)
-            pairs.append(pair)
-    return pairs
-
-
-def _count(pairs: list[PreferencePair]) -> str:
-    """``"1,512 helpfulness and 369 safety pairs"``."""
-    kinds = Counter(pair.kind or "unlabelled" for pair in pairs)
-    parts = [f"{kinds[kind]:,} {kind}" for kind in (*KINDS, "unlabelled") if kinds[kind]]
-    return (" and ".join(parts) or "0") + " pairs"
-
-
-def _count_by_source(pairs: list[PreferencePair], source_of: dict[int, str], names) -> str:
-    """``"369 helpfulness, 124 safety, 245 open_source_helpfulness"``, in the order of names."""
-    counts = Counter(source_of[id(pair)] for pair in pairs)
-    return ", ".join(f"{counts[name]:,} {name}" for name in names if counts[name])
-
-
-def training_data(args, config: RewardTrainingConfig, report=print):
-    """(train, held-out) pairs from the command line's files, see ``TRAIN_DESCRIPTION``.
-
-    ``report`` receives a line per thing used: each file's pairs by kind, and what was left
-    out or mixed in.
-    """
-    table = config.margin_table
-    data = []
-    for file in args.data:
-        pairs = _load([file], args.kind, table)
-        report(f"data: {file}: {_count(pairs)}")
-        data += pairs
-    if args.recipe == "none":
-        extra = args.open_helpfulness + args.open_harmlessness
-        if extra:
-            raise ValueError("--open-helpfulness/--open-harmlessness need --recipe paper")
-        wanted = [pair for pair in data if pair.kind == args.kind]
-        if not wanted:
-            raise ValueError(
-                f"no {args.kind} pairs in {', '.join(map(str, args.data))} (they hold "
-                f"{_count(data)}): pass --kind to match the data, or --recipe paper to mix "
-                "the other kind in the Llama 2 way"
-            )
-        left_out = len(data) - len(wanted)
-        if left_out:
-            report(
-                f"training the {args.kind} model on the {len(wanted):,} {args.kind} pairs; "
-                f"{left_out:,} pairs of another kind are left out (--recipe paper mixes them in)"
-            )
-        return split(wanted, config.eval_fraction, config.seed)
-    train, held_out = split(data, config.eval_fraction, config.seed)
-    sources: dict[str, list[PreferencePair]] = {HELPFULNESS: [], SAFETY: []}
-    for pair in train:
-        sources[pair.kind or args.kind].append(pair)
-    for name, files, kind in (
-        (OPEN_SOURCE_HELPFULNESS, args.open_helpfulness, "helpfulness"),
-        (OPEN_SOURCE_HARMLESSNESS, args.open_harmlessness, "safety"),
-    ):
-        open_pairs = []
-        for file in files:
-            pairs = _load([file], kind, table)
-            report(f"data ({name}): {file}: {len(pairs):,} pairs")
-            open_pairs += pairs
-        open_train, open_held_out = split(open_pairs, config.eval_fraction, config.seed)
-        sources[name] = open_train
-        held_out += open_held_out
-    source_of = {id(pair): name for name, pairs in sources.items() for pair in pairs}
-    recipe = RECIPES[args.kind]
-    mixed = mix(recipe, sources, seed=config.seed)
-    report(
-        f"recipe paper ({args.kind}): {len(mixed):,} training pairs: "
-        f"{_count_by_source(mixed, source_of, recipe.sources)} (all of {', '.join(recipe.base)}, "
-        f"{recipe.proportion[0]}:{recipe.proportion[1]} with {', '.join(recipe.extra)}); "
-        f"{len(held_out):,} held out ({_count(held_out)})"
-    )
-    return mixed, held_out
-
-
-def _job_progress(events, main_process: bool):
-    """The trainer's progress events, as a job's event records (written by the main process)."""
-
-    def record(event: dict) -> None:
-        if not main_process:
-            return
-        if event["event"] == "log":
-            events.write("log", message=event["message"])
-        elif event["event"] == "step":
-            events.write("step", **{name: event[name] for name in EVENT_TYPES["step"]})
-            events.write("progress", fraction=event["step"] / event["total_steps"])
-        elif event["event"] == "eval":
-            events.write("evaluation", step=event["step"], metrics=event["metrics"])
-
-    return record
-
-
-def run_reward_job(spec, events) -> dict:
-    """The "reward" stage of a job (rlhf/jobs.py): train as ``train-reward`` does, from a spec.
-
-    Inputs by role: ``data`` (required), ``open_helpfulness`` and ``open_harmlessness``;
-    options: ``recipe`` ("none" or "paper"). The model goes to the job's ``model/``.
-    """
-    from accelerate import PartialState
-
-    from rlhf.reward.training import train_reward_model
-
-    for role in spec.inputs:
-        if role not in REWARD_INPUT_ROLES:
-            raise JobError(
-                f"inputs.{role}", f"is not an input of a reward job: {REWARD_INPUT_ROLES}"
-            )
-    if not spec.paths("data"):
-        raise JobError("inputs.data", "names no file: a reward job trains on preference pairs")
-    for name, value in spec.options.items():
-        if name != "recipe":
-            raise JobError(f"options.{name}", "is not an option of a reward job (recipe)")
-        if value not in RECIPE_CHOICES:
-            raise JobError("options.recipe", f"must be one of {RECIPE_CHOICES}")
-    config = RewardTrainingConfig.from_dict(spec.config)
-    main_process = PartialState(cpu=config.cpu).is_main_process
-    sources = argparse.Namespace(
-        data=spec.paths("data"),
-        kind=config.kind,
-        recipe=spec.options.get("recipe", "none"),
-        open_helpfulness=spec.paths("open_helpfulness"),
-        open_harmlessness=spec.paths("open_harmlessness"),
-    )
-    progress = _job_progress(events, main_process)
-    train, held_out = training_data(
-        sources, config, report=lambda line: progress({"event": "log", "message": line})
-    )
-    result = train_reward_model(
-        config, train, held_out, spec.output_dir / MODEL_DIR, progress=progress
-    )
-    step_limit = "max_steps" if config.max_steps is not None else None
-    return {
-        "summary": result.summary(step_limit),
-        "steps": result.steps,
-        "train_pairs": result.train_pairs,
-        "pairs_trained": result.pairs_trained,
-        "distinct_pairs_trained": result.distinct_pairs_trained,
-        "seconds": result.seconds,
-        "pairs_per_second": result.pairs_per_second,
-        "history": result.history,
-        "metrics": result.metrics,
-    }
 
 
 class TrainingProgress:
@@ -316,14 +125,19 @@ class TrainingProgress:
         else:
             print(message, file=self.stream, flush=True)
 
-    def __call__(self, event: dict) -> None:
-        if event["event"] == "log":
-            self.write(event["message"])
-        elif event["event"] == "step" and self.enabled:
-            self._step(event)
-        elif event["event"] == "eval" and event["metrics"]:
-            accuracy = event["metrics"]["accuracy"]
-            self.write(f"step {event['step']}: held-out accuracy {accuracy:.3f}")
+    def __call__(self, record: dict) -> None:
+        """Show one record of the job's event log (rlhf.jobs.EVENT_TYPES)."""
+        if record["type"] == "log":
+            self.write(record["message"])
+        elif record["type"] == "step" and self.enabled:
+            self._step(record)
+        elif record["type"] == "evaluation" and record["metrics"]:
+            accuracy = record["metrics"]["accuracy"]
+            self.write(f"step {record['step']}: held-out accuracy {accuracy:.3f}")
+        elif record["type"] == "baseline":
+            accuracy = (record["metrics"] or {}).get("accuracy")
+            shown = f"accuracy {accuracy:.3f}" if accuracy is not None else record["error"]
+            self.write(f"before training, {record['model']} on {record['batch']!r}: {shown}")
 
     def _step(self, event: dict) -> None:
         step, total = event["step"], event["total_steps"]
@@ -372,49 +186,72 @@ class TrainingProgress:
         self.bar = self.eval_bar = None
 
 
+def reward_spec(args: argparse.Namespace) -> RunSpec:
+    """The job the flags describe; its input files hashed as they are now."""
+    config = {
+        "kind": args.kind,
+        "base_model": args.base,
+        "cpu": args.cpu,
+        **hyperparameters.flag_values(args, RewardTrainingConfig),
+    }
+    inputs = {"data": args.data}
+    if args.open_helpfulness:
+        inputs["open_helpfulness"] = args.open_helpfulness
+    if args.open_harmlessness:
+        inputs["open_harmlessness"] = args.open_harmlessness
+    for files in inputs.values():
+        for file in files:
+            if not file.is_file():
+                raise DataError(str(file), None, None, "no such file")
+    return RunSpec(
+        stage="reward",
+        output_dir=args.out,
+        config=config,
+        inputs={role: [InputFile.of(file) for file in files] for role, files in inputs.items()},
+        options={"recipe": args.recipe},
+        resume=args.resume,
+    )
+
+
 def train_reward(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
     from rlhf.reward.evaluation import format_metrics_table
-    from rlhf.reward.training import train_reward_model
 
     # Accelerator(cpu=...) builds this same state again; only the main process prints.
     main_process = PartialState(cpu=args.cpu).is_main_process
-    values = {"kind": args.kind, "base_model": args.base, "cpu": args.cpu}
-    for option, (name, _) in HYPERPARAMETERS.items():
-        if getattr(args, option) is not None:
-            values[name] = getattr(args, option)
-    notes: list[str] = []
-    try:
-        config = RewardTrainingConfig.from_dict(values)
-        train, held_out = training_data(args, config, report=notes.append)
-    except ValueError as error:  # ConfigError, DataError, a recipe that cannot be met
-        return _error(str(error))
     progress = TrainingProgress(enabled=not args.no_progress)
-    if main_process:
-        for note in notes:
-            progress.write(note)
     try:
-        result = train_reward_model(
-            config,
-            train,
-            held_out,
-            args.out,
-            progress=progress,
-            eval_progress=progress.eval_progress,
+        spec = reward_spec(args)
+        # Checked and prepared before anything is written: bad input leaves --out as it was.
+        stage = check(spec)
+        plan = stage.prepare(spec)
+        if main_process:
+            args.out.mkdir(parents=True, exist_ok=True)
+            spec.write(args.out / SPEC_FILE)
+        metrics = run_job(
+            spec,
+            main_process=main_process,
+            listener=progress if main_process else None,
+            eval_progress=progress.eval_progress if main_process else None,
+            plan=plan,
         )
-    except (ConfigError, OSError) as error:
+    except ValueError as error:  # JobError, ConfigError, DataError, a recipe that cannot be met
+        return _error(str(error))
+    except OSError as error:
         return _error(str(error))
     finally:
         progress.close()
     if main_process:
+        # The job names its setting; here the user typed the flag.
+        summary = metrics["summary"].replace("max_steps stopped", "--max-steps stopped")
         print(
-            f"{result.summary('--max-steps' if config.max_steps is not None else None)} "
-            f"in {result.seconds:.1f} s "
-            f"({result.pairs_per_second:.1f} pairs/s); saved to {args.out}"
+            f"{summary} in "
+            f"{metrics['seconds']:.1f} s ({metrics['pairs_per_second']:.1f} pairs/s); "
+            f"saved to {args.out / MODEL_DIR}"
         )
-        if result.metrics:
-            print(format_metrics_table(result.metrics))
+        if metrics["metrics"]:
+            print(format_metrics_table(metrics["metrics"]))
     return 0
 
 
@@ -422,15 +259,19 @@ def eval_reward(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from rlhf.reward.evaluation import evaluate_reward_model, format_metrics_table
-    from rlhf.reward.model import METADATA_FILE, load_reward_model
+    from rlhf.reward.model import METADATA_FILE, load_reward_model, reward_model_dir
 
-    if not (args.model / METADATA_FILE).is_file():
-        return _error(f"{args.model}: not a reward model directory (no {METADATA_FILE})")
-    model, tokenizer, metadata = load_reward_model(args.model)
+    model_dir = reward_model_dir(args.model)
+    if not (model_dir / METADATA_FILE).is_file():
+        return _error(
+            f"{args.model}: not a reward model directory, nor a run holding one (no "
+            f"{METADATA_FILE})"
+        )
+    model, tokenizer, metadata = load_reward_model(model_dir)
     config = metadata.get("config", {})
     kind = args.kind or metadata.get("kind")
     try:
-        pairs = _load(args.data, kind, config.get("margin_table", "small"))
+        pairs = load_files(args.data, kind, config.get("margin_table", "small"))
     except DataError as error:
         return _error(str(error))
     max_length = args.max_length or config.get("max_length", 512)

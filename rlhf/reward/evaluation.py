@@ -31,15 +31,11 @@ import torch
 
 from rlhf.data.pairs import PreferencePair
 from rlhf.data.pairs import margins as pair_margins  # (a local "margins" below)
-from rlhf.preferences import STRENGTH_LABELS, Strength
+from rlhf.preferences import TABLE8_BUCKETS, UNRATED
 from rlhf.reward.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
 
 SAFETY_THRESHOLD = 0.15
 CALIBRATION_BINS = 10
-UNRATED = "unrated"
-BUCKETS = [strength.value for strength in Strength] + [UNRATED]  # Table 8's column order
-BUCKET_LABELS = {strength.value: label for strength, label in STRENGTH_LABELS.items()}
-BUCKET_LABELS[UNRATED] = "Unrated"
 
 
 def _accuracy_by(keys: Sequence[str], correct: torch.Tensor, order: Sequence[str] | None = None):
@@ -128,7 +124,9 @@ def metrics_from_rewards(
         "accuracy": correct.mean().item(),
         "loss": margin_ranking_loss(chosen, rejected, margins).item(),
         "mean_reward_gap": (chosen - rejected).mean().item(),
-        "by_strength": _accuracy_by([p.strength or UNRATED for p in pairs], correct, BUCKETS),
+        "by_strength": _accuracy_by(
+            [p.strength or UNRATED for p in pairs], correct, list(TABLE8_BUCKETS)
+        ),
         "by_batch": _accuracy_by([p.batch or "(none)" for p in pairs], correct),
         "by_kind": _accuracy_by([p.kind or "(unknown)" for p in pairs], correct),
         "ece": ece,
@@ -170,8 +168,8 @@ def _percent(value: float | None) -> str:
 
 def format_metrics_table(metrics: dict[str, Any]) -> str:
     """Accuracy (%) per rating bucket in Table 8's layout, one row per set, then the rest."""
-    buckets = [b for b in BUCKETS if b in metrics["by_strength"]]
-    header = ["Set", "Pairs", *(BUCKET_LABELS[b] for b in buckets), "Avg"]
+    buckets = [b for b in TABLE8_BUCKETS if b in metrics["by_strength"]]
+    header = ["Set", "Pairs", *(TABLE8_BUCKETS[b] for b in buckets), "Avg"]
     rows = [["all", str(metrics["pairs"])]]
     rows[0] += [_percent(metrics["by_strength"][b]["accuracy"]) for b in buckets]
     rows[0].append(_percent(metrics["accuracy"]))
@@ -200,7 +198,6 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "BUCKETS",
     "SAFETY_THRESHOLD",
     "calibration",
     "evaluate_reward_model",

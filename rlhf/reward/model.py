@@ -223,8 +223,19 @@ def read_metadata(out_dir: str | Path) -> dict[str, Any]:
     return json.loads((Path(out_dir) / METADATA_FILE).read_text(encoding="utf-8"))
 
 
+def reward_model_dir(path: str | Path) -> Path:
+    """The reward model at ``path``: the directory itself, or the ``model/`` of a job's run
+    directory (what ``train-reward --out`` names)."""
+    path = Path(path)
+    if not (path / METADATA_FILE).is_file() and (path / "model" / METADATA_FILE).is_file():
+        return path / "model"
+    return path
+
+
 def load_reward_model(out_dir: str | Path, *, dtype=None):
-    """A saved reward model: ``(model, tokenizer, metadata)``."""
+    """A saved reward model: ``(model, tokenizer, metadata)``; ``out_dir`` may be a job's run
+    directory (:func:`reward_model_dir`)."""
+    out_dir = reward_model_dir(out_dir)
     metadata = read_metadata(out_dir)
     model, tokenizer = load_reward_backbone(out_dir, dtype=dtype)
     if metadata.get("base_model"):

@@ -10,10 +10,11 @@ import pytest
 
 from annotation_app.models import Batch, Comparison, ModelVersion, TrainingRun
 from annotation_app.roles import Role
-from annotation_app.services import training
 from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import next_assignment
+from annotation_app.services.training import start
 from tests.admin_forms import admin_post_data
+from tests.training_jobs import run_in_process
 
 pytestmark = pytest.mark.django_db
 
@@ -278,20 +279,21 @@ def test_a_run_records_its_pair_counts_before_it_trains(
     annotator = make_user()
     while (lease := next_assignment(annotator, batch=batch)) is not None:
         submit_annotation(annotator, lease.pk, Judgement("A", "better"), uuid.uuid4())
-    run = training.start_reward_training(
+    run = start.start_reward_training(
         ml_staff, "helpfulness", [batch], config={"eval_fraction": 0.2}
     )
     seen = {}
 
-    def trainer(config, train_pairs, eval_pairs, out_dir, progress=None):
-        seen.update(TrainingRun.objects.get(pk=run.pk).metrics)  # what the pages read now
+    def trainer(config, train_pairs, eval_pairs, out_dir, progress=None, **_):
         seen["given"] = (len(train_pairs), len(eval_pairs))
         raise RuntimeError("stop here")
 
     monkeypatch.setattr("rlhf.reward.training.train_reward_model", trainer)
-    assert training.run_reward_training(run.pk) == "failed"
-    assert (seen["train_pairs"], seen["eval_pairs"]) == seen["given"]
-    assert seen["train_pairs"] + seen["eval_pairs"] == seen["export_pairs"] == 10
+    assert run_in_process(run.pk) == "failed"
+    run.refresh_from_db()  # what the pages read
+    assert (run.metrics["train_pairs"], run.metrics["eval_pairs"]) == seen["given"]
+    assert run.metrics["train_pairs"] + run.metrics["eval_pairs"] == run.metrics["export_pairs"]
+    assert run.metrics["export_pairs"] == 10
 
 
 def test_the_outbox_and_the_import_history_are_listed_read_only(

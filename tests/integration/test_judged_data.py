@@ -31,7 +31,6 @@ from annotation_app.models import (
     Response,
     Turn,
 )
-from annotation_app.services import training
 from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.exports import (
@@ -41,7 +40,9 @@ from annotation_app.services.exports import (
     skipped_headers,
 )
 from annotation_app.services.imports import import_comparisons
+from annotation_app.services.training import start
 from tests.admin_forms import admin_post_data
+from tests.training_jobs import FakeTrainer, run_in_process
 
 pytestmark = pytest.mark.django_db
 
@@ -393,15 +394,13 @@ def test_the_export_command_warns_about_each_row_it_left_out(damaged, tmp_path):
 def test_a_training_run_logs_what_its_frozen_export_left_out(
     damaged, ml_staff, monkeypatch, settings, tmp_path
 ):
-    from tests.integration.test_training import FakeTrainer
-
     settings.PAIRWISE_TRAINING_DIR = tmp_path / "training"
     monkeypatch.setattr("rlhf.reward.training.train_reward_model", FakeTrainer())
     ModelVersion.objects.create(name="policy", role="policy", path="org/policy", is_current=True)
-    run = training.start_reward_training(
+    run = start.start_reward_training(
         ml_staff, "helpfulness", [damaged.first, damaged.second], config={"eval_fraction": 0.25}
     )
-    assert training.run_reward_training(run.pk) == "succeeded"
+    assert run_in_process(run.pk) == "succeeded"
     run.refresh_from_db()
     assert len(Path(run.export_path).read_text().splitlines()) == 3
     for row in damaged.skipped:

@@ -1,8 +1,9 @@
 """Retraining the reward models from the platform: the service, the API, the pages, the worker.
 
-The fast tests run the training task in this process with a stand-in trainer (what the platform
-does around training: data snapshot, evaluation before training, progress, registration,
-failures); the slow ones send real runs of a tiny Llama to the session's Celery worker.
+The fast tests run a run's job in this process with a stand-in trainer (``tests/training_jobs.py``:
+what the platform and the job do around training: data snapshot, spec, evaluation before
+training, events mirrored, registration, failures); the slow ones send real runs of a tiny Llama
+through the queues to the session's Celery worker, which launches them with accelerate.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import io
 import json
 import shutil
-import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -19,14 +19,16 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from annotation_app.errors import InvalidInput
 from annotation_app.models import Batch, ModelVersion, TrainingRun
-from annotation_app.services import training
 from annotation_app.services.annotations import Judgement, submit_annotation
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.exports import export_lines
 from annotation_app.services.imports import import_comparisons
 from annotation_app.services.registry import current_version, register_model
+from annotation_app.services.training import lifecycle, start
 from tests.api_errors import error_fields
+from tests.training_jobs import FakeTrainer, run_in_process
 from tests.workers import wait_for
 
 STRENGTHS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
@@ -126,7 +128,7 @@ def test_exportable_pair_counts_follow_the_training_export(make_batch, annotator
     annotate_batch(safety, annotator, safety=[(False, True), (True, False)])
     dataset = imported_batch(5)
     empty = make_batch(comparisons=2)
-    counts = training.exportable_pair_counts()
+    counts = start.exportable_pair_counts()
     assert counts.get(helpful.pk) == 4
     assert counts.get(safety.pk) == 2
     assert counts.get(dataset.pk) == 5
@@ -136,16 +138,22 @@ def test_exportable_pair_counts_follow_the_training_export(make_batch, annotator
         assert len(lines) == counts[batch.pk]
 
 
-def test_the_form_offers_only_settings_the_trainer_knows():
+def test_the_form_offers_the_settings_the_config_declares_for_forms():
     from dataclasses import fields
 
+    from annotation_app.forms import TrainingForm
     from rlhf.reward.config import RewardTrainingConfig
 
-    known = {field.name for field in fields(RewardTrainingConfig)}
-    assert {hp.name for hp in training.HYPERPARAMETERS} <= known
-    assert set(training.RUN_KEYS) <= known
-    defaults = training.hyperparameter_defaults()
-    assert defaults["learning_rate"] == 1e-5 and defaults["margin_table"] == "small"
+    declared = {f.name for f in fields(RewardTrainingConfig) if f.metadata.get("form")}
+    shown = TrainingForm().settings_shown()
+    assert {item["hp"].name for item in shown} == declared
+    assert set(start.RUN_KEYS) <= {f.name for f in fields(RewardTrainingConfig)}
+    values = {item["hp"].name: item["value"] for item in shown}
+    assert values["learning_rate"] == "1e-05" and values["margin_table"] == "small"
+    assert values["max_steps"] == ""  # no limit
+    # Basic settings first: the page shows the advanced ones under "More settings".
+    advanced = [item["advanced"] for item in shown]
+    assert advanced == sorted(advanced) and any(advanced) and not all(advanced)
 
 
 def test_charts_escape_their_labels_and_skip_missing_values():
@@ -245,8 +253,8 @@ def test_a_base_model_of_the_other_kind_or_empty_batches_are_refused(
 @pytest.mark.django_db
 def test_without_a_current_policy_a_base_model_must_be_chosen(annotated_batch, ml_staff, settings):
     settings.PAIRWISE_POLICY = ""
-    with pytest.raises(training.InvalidInput) as refused:
-        training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    with pytest.raises(InvalidInput) as refused:
+        start.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
     assert refused.value.field == "base_model"
 
 
@@ -256,66 +264,16 @@ def test_a_bad_config_registers_no_default_policy_either(
 ):
     settings.PAIRWISE_POLICY = "org/env-policy"  # registered on first use as the default base
     fake_hub.models.add("org/env-policy")  # registering a hub id asks the hub (a local one)
-    with pytest.raises(training.InvalidInput):
-        training.start_reward_training(
+    with pytest.raises(InvalidInput):
+        start.start_reward_training(
             ml_staff, "helpfulness", [annotated_batch], config={"epochs": 0}
         )
     assert not ModelVersion.objects.exists() and not TrainingRun.objects.exists()
-    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    run = start.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
     assert run.base_model.path == "org/env-policy" and run.base_model.is_current
 
 
 # --- doing a run (in this process, with a stand-in trainer) -------------------------------------
-
-
-class FakeTrainer:
-    """Stands in for rlhf.reward.training.train_reward_model: events, a model dir, a result."""
-
-    def __init__(self, fail: Exception | None = None):
-        self.fail = fail
-        self.calls = []
-
-    def __call__(self, config, train_pairs, eval_pairs, out_dir, *, progress=None):
-        from rlhf.reward.training import TrainingResult
-
-        self.calls.append((config, list(train_pairs), list(eval_pairs)))
-        progress({"event": "log", "message": "loading the backbone"})
-        for step in range(1, 5):
-            progress(
-                {
-                    "event": "step",
-                    "step": step,
-                    "total_steps": 4,
-                    "loss": 0.7 - step / 10,
-                    "learning_rate": 1e-5,
-                    "pairs_per_second": 10.0,
-                }
-            )
-        if self.fail is not None:
-            raise self.fail
-        metrics = {
-            "pairs": len(eval_pairs),
-            "accuracy": 0.75,
-            "loss": float("nan"),  # a diverged loss must still be storable
-            "ece": 0.1,
-            "by_strength": {"better": {"pairs": 2, "accuracy": 0.5}},
-            "by_batch": {"week 1": {"pairs": 2, "accuracy": 0.5}},
-            "calibration": [],
-            "safety_gate": None,
-        }
-        progress({"event": "eval", "step": 4, "metrics": metrics})
-        out = Path(out_dir)
-        out.mkdir(parents=True)
-        (out / "config.json").write_text("{}")
-        history = [{"step": s, "loss": 0.7 - s / 10, "learning_rate": 1e-5} for s in range(1, 5)]
-        return TrainingResult(
-            out_dir=out,
-            metrics=metrics,
-            history=history,
-            steps=4,
-            train_pairs=len(train_pairs),
-            seconds=0.5,
-        )
 
 
 @pytest.fixture
@@ -331,20 +289,27 @@ def test_a_run_freezes_its_data_trains_and_registers_a_version_not_current(
     annotated_batch, policy, ml_staff, fake_trainer
 ):
     dataset = imported_batch(6)
-    run = training.start_reward_training(
+    run = start.start_reward_training(
         ml_staff, "helpfulness", [annotated_batch, dataset], config={"eval_fraction": 0.25}
     )
-    assert training.run_reward_training(run.pk) == "succeeded"
+    assert run_in_process(run.pk) == "succeeded"
     run.refresh_from_db()
     assert run.status == "succeeded" and run.progress == 1.0
     assert run.started_at <= run.finished_at
     export = Path(run.export_path)
-    assert export.is_file() and export.parent.parent == training.settings.PAIRWISE_TRAINING_DIR
+    assert export.is_file() and export.parent.parent == lifecycle.settings.PAIRWISE_TRAINING_DIR
     assert hashlib.sha256(export.read_bytes()).hexdigest() == run.export_sha256
     assert len(export.read_text().splitlines()) == 14  # 8 annotations + 6 imported pairs
+    spec = json.loads((export.parent / "spec.json").read_text())
+    assert spec["stage"] == "reward" and spec["resume"] is True
+    assert spec["inputs"]["data"] == [{"path": str(export), "sha256": run.export_sha256}]
     config, train_pairs, eval_pairs = fake_trainer.calls[0]
     assert config.base_model == policy.path
     assert len(train_pairs) + len(eval_pairs) == 14 and eval_pairs
+    assert (run.metrics["train_pairs"], run.metrics["eval_pairs"]) == (
+        len(train_pairs),
+        len(eval_pairs),
+    )
     assert run.metrics["eval"]["accuracy"] == 0.75
     assert run.metrics["eval"]["loss"] is None  # NaN stored as null
     assert [row["step"] for row in run.metrics["history"]] == [1, 2, 3, 4]
@@ -352,11 +317,11 @@ def test_a_run_freezes_its_data_trains_and_registers_a_version_not_current(
     assert "step 4/4" in run.logs and "loss 0.3000" in run.logs
     version = ModelVersion.objects.get(training_run=run)
     assert version.role == "reward_helpfulness" and not version.is_current
-    assert version.parent == policy
+    assert version.parent == policy and version.path == str(export.parent / "model")
     assert version.metrics["accuracy"] == 0.75 and len(version.metrics["history"]) == 4
     assert current_version("reward_helpfulness") is None
     # Delivered again: the run is no longer queued, so nothing is trained twice.
-    assert training.run_reward_training(run.pk) == "skipped"
+    assert run_in_process(run.pk) == "skipped"
     assert len(fake_trainer.calls) == 1
 
 
@@ -382,8 +347,8 @@ def test_the_current_reward_model_is_evaluated_on_the_newest_batch_first(
 
     monkeypatch.setattr("rlhf.reward.model.load_reward_backbone", fake_backbone)
     monkeypatch.setattr("rlhf.reward.evaluation.evaluate_reward_model", fake_evaluate)
-    run = training.start_reward_training(ml_staff, "helpfulness", [newest, annotated_batch])
-    training.run_reward_training(run.pk)
+    run = start.start_reward_training(ml_staff, "helpfulness", [newest, annotated_batch])
+    run_in_process(run.pk)
     run.refresh_from_db()
     assert run.status == "succeeded", run.error
     assert seen == {"path": current.path, "batches": {"week 2"}, "calls_before_training": 0}
@@ -401,12 +366,13 @@ def test_a_current_model_that_cannot_be_evaluated_is_reported_not_fatal(
     ModelVersion.objects.create(
         name="rm-gone", role="reward_helpfulness", path="/nonexistent/rm", is_current=True
     )
-    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
-    training.run_reward_training(run.pk)
+    run = start.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    run_in_process(run.pk)
     run.refresh_from_db()
     assert run.status == "succeeded"
     assert run.metrics["before_training"]["error"]
-    assert "could not evaluate 'rm-gone'" in run.logs
+    assert run.metrics["before_training"]["model_version"]["name"] == "rm-gone"
+    assert "could not evaluate /nonexistent/rm" in run.logs
 
 
 @pytest.mark.django_db
@@ -418,8 +384,8 @@ def test_a_failing_run_records_its_error_and_leaves_the_registry_alone(
         name="rm-h-1", role="reward_helpfulness", path="/nonexistent/rm", is_current=True
     )
     versions = set(ModelVersion.objects.values_list("pk", flat=True))
-    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
-    assert training.run_reward_training(run.pk) == "failed"
+    run = start.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    assert run_in_process(run.pk) == "failed"
     run.refresh_from_db()
     assert run.status == "failed" and run.finished_at is not None
     assert run.error == "RuntimeError: CUDA out of memory (pretend)"
@@ -436,60 +402,70 @@ class LostWorker(BaseException):
 def test_a_run_whose_worker_was_lost_is_taken_over_and_resumes_from_its_checkpoint(
     annotated_batch, tiny_policy, ml_staff, settings, tmp_path, monkeypatch
 ):
+    from rlhf.jobs import EventLog
+
     settings.PAIRWISE_TRAINING_DIR = tmp_path / "training"
     config = {**TINY_CONFIG, "max_steps": 4, "checkpoint_every": 2}
-    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch], config=config)
-    report = training.RunReporter.event
+    run = start.start_reward_training(ml_staff, "helpfulness", [annotated_batch], config=config)
+    write = EventLog.write
 
-    def worker_killed_at_step_3(reporter, event):
-        report(reporter, event)
-        if event.get("event") == "step" and event["step"] == 3:
+    def worker_killed_at_step_3(log, event_type, **fields):
+        write(log, event_type, **fields)
+        if event_type == "step" and fields["step"] == 3:
             raise LostWorker
 
-    monkeypatch.setattr(training.RunReporter, "event", worker_killed_at_step_3)
+    monkeypatch.setattr(EventLog, "write", worker_killed_at_step_3)
     with pytest.raises(LostWorker):
-        training.run_reward_training(run.pk)
-    monkeypatch.setattr(training.RunReporter, "event", report)
+        run_in_process(run.pk)
+    monkeypatch.setattr(EventLog, "write", write)
     run.refresh_from_db()
     assert run.status == "running" and run.heartbeat_at is not None
     frozen = run.export_sha256
 
     # Delivered again while its heartbeat is fresh: a healthy run is left alone.
-    assert training.run_reward_training(run.pk) == "skipped"
-    # Silent for longer than the stall limit: its worker is gone, the task takes it over.
+    assert run_in_process(run.pk) == "skipped"
+    # Silent for longer than the stall limit: its worker is gone, the run is taken over.
     silent = timedelta(seconds=settings.PAIRWISE_TRAINING_STALL_SECONDS + 1)
     TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - silent)
-    assert training.run_reward_training(run.pk) == "succeeded"
+    assert run_in_process(run.pk) == "succeeded"
     run.refresh_from_db()
     assert run.status == "succeeded" and run.export_sha256 == frozen
-    assert "taken over" in run.logs and "is kept" in run.logs
+    assert "worker was lost" in run.logs and "is kept" in run.logs
     assert "at step 2 of 4" in run.logs  # the checkpoint of step 2, not a fresh start
     assert [row["step"] for row in run.metrics["history"]] == [1, 2, 3, 4]
     assert ModelVersion.objects.filter(training_run=run).count() == 1
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_heartbeat_beats_while_the_worker_works_and_stops_after(ml_staff):
+@pytest.mark.django_db
+def test_events_beat_and_a_silent_run_is_stalled(ml_staff):
     running = TrainingRun.objects.create(kind="reward_helpfulness", status="running")
     done = TrainingRun.objects.create(kind="reward_helpfulness", status="succeeded")
-    with training.Heartbeat(running.pk, interval=0.05) as heartbeat:
-        wait_for(lambda: TrainingRun.objects.get(pk=running.pk).heartbeat_at, timeout=10)
-    assert not heartbeat.thread.is_alive()
+    assert lifecycle.record_events(running.pk, 0, []) == "applied"  # an empty batch beats
     running.refresh_from_db()
-    assert training.is_stalled(running) is False
+    assert running.heartbeat_at is not None and lifecycle.is_stalled(running) is False
     late = running.heartbeat_at + timedelta(
-        seconds=training.settings.PAIRWISE_TRAINING_STALL_SECONDS + 1
+        seconds=lifecycle.settings.PAIRWISE_TRAINING_STALL_SECONDS + 1
     )
-    assert training.is_stalled(running, now=late)
-    with training.Heartbeat(done.pk, interval=0.05):
-        time.sleep(0.2)
+    assert lifecycle.is_stalled(running, now=late)
+    assert lifecycle.record_events(done.pk, 0, []) == "ignored"
     done.refresh_from_db()
     assert done.heartbeat_at is None  # only a running run beats
 
 
+def step_events(first: int, last: int, total: int) -> list[dict]:
+    events = []
+    for step in range(first, last + 1):
+        events.append({"type": "step", "step": step, "total_steps": total, "loss": 0.5})
+        events.append({"type": "progress", "fraction": step / total})
+    return events
+
+
 @pytest.mark.django_db
-def test_progress_writes_are_throttled(annotated_batch, policy, ml_staff, monkeypatch):
-    run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+def test_events_are_mirrored_once_in_order_with_one_write_per_batch(
+    annotated_batch, policy, ml_staff, monkeypatch
+):
+    run = start.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+    TrainingRun.objects.filter(pk=run.pk).update(status="running")
     writes = []
     original = TrainingRun.objects.filter
 
@@ -505,21 +481,20 @@ def test_progress_writes_are_throttled(annotated_batch, policy, ml_staff, monkey
         return queryset
 
     monkeypatch.setattr(TrainingRun.objects, "filter", counting_filter)
-    reporter = training.RunReporter(run.pk, interval=60)
-    reporter.flush(force=True)  # nothing pending: no write
-    assert writes == []
-    for step in range(1, 101):
-        reporter.event({"event": "step", "step": step, "total_steps": 100, "loss": 0.5})
-    assert len(writes) == 1  # the first, then nothing for a minute
-    reporter.flush()
-    assert len(writes) == 2
+    first, second = step_events(1, 50, 100), step_events(51, 100, 100)
+    assert lifecycle.record_events(run.pk, len(first), second) == "early"  # the first is late
+    assert lifecycle.record_events(run.pk, 0, first) == "applied"
+    assert lifecycle.record_events(run.pk, 0, first) == "applied"  # sent twice: nothing new
+    assert lifecycle.record_events(run.pk, len(first), second) == "applied"
+    assert len(writes) == 3  # one write per batch, none for the refused early one
     run.refresh_from_db()
+    assert run.events_mirrored == 200
     assert run.logs.count("\n") == 100 and "step 100/100" in run.logs
-    assert run.progress == pytest.approx(training.TRAINING_END)
+    assert run.logs.index("step 50/100") < run.logs.index("step 51/100")
+    assert run.progress == pytest.approx(lifecycle.TRAINING_END)
     # A long run logs every n-th step only: the logs stay small, the history has every step.
-    for step in range(1, 100_001):
-        reporter.event({"event": "step", "step": step, "total_steps": 100_000, "loss": 0.5})
-    reporter.flush()
+    long = step_events(1, 100_000, 100_000)
+    lifecycle.record_events(run.pk, 200, long)
     run.refresh_from_db()
     assert 100 + 500 <= run.logs.count("\n") <= 100 + 501
     assert "step 100000/100000" in run.logs
@@ -540,15 +515,15 @@ def test_a_run_that_cannot_be_queued_stays_queued_and_is_sent_later(
     from annotation_app.models import OutboxMessage
     from annotation_app.services.outbox import NO_PUBLISH_RETRY as NO_RETRY
     from annotation_app.services.outbox import relay
-    from annotation_app.tasks import train_reward_model
+    from annotation_app.tasks import start_training_run
 
     def broker_down(*args, **kwargs):
         raise OperationalError("Error 111 connecting to redis:6379. Connection refused.")
 
-    monkeypatch.setattr(train_reward_model, "apply_async", broker_down)
+    monkeypatch.setattr(start_training_run, "apply_async", broker_down)
     settings.PAIRWISE_EAGER_IN_THREAD = False  # sent with apply_async, as to a broker
     with django_capture_on_commit_callbacks(execute=True):
-        run = training.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
+        run = start.start_reward_training(ml_staff, "helpfulness", [annotated_batch])
     run.refresh_from_db()
     assert run.status == "queued" and run.error == ""
     message = OutboxMessage.objects.get(kind="training")
@@ -558,7 +533,7 @@ def test_a_run_that_cannot_be_queued_stays_queued_and_is_sent_later(
     assert message.last_error.startswith("OperationalError: Error 111")
 
     sent = []
-    monkeypatch.setattr(train_reward_model, "apply_async", lambda *a, **k: sent.append((a, k)))
+    monkeypatch.setattr(start_training_run, "apply_async", lambda *a, **k: sent.append((a, k)))
     assert relay() == 1  # the broker is back
     assert sent == [(((run.pk,), {"outbox_id": message.pk}), {"ignore_result": True, **NO_RETRY})]
     message.refresh_from_db()
@@ -566,9 +541,13 @@ def test_a_run_that_cannot_be_queued_stays_queued_and_is_sent_later(
     assert relay() == 0  # sent, and within its timeout: not sent again
 
     (args, kwargs), _options = sent[0]
-    assert train_reward_model.apply(args, kwargs).get() == "succeeded"  # what a worker runs
+    assert lifecycle.prepare(*args) is not None  # what start_training_run does first
+    # The job's first events answer the message: it is never sent again.
+    from annotation_app.tasks import record_training_events
+
+    record_training_events.apply((0, []), {"run_id": run.pk, "outbox_id": message.pk}).get()
     message.refresh_from_db()
-    assert message.done_at is not None  # answered once the run was taken: never sent again
+    assert message.done_at is not None
     assert OutboxMessage.objects.filter(done_at__isnull=True).count() == 0
 
 

@@ -1,4 +1,5 @@
-"""The job contract (rlhf/jobs.py): a spec in; an event log, metrics and a model out."""
+"""The job contract (rlhf/jobs.py) and its runner (rlhf/runner.py): a spec in; an event log,
+metrics and a model out."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import json
 
 import pytest
 
-from rlhf.jobs import EventLog, InputFile, JobError, RunSpec, check, read_events, sha256_of
+from rlhf.jobs import EventLog, InputFile, JobError, RunSpec, read_events, sha256_of
 from rlhf.nn.tiny import build_tiny_llama
+from rlhf.runner import check
 from tests.unit.test_reward_cli import rlhf, write_export
 
 

@@ -104,7 +104,7 @@ def test_train_reward_on_a_mixed_export_trains_the_requested_kind_and_says_so(ll
     log = done.stderr
     assert f"data: {data}: 30 helpfulness and 12 safety pairs" in log
     assert "training the helpfulness model on the 30 helpfulness pairs; 12 pairs" in log
-    metadata = json.loads((out / "pairwise_reward.json").read_text())
+    metadata = json.loads((out / "model" / "pairwise_reward.json").read_text())
     train_pairs = metadata["data"]["train_pairs"]
     assert train_pairs + metadata["data"]["eval_pairs"] == 30  # no safety pair, trained or held
     # Two steps of 4 pairs: 8 pairs trained, whatever the size of the training set.
@@ -115,8 +115,8 @@ def test_train_reward_on_a_mixed_export_trains_the_requested_kind_and_says_so(ll
     assert "step 2/2: loss " in log and "evaluating on " in log
     for noise in ("\r", "\x1b[", "LOAD REPORT", "Loading weights", "Writing model shards"):
         assert noise not in log, noise
-    checkpoint = out / "checkpoints" / "step-2"
-    for written in (out / "model.safetensors", checkpoint / "model.safetensors"):
+    checkpoint = out / "model" / "checkpoints" / "step-2"
+    for written in (out / "model" / "model.safetensors", checkpoint / "model.safetensors"):
         assert written.stat().st_mode & 0o777 == 0o644, written
 
 
@@ -221,12 +221,12 @@ def test_on_a_terminal_one_bar_follows_the_steps_and_evaluation_gets_its_own():
     screen = Terminal()
     progress = TrainingProgress(enabled=True, stream=screen)
     step = {"loss": 0.7, "learning_rate": 1e-5, "pairs_per_second": 10.0, "total_steps": 3}
-    progress({"event": "log", "message": "loading the backbone"})
+    progress({"type": "log", "message": "loading the backbone"})
     for number in (1, 2):
-        progress({"event": "step", "step": number, **step})
+        progress({"type": "step", "step": number, **step})
     first_bar = progress.bar
-    progress({"event": "log", "message": "checkpoint saved at step 2"})
-    progress({"event": "step", "step": 3, **step})
+    progress({"type": "log", "message": "checkpoint saved at step 2"})
+    progress({"type": "step", "step": 3, **step})
     assert first_bar is not None and progress.bar is None  # closed at the last step
     progress.eval_progress(16, 20)
     assert progress.eval_bar is not None
@@ -244,7 +244,7 @@ def test_into_a_file_a_line_per_tenth_of_the_run_and_no_bar():
     for number in range(1, 101):
         progress(
             {
-                "event": "step",
+                "type": "step",
                 "step": number,
                 "total_steps": 100,
                 "loss": 0.5,

@@ -426,10 +426,16 @@ def test_bad_arguments_and_empty_or_unreadable_files(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(DataError, match="holds no preference pairs"):
         load_pairs(empty)
+    # Compression is known from the content (as on import): a damaged gzip stream is an
+    # unreadable file, and plain bytes under a ".gz" name are read as plain JSON Lines.
     broken = tmp_path / "broken.jsonl.gz"
-    broken.write_bytes(b"not gzip at all")
-    with pytest.raises(DataError, match="unreadable file"):
+    broken.write_bytes(gzip.compress(path.read_bytes() * 50)[:-12])
+    with pytest.raises(DataError, match="unreadable gzip file"):
         load_pairs(broken)
+    not_gzip = tmp_path / "not-gzip.jsonl.gz"
+    not_gzip.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match=r"not-gzip\.jsonl\.gz, line 1: invalid JSON"):
+        load_pairs(not_gzip)
 
 
 # --- mixes --------------------------------------------------------------------------------------
