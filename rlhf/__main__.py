@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
     from rlhf.data.pairs import DataError
     from rlhf.jobs import JobError, RunSpec
     from rlhf.reward.config import ConfigError
-    from rlhf.runner import run_job
+    from rlhf.runner import run_job, use_cpu
 
     try:
         spec = RunSpec.load(args.spec)
         # Under accelerate every process runs the job; the main one alone writes its records.
-        main_process = PartialState(cpu=spec.config.get("cpu") is True).is_main_process
+        main_process = PartialState(cpu=use_cpu(spec.config.get("cpu") is True)).is_main_process
         metrics = run_job(spec, main_process=main_process)
     except (JobError, ConfigError, DataError, OSError) as error:
         # (A failure inside the job is in its event log too, with the traceback.)

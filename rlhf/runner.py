@@ -38,6 +38,14 @@ class Stage(Protocol):
     def train(self, plan: Any, context: JobContext) -> dict[str, Any]: ...
 
 
+def use_cpu(requested: bool) -> bool:
+    """Whether a job runs on CPUs: asked for, or no GPU. On a machine without one, accelerate's
+    multi-process launcher then joins the processes in a gloo group (not N lone processes)."""
+    import torch
+
+    return requested or not torch.cuda.is_available()
+
+
 def stages() -> dict[str, Stage]:
     """The stages by name; imported when asked for, so that reading a spec loads no torch."""
     from rlhf.reward.job import RewardStage

@@ -11,9 +11,9 @@ unanswered past its kind's timeout (:func:`answer_timeout`), because the broker 
 restart or the worker that took it died. It runs after each commit (for that transaction's
 messages), after each store of generated responses, and every ``PAIRWISE_RELAY_INTERVAL_SECONDS``
 in ``manage.py relay_outbox --loop``. Tasks are idempotent, so a message answered twice changes
-nothing. A message is answered (``done_at``) once its generated responses are stored, or once a
-worker picked up its training run (a training worker lost after that is left to the broker's
-redelivery and the stall takeover, see ``services/training.py``).
+nothing. A message is answered (``done_at``) once its generated responses are stored, or once its
+training run's job reported (its first events, or its end; a training worker lost after that is
+left to the broker's redelivery and the stall takeover, see ``services/training/``).
 
 Generation has its own bound, independent of the broker's visibility timeout (on Redis one value
 for every queue, kept above the longest training): generation tasks carry a Celery ``expires``

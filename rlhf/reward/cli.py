@@ -26,7 +26,7 @@ from rlhf.data.pairs import KINDS, DataError
 from rlhf.jobs import MODEL_DIR, SPEC_FILE, InputFile, RunSpec
 from rlhf.reward.config import RewardTrainingConfig
 from rlhf.reward.job import RECIPE_CHOICES, load_files
-from rlhf.runner import check, run_job
+from rlhf.runner import check, run_job, use_cpu
 
 # The --help text (the module docstring is for readers of the code).
 TRAIN_DESCRIPTION = """\
@@ -219,7 +219,7 @@ def train_reward(args: argparse.Namespace) -> int:
     from rlhf.reward.evaluation import format_metrics_table
 
     # Accelerator(cpu=...) builds this same state again; only the main process prints.
-    main_process = PartialState(cpu=args.cpu).is_main_process
+    main_process = PartialState(cpu=use_cpu(args.cpu)).is_main_process
     progress = TrainingProgress(enabled=not args.no_progress)
     try:
         spec = reward_spec(args)

@@ -26,8 +26,9 @@ What one run does (Touvron et al. 2023, section 3.2.2; DESIGN.md):
 - the model saved with :func:`rlhf.reward.model.save_reward_model`, its ``pairwise_reward.json``
   holding the config, the data hashes, the metrics and the loss history.
 
-Distributed runs go through ``accelerate``: ``accelerate launch --num_processes 2 --cpu -m rlhf
-train-reward …`` (gloo on CPUs), or with ``--use_fsdp`` on GPUs; the code is the same.
+Distributed runs go through ``accelerate``: ``accelerate launch --multi_gpu --num_processes 2
+-m rlhf train-reward …`` (gloo on a machine without GPUs), or with ``--use_fsdp`` on GPUs; the
+code is the same.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from typing import Any
 from rlhf.data.pairs import PreferencePair, margins
 from rlhf.files import normalize_permissions
 from rlhf.reward.config import ConfigError, RewardTrainingConfig
+from rlhf.runner import use_cpu
 
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -224,7 +226,9 @@ class _Trainer:
         self.train_pairs, self.eval_pairs = list(train_pairs), list(eval_pairs)
         if not self.train_pairs:
             raise ValueError("no training pairs")
-        self.accelerator = Accelerator(cpu=config.cpu, mixed_precision=_mixed_precision(config))
+        self.accelerator = Accelerator(
+            cpu=use_cpu(config.cpu), mixed_precision=_mixed_precision(config)
+        )
         set_seed(config.seed)
         self.log(f"loading the backbone {config.base_model}")
         model, self.tokenizer = load_reward_backbone(config.base_model)

@@ -11,7 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
+import socket
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -814,3 +817,115 @@ def test_a_run_whose_base_model_is_broken_fails_on_the_worker(
     assert run.export_sha256  # the data snapshot was taken before training failed
     assert not ModelVersion.objects.filter(training_run=run).exists()
     assert current_version("reward_helpfulness") == current
+
+
+def free_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
+def job_dir_of(run_id: int, timeout: float = 120) -> Path:
+    """The job directory of a run, once the platform's task wrote its spec there."""
+    export = wait_for(
+        lambda: TrainingRun.objects.get(pk=run_id).export_path,
+        timeout=timeout,
+        message=f"training run {run_id} was not started",
+    )
+    return Path(export).parent
+
+
+def kill_job_after_step(job_dir: Path, step: int, timeout: float = 120) -> None:
+    """SIGKILL the job's process group (``worker.json``) once its log records ``step``."""
+    from model_worker.training import LEASE_FILE
+    from rlhf.jobs import EVENTS_FILE, read_events
+
+    def stepped() -> int | None:
+        steps = [e["step"] for e in read_events(job_dir / EVENTS_FILE) if e["type"] == "step"]
+        lease = job_dir / LEASE_FILE
+        if steps and max(steps) >= step and lease.is_file():
+            return json.loads(lease.read_text()).get("process_group")
+        return None
+
+    group = wait_for(stepped, timeout=timeout, interval=0.02, message=f"no step {step}")
+    os.killpg(group, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_job_killed_mid_training_is_reported_and_resumed_to_the_same_losses(
+    celery_worker_process, tiny_policy, make_batch, annotator, ml_staff, api_client
+):
+    """web → training queue → model worker → accelerate → SIGKILL of the job's process group:
+    the run's page says so, the task is delivered again and the job resumes from its last
+    checkpoint, ending with the loss history of an uninterrupted run of the same request."""
+    batch = make_batch(comparisons=16, name="week 1")
+    annotate_batch(batch, annotator)
+    config = {**TINY_CONFIG, "max_steps": 12, "checkpoint_every": 1, "micro_batch_size": 2}
+    request = {"kind": "helpfulness", "batches": [batch.pk], "config": config}
+    api_client.force_login(ml_staff)
+    killed = api_client.post("/api/v1/training-runs/", request, format="json").json()["id"]
+    kill_job_after_step(job_dir_of(killed), step=3)
+    killed_run = wait_for_run(killed)
+    assert killed_run.status == "succeeded", killed_run.error + killed_run.logs
+    assert "killed by SIGKILL" in killed_run.logs and "launched again" in killed_run.logs
+    assert "resumed from" in killed_run.logs  # from a checkpoint, not from scratch
+
+    whole = api_client.post("/api/v1/training-runs/", request, format="json").json()["id"]
+    whole_run = wait_for_run(whole)
+    assert whole_run.status == "succeeded", whole_run.error
+    assert "killed" not in whole_run.logs
+    resumed, uninterrupted = killed_run.metrics["history"], whole_run.metrics["history"]
+    assert [row["step"] for row in resumed] == list(range(1, 13))
+    assert [row["step"] for row in uninterrupted] == list(range(1, 13))
+    for ours, theirs in zip(resumed, uninterrupted, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-6)
+    assert ModelVersion.objects.filter(training_run__in=[killed, whole]).count() == 2
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_run_on_two_gloo_processes_through_the_queues(
+    tiny_policy, make_batch, annotator, ml_staff, api_client, tmp_path
+):
+    """The deployment's launch options reach accelerate: two CPU processes (gloo); every
+    event is recorded once, and the model is registered."""
+    from tests.workers import (
+        SCRATCH_REDIS_URL,
+        _flushed,
+        app_using,
+        start_worker,
+        stop,
+        wait_until_answering,
+    )
+
+    batch = make_batch(comparisons=8, name="week 1")
+    annotate_batch(batch, annotator)
+    broker = _flushed(SCRATCH_REDIS_URL)
+    launch = {
+        "PAIRWISE_TRAINING_DIR": str(tmp_path / "training"),
+        # accelerate's multi-process launcher; without a GPU the processes join a gloo group.
+        "PAIRWISE_TRAINING_LAUNCH": "--multi_gpu --num_processes 2 --num_machines 1 "
+        f"--mixed_precision no --dynamo_backend no --main_process_port {free_port()}",
+    }
+    with app_using(broker) as app:
+        worker = start_worker(broker, name="gloo", extra_env=launch)
+        try:
+            wait_until_answering(app, worker)
+            api_client.force_login(ml_staff)
+            response = api_client.post(
+                "/api/v1/training-runs/",
+                {"kind": "helpfulness", "batches": [batch.pk], "config": TINY_CONFIG},
+                format="json",
+            )
+            assert response.status_code == 201, response.content
+            run = wait_for_run(response.json()["id"], timeout=300)
+        finally:
+            stop(worker)
+    assert run.status == "succeeded", run.error + run.logs
+    for step in (1, 2, 3):
+        assert run.logs.count(f"step {step}/3 ") == 1  # written by the main process only
+    assert [row["step"] for row in run.metrics["history"]] == [1, 2, 3]
+    assert "steps of 8 pairs on 2 processes (gloo)" in run.logs  # 4 pairs a process
+    version = ModelVersion.objects.get(training_run=run)
+    assert (Path(version.path) / "config.json").is_file()

@@ -4,13 +4,14 @@ metrics and a model out."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from rlhf.jobs import EventLog, InputFile, JobError, RunSpec, read_events, sha256_of
+from rlhf.jobs import EVENT_TYPES, EventLog, InputFile, JobError, RunSpec, read_events, sha256_of
 from rlhf.nn.tiny import build_tiny_llama
-from rlhf.runner import check
-from tests.unit.test_reward_cli import rlhf, write_export
+from rlhf.runner import check, run_job
+from tests.unit.test_reward_cli import export_line, rlhf, write_export
 
 
 def spec_values(tmp_path, **changes) -> dict:
@@ -138,3 +139,120 @@ def test_a_failing_job_writes_an_error_event_with_its_traceback(tmp_path):
     [error] = [e for e in read_events(spec.output_dir / "events.jsonl") if e["type"] == "error"]
     assert "Traceback" in error["traceback"] and error["message"]
     assert not (spec.output_dir / "metrics.json").exists()
+
+
+# --- the reward stage's options, run in this process ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    return build_tiny_llama(tmp_path_factory.mktemp("jobs") / "base")
+
+
+def write_batches(path, batches: dict[str, int]) -> Path:
+    """An export of helpfulness pairs, ``batches[name]`` of them in each named batch."""
+    lines, number = [], 0
+    for name, count in batches.items():
+        for _ in range(count):
+            lines.append(
+                json.dumps(json.loads(export_line(number, "helpfulness")) | {"batch": name})
+            )
+            number += 1
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def tiny_spec(tmp_path, base, data, **options) -> RunSpec:
+    """A reward job of 1 step on the tiny model, training on ``data`` with ``options``."""
+    config = {
+        "kind": "helpfulness",
+        "base_model": str(base),
+        "cpu": True,
+        "max_length": 64,
+        "micro_batch_size": 4,
+        "max_steps": 1,
+    }
+    inputs = {"data": [{"path": str(data), "sha256": sha256_of(data)}]}
+    return RunSpec.from_dict(
+        spec_values(tmp_path, config=config, inputs=inputs, options={"recipe": "none", **options})
+    )
+
+
+def of_type(events: list[dict], event_type: str) -> list[dict]:
+    return [event for event in events if event["type"] == event_type]
+
+
+def test_the_baseline_is_the_named_model_on_every_pair_of_the_named_batch_before_training(
+    tmp_path, tiny_base
+):
+    data = write_batches(tmp_path / "batches.jsonl", {"old batch": 10, "new batch": 6})
+    baseline = {"model": str(tiny_base), "batch": "new batch"}
+    spec = tiny_spec(tmp_path, tiny_base, data, baseline=baseline)
+    metrics = run_job(spec)
+    events = read_events(spec.output_dir / "events.jsonl")
+    [event] = of_type(events, "baseline")
+    assert event["error"] is None
+    assert event["model"] == str(tiny_base) and event["batch"] == "new batch"
+    # Every pair of the batch, held out or not, and none of the other batch.
+    assert event["pairs"] == event["metrics"]["pairs"] == 6
+    assert list(event["metrics"]["by_batch"]) == ["new batch"]
+    assert event["metrics"]["by_batch"]["new batch"]["pairs"] == 6
+    types = [e["type"] for e in events]
+    assert "step" in types and types.index("baseline") < types.index("step")
+    assert metrics["baseline"] == {key: event[key] for key in EVENT_TYPES["baseline"]}
+
+
+def test_a_baseline_model_that_cannot_be_evaluated_is_reported_and_the_job_goes_on(
+    tmp_path, tiny_base
+):
+    data = write_batches(tmp_path / "batches.jsonl", {"old batch": 10, "new batch": 6})
+    missing = tmp_path / "no-such-model"
+    spec = tiny_spec(
+        tmp_path, tiny_base, data, baseline={"model": str(missing), "batch": "new batch"}
+    )
+    metrics = run_job(spec)
+    [event] = of_type(read_events(spec.output_dir / "events.jsonl"), "baseline")
+    assert event["metrics"] is None and event["pairs"] == 6
+    assert event["error"] and str(missing) in event["error"]
+    assert metrics["baseline"]["error"] == event["error"] and metrics["steps"] == 1
+    assert (spec.output_dir / "metrics.json").is_file()
+    assert not of_type(read_events(spec.output_dir / "events.jsonl"), "error")
+
+
+@pytest.mark.parametrize(
+    ("recipe", "pairs", "kinds"),
+    [("all", 20, {"helpfulness", "safety"}), ("none", 12, {"helpfulness"})],
+)
+def test_recipe_all_trains_on_every_kind_and_none_on_the_models_own(
+    tmp_path, tiny_base, recipe, pairs, kinds
+):
+    data = write_export(tmp_path / "mixed.jsonl", helpfulness=12, safety=8)
+    spec = tiny_spec(tmp_path, tiny_base, data, recipe=recipe)
+    metrics = run_job(spec)
+    [event] = of_type(read_events(spec.output_dir / "events.jsonl"), "data")
+    assert event["train"] + event["held_out"] == pairs
+    # The data event says what the run reports it trained on and held out.
+    assert (event["train"], event["held_out"]) == (metrics["train_pairs"], metrics["eval_pairs"])
+    assert event["held_out"] == metrics["metrics"]["pairs"]
+    assert set(metrics["metrics"]["by_kind"]) == kinds
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"baseline": "models/current"}, "options.baseline"),
+        ({"baseline": {"model": "models/current"}}, "options.baseline"),
+        ({"baseline": {"model": "models/current", "batch": ""}}, "options.baseline"),
+        ({"baseline": {"model": "m", "batch": "b", "step": 3}}, "options.baseline"),
+        ({"epochs": 3}, "options.epochs"),
+        ({"recipe": "some"}, "options.recipe"),
+    ],
+)
+def test_bad_options_are_refused_naming_the_field_before_anything_is_written(
+    tmp_path, options, field
+):
+    spec = RunSpec.from_dict(spec_values(tmp_path, options=options))
+    with pytest.raises(JobError) as refused:
+        run_job(spec)
+    assert refused.value.field == field
+    assert not spec.output_dir.exists()

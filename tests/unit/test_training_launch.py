@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import signal
+import socket
+import subprocess
+from collections.abc import Callable
 
 import pytest
 
-from model_worker.training import launch_command, run_training_job
-from rlhf.jobs import RunSpec
+from model_worker.training import LEASE_FILE, launch_command, run_training_job, train
+from rlhf.jobs import RunSpec, read_events
 from rlhf.nn.tiny import build_tiny_llama
 from tests.unit.test_jobs import spec_values
 
@@ -120,3 +125,99 @@ def test_a_job_on_two_processes_records_each_event_once(tmp_path, base_model):
     assert outcome.succeeded, outcome.output_tail
     types = [event["type"] for event in outcome.events]
     assert types.count("metrics") == 1 and types.count("step") == 2
+
+
+# --- train(): the task's body, with its lease on the job's directory ----------------------------
+
+
+@pytest.fixture
+def sleeper():
+    """Start ``sleep`` processes (of this test only), stopped at the end of the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(seconds: int, *, new_session: bool = False) -> subprocess.Popen:
+        started.append(subprocess.Popen(["sleep", str(seconds)], start_new_session=new_session))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def write_lease(spec: RunSpec, pid: int, process_group: int | None) -> dict:
+    lease = {"host": socket.gethostname(), "pid": pid, "process_group": process_group}
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    (spec.output_dir / LEASE_FILE).write_text(json.dumps(lease))
+    return lease
+
+
+def recorder() -> tuple[list[tuple[int, list[dict]]], Callable[[int, list[dict]], None]]:
+    calls: list[tuple[int, list[dict]]] = []
+    return calls, lambda index, events: calls.append((index, events))
+
+
+def assert_contiguous(calls: list[tuple[int, list[dict]]], start: int) -> None:
+    """Each batch's index is where the previous one ended, the first at ``start``."""
+    assert calls and calls[0][0] == start
+    for (index, events), (next_index, _) in itertools.pairwise(calls):
+        assert next_index == index + len(events)
+
+
+def test_a_job_whose_lease_a_live_worker_on_this_host_holds_is_skipped(
+    tmp_path, base_model, sleeper
+):
+    spec = write_spec(tmp_path, base_model, max_steps=2)
+    lease = write_lease(spec, sleeper(30).pid, None)
+    calls, on_events = recorder()
+    report, outcome = train(tmp_path / "spec.json", on_events)
+    assert report["status"] == "skipped" and outcome is None
+    assert calls == []
+    assert json.loads((spec.output_dir / LEASE_FILE).read_text()) == lease  # still the other's
+    assert sorted(path.name for path in spec.output_dir.iterdir()) == [LEASE_FILE]  # no launch
+
+
+def test_a_dead_workers_lease_is_taken_over_its_orphaned_job_stopped_and_the_job_run(
+    tmp_path, base_model, sleeper
+):
+    spec = write_spec(tmp_path, base_model, max_steps=2)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = sleeper(60, new_session=True)  # the dead worker's job: a process group of its own
+    write_lease(spec, dead.pid, orphan.pid)
+    calls, on_events = recorder()
+    report, outcome = train(tmp_path / "spec.json", on_events)
+    assert orphan.wait(timeout=10) == -signal.SIGKILL
+    assert report["status"] == "succeeded", report
+    assert outcome is not None and outcome.succeeded
+    assert [event for _, events in calls for event in events] == outcome.events
+    assert not (spec.output_dir / LEASE_FILE).exists()  # released when done
+
+
+def test_on_events_gets_each_batch_with_its_index_in_the_log_contiguous_from_events_from(
+    tmp_path, base_model
+):
+    write_spec(tmp_path, base_model, max_steps=2)
+    calls, on_events = recorder()
+    report, outcome = train(tmp_path / "spec.json", on_events)
+    assert report["status"] == "succeeded", report
+    assert_contiguous(calls, 0)
+    assert [event for _, events in calls for event in events] == outcome.events
+
+
+def test_a_job_that_finished_before_is_reported_from_its_files_without_launching_again(
+    tmp_path, base_model
+):
+    spec = write_spec(tmp_path, base_model, max_steps=2)
+    first, _ = train(tmp_path / "spec.json", lambda index, events: None)
+    assert first["status"] == "succeeded", first
+    files = {name: (spec.output_dir / name).read_bytes() for name in ("events.jsonl", "launch.log")}
+    events = read_events(spec.output_dir / "events.jsonl")
+    calls, on_events = recorder()
+    report, outcome = train(tmp_path / "spec.json", on_events, events_from=3)
+    assert outcome is None
+    assert report["status"] == "succeeded" and report["metrics"] == first["metrics"]
+    assert calls == [(3, events[3:])]
+    assert {name: (spec.output_dir / name).read_bytes() for name in files} == files
+    assert not (spec.output_dir / LEASE_FILE).exists()
