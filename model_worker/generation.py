@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from model_worker import hub
 from rlhf.data.chat import format_prompt, has_chat_template, response_text
@@ -45,7 +45,6 @@ class GenerationResult:
     prompt_tokens_dropped: int = 0
 
 
-@runtime_checkable
 class GenerationBackend(Protocol):
     """What the generation tasks need from an engine.
 

@@ -132,19 +132,35 @@ class Lease:
         self.path = directory / LEASE_FILE
         self.mine = {"host": socket.gethostname(), "pid": os.getpid(), "process_group": None}
 
-    def held_elsewhere(self) -> bool:
-        """Whether another worker, alive, runs the job. A lease of a dead worker on this host,
-        or one not refreshed for LEASE_STALE_SECONDS, is taken over: its job is stopped."""
+    def acquire(self) -> bool:
+        """Take the lease unless another worker, alive, holds it; False: it does.
+
+        A lease file is created exclusively, so of two copies of a task that arrive together
+        one wins. A lease not refreshed for LEASE_STALE_SECONDS, or (on this host) whose worker
+        process is gone, is taken over: its job, orphaned, is stopped first.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            lease = json.loads(self.path.read_text())
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            if self._held_elsewhere():
+                return False
+        self.take()
+        return True
+
+    def _held_elsewhere(self) -> bool:
+        try:
+            lease = json.loads(self.path.read_text() or "{}")
             age = time.time() - self.path.stat().st_mtime
         except (FileNotFoundError, json.JSONDecodeError):
             return False
         same_host = lease.get("host") == self.mine["host"]
         if same_host and lease.get("pid") == self.mine["pid"]:
             return False
-        alive = _process_exists(lease.get("pid")) if same_host else age < LEASE_STALE_SECONDS
-        if alive:
+        # A live worker refreshes its lease at every poll; on this host a dead one is known at
+        # once (its pid may be reused later, hence the age too).
+        fresh = age < LEASE_STALE_SECONDS
+        if fresh and (not same_host or _process_exists(lease.get("pid"))):
             return True
         if same_host and lease.get("process_group"):  # the dead worker's job, orphaned
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -220,7 +236,7 @@ def train(
     """
     spec = RunSpec.load(spec_path)
     lease = Lease(spec.output_dir)
-    if lease.held_elsewhere():
+    if not lease.acquire():
         return {"status": "skipped", "error": "another worker runs this job"}, None
     position = events_from
 
@@ -230,7 +246,6 @@ def train(
         position += len(events)
 
     try:
-        lease.take()
         if (spec.output_dir / METRICS_FILE).is_file():  # finished before its answer was sent
             send(read_events(spec.output_dir / EVENTS_FILE)[events_from:])
             return outcome_report(spec, None), None

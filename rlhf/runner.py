@@ -48,9 +48,9 @@ def use_cpu(requested: bool) -> bool:
 
 def stages() -> dict[str, Stage]:
     """The stages by name; imported when asked for, so that reading a spec loads no torch."""
-    from rlhf.reward.job import RewardStage
+    from rlhf.reward.job import RewardEvalStage, RewardStage
 
-    return {"reward": RewardStage()}
+    return {"reward": RewardStage(), "reward-eval": RewardEvalStage()}
 
 
 def check(spec: RunSpec) -> Stage:

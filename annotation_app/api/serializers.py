@@ -20,7 +20,10 @@ from annotation_app.services.exports import EXPORT_FORMATS
 from annotation_app.services.generation import validate_sampling_plan
 from annotation_app.services.generation_errors import generation_error_for
 from annotation_app.services.imports import FORMATS
+from annotation_app.services.training.start import RUN_KEYS
+from rlhf.hyperparameters import rules
 from rlhf.preferences import MARGIN_TABLES, Strength
+from rlhf.reward.config import RewardTrainingConfig
 
 
 class BatchSerializer(StorableModelSerializer):
@@ -348,9 +351,13 @@ class StartTrainingSerializer(serializers.Serializer):
         required=False,
         default=dict,
         validators=[storable_json],
-        help_text="Hyperparameters, fields of rlhf.reward.config.RewardTrainingConfig "
-        "(learning_rate, micro_batch_size, max_length, epochs, max_steps, margin_table, "
-        "eval_fraction, seed, ...); the others take the library's defaults.",
+        help_text="Hyperparameters, the settings of rlhf.reward.config.RewardTrainingConfig: "
+        + ", ".join(
+            f"{rule.name} (default {rule.default})"
+            for rule in rules(RewardTrainingConfig)
+            if rule.name not in RUN_KEYS
+        )
+        + ". Missing ones take the library's defaults.",
     )
 
 

@@ -60,6 +60,6 @@ def split(
     for pair in pairs:
         key = _split_key(pair, by)
         if key not in scores:
-            scores[key] = _score(key, seed)
+            scores[key] = eval_score(pair, seed, by)
         (held_out if scores[key] < eval_fraction else train).append(pair)
     return train, held_out

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from rlhf import hyperparameters
 from rlhf.data.pairs import KINDS, DataError
 from rlhf.jobs import MODEL_DIR, SPEC_FILE, InputFile, RunSpec
-from rlhf.reward.config import RewardTrainingConfig
-from rlhf.reward.job import RECIPE_CHOICES, load_files
+from rlhf.reward.config import RewardEvalConfig, RewardTrainingConfig
+from rlhf.reward.job import RECIPE_CHOICES
 from rlhf.runner import check, run_job, use_cpu
 
 # The --help text (the module docstring is for readers of the code).
@@ -86,11 +87,11 @@ def add_commands(commands) -> None:
     )
     evaluate.add_argument("--model", type=Path, required=True)
     evaluate.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE")
+    hyperparameters.add_flags(evaluate, RewardEvalConfig)
+    evaluate.add_argument("--cpu", action="store_true", help="evaluate on the CPU even with a GPU")
     evaluate.add_argument(
-        "--kind", choices=KINDS, default=None, help="kind of pairs without one (default: model's)"
+        "--out", type=Path, default=None, help="keep the job's directory (spec, events, metrics)"
     )
-    evaluate.add_argument("--max-length", type=int, default=None)
-    evaluate.add_argument("--batch-size", type=int, default=16)
     evaluate.add_argument("--table", action="store_true", help="also print a table on stderr")
     evaluate.set_defaults(run=eval_reward)
 
@@ -256,39 +257,37 @@ def train_reward(args: argparse.Namespace) -> int:
 
 
 def eval_reward(args: argparse.Namespace) -> int:
+    """The "reward-eval" job the flags describe, run here; the metrics go to stdout as JSON."""
     from tqdm import tqdm
 
-    from rlhf.reward.evaluation import evaluate_reward_model, format_metrics_table
-    from rlhf.reward.model import METADATA_FILE, load_reward_model, reward_model_dir
+    from rlhf.reward.evaluation import format_metrics_table
 
-    model_dir = reward_model_dir(args.model)
-    if not (model_dir / METADATA_FILE).is_file():
-        return _error(
-            f"{args.model}: not a reward model directory, nor a run holding one (no "
-            f"{METADATA_FILE})"
-        )
-    model, tokenizer, metadata = load_reward_model(model_dir)
-    config = metadata.get("config", {})
-    kind = args.kind or metadata.get("kind")
-    try:
-        pairs = load_files(args.data, kind, config.get("margin_table", "small"))
-    except DataError as error:
-        return _error(str(error))
-    max_length = args.max_length or config.get("max_length", 512)
-    # A bar on a terminal only: into a file, its redraws would pile up.
-    with tqdm(
-        total=len(pairs), unit="pair", file=sys.stderr, disable=not sys.stderr.isatty()
-    ) as bar:
-        metrics = evaluate_reward_model(
-            model,
-            tokenizer,
-            pairs,
-            batch_size=args.batch_size,
-            max_length=max_length,
-            progress=bar.update,
-        )
-    metrics["model"] = str(args.model)
-    metrics["data"] = [str(path) for path in args.data]
+    with tempfile.TemporaryDirectory(prefix="eval-reward-") as scratch:
+        out = args.out or Path(scratch)
+        try:
+            for file in args.data:
+                if not file.is_file():
+                    raise DataError(str(file), None, None, "no such file")
+            spec = RunSpec(
+                stage="reward-eval",
+                output_dir=out,
+                config={"cpu": args.cpu, **hyperparameters.flag_values(args, RewardEvalConfig)},
+                inputs={"data": [InputFile.of(file) for file in args.data]},
+                options={"model": str(args.model)},
+                resume=True,  # an evaluation writes no model: its directory may be reused
+            )
+            plan = check(spec).prepare(spec)
+            out.mkdir(parents=True, exist_ok=True)
+            spec.write(out / SPEC_FILE)
+            # A bar on a terminal only: into a file, its redraws would pile up.
+            with tqdm(
+                total=len(plan.pairs), unit="pair", file=sys.stderr, disable=not sys.stderr.isatty()
+            ) as bar:
+                metrics = run_job(
+                    spec, plan=plan, eval_progress=lambda done, _total: bar.update(done - bar.n)
+                )
+        except ValueError as error:  # JobError, ConfigError, DataError
+            return _error(str(error))
     if args.table:
         print(format_metrics_table(metrics), file=sys.stderr)
     json.dump(metrics, sys.stdout, indent=2)

@@ -126,4 +126,24 @@ class RewardTrainingConfig:
         return values
 
 
-__all__ = ["ConfigError", "RewardTrainingConfig"]
+@dataclass
+class RewardEvalConfig:
+    """The settings of an evaluation of a reward model (``eval-reward``, the "reward-eval"
+    stage); unset ones come from the model's own training config."""
+
+    kind: str | None = setting(
+        None, choices=KINDS, flag="kind", help="Kind of the pairs whose records carry none "
+        "(default: the model's)."
+    )  # fmt: skip
+    max_length: int | None = setting(
+        None, minimum=2, flag="max_length", help="Tokens per text (default: the model's)."
+    )
+    batch_size: int = setting(16, minimum=1, flag="batch_size", help="Pairs per forward pass.")
+    cpu: bool = setting(False, help="evaluate on the CPU even where a GPU is present")
+
+    def __post_init__(self) -> None:
+        hyperparameters.validate(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RewardEvalConfig:
+        return hyperparameters.from_dict(cls, values)

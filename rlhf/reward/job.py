@@ -1,4 +1,5 @@
-"""The "reward" stage of a job (:mod:`rlhf.runner`): train a reward model from a run spec.
+"""The reward stages of a job (:mod:`rlhf.runner`): "reward" trains a reward model from a run
+spec, "reward-eval" evaluates one (``eval-reward``; see :class:`RewardEvalStage`).
 
 Inputs by role: ``data`` (preference pairs, required), ``open_helpfulness`` and
 ``open_harmlessness`` (the open-source sets of the paper's recipe). Options:
@@ -34,7 +35,7 @@ from rlhf.data.mixes import (
 from rlhf.data.pairs import KINDS, DataError, PreferencePair, load_pairs
 from rlhf.data.split import split
 from rlhf.jobs import EVENT_TYPES, MODEL_DIR, JobError, RunSpec, read_events
-from rlhf.reward.config import RewardTrainingConfig
+from rlhf.reward.config import RewardEvalConfig, RewardTrainingConfig
 from rlhf.runner import JobContext
 
 INPUT_ROLES = ("data", "open_helpfulness", "open_harmlessness")
@@ -249,9 +250,11 @@ class RewardStage:
         if "baseline" in spec.options:
             batch = spec.options["baseline"]["batch"]
             pairs = load_files(sources.data, config.kind, config.margin_table)
+            # The model's kind only, unless the run trains on every kind (recipe "all").
+            kinds = set(KINDS) if sources.recipe == "all" else {config.kind}
             plan.baseline = {
                 **spec.options["baseline"],
-                "pairs": [pair for pair in pairs if pair.batch == batch],
+                "pairs": [pair for pair in pairs if pair.batch == batch and pair.kind in kinds],
             }
         return plan
 
@@ -307,3 +310,86 @@ def _trainer_events(events):
             events.write("evaluation", step=event["step"], metrics=event["metrics"])
 
     return record
+
+
+# --- the "reward-eval" stage ---------------------------------------------------------------------
+
+
+@dataclass
+class EvalPlan:
+    config: RewardEvalConfig
+    model_dir: Path
+    pairs: list[PreferencePair]
+    max_length: int
+
+
+class RewardEvalStage:
+    """Evaluate a reward model (option ``model``: its directory, or a run holding one) on the
+    pairs of ``inputs.data``; the metrics of :mod:`rlhf.reward.evaluation` are the job's."""
+
+    def prepare(self, spec: RunSpec) -> EvalPlan:
+        from rlhf.reward.model import METADATA_FILE, read_metadata, reward_model_dir
+
+        for role in spec.inputs:
+            if role != "data":
+                raise JobError(f"inputs.{role}", "is not an input of an evaluation: data")
+        if not spec.paths("data"):
+            raise JobError("inputs.data", "names no file: an evaluation scores preference pairs")
+        for name in spec.options:
+            if name != "model":
+                raise JobError(f"options.{name}", "is not an option of an evaluation: model")
+        model = spec.options.get("model")
+        model_dir = reward_model_dir(model) if isinstance(model, str) and model else None
+        if model_dir is None or not (model_dir / METADATA_FILE).is_file():
+            raise JobError(
+                "options.model",
+                f"{model}: not a reward model directory, nor a run holding one (no "
+                f"{METADATA_FILE})",
+            )
+        config = RewardEvalConfig.from_dict(spec.config)
+        trained = read_metadata(model_dir).get("config", {})
+        kind = config.kind or read_metadata(model_dir).get("kind")
+        pairs = load_files(spec.paths("data"), kind, trained.get("margin_table", "small"))
+        max_length = config.max_length or trained.get("max_length", 512)
+        return EvalPlan(config, model_dir, pairs, max_length)
+
+    def train(self, plan: EvalPlan, context: JobContext) -> dict[str, Any]:
+        from rlhf.reward.evaluation import evaluate_reward_model
+        from rlhf.reward.model import load_reward_model
+        from rlhf.runner import use_cpu
+
+        events = context.events
+        events.write("log", message=f"evaluating {plan.model_dir} on {len(plan.pairs):,} pairs")
+        model, tokenizer, _ = load_reward_model(plan.model_dir)
+        if not use_cpu(plan.config.cpu):
+            model.to("cuda")
+        total = len(plan.pairs)
+
+        def scored(done: int) -> None:
+            events.write("progress", fraction=done / total if total else 1.0)
+            if context.eval_progress is not None:
+                context.eval_progress(done, total)
+
+        metrics = evaluate_reward_model(
+            model,
+            tokenizer,
+            plan.pairs,
+            batch_size=plan.config.batch_size,
+            max_length=plan.max_length,
+            progress=_running_total(scored),
+        )
+        metrics["model"] = str(context.spec.options["model"])
+        metrics["data"] = [str(path) for path in context.spec.paths("data")]
+        return metrics
+
+
+def _running_total(report: Callable[[int], None]) -> Callable[[int], None]:
+    """evaluate_reward_model reports the pairs of each batch; ``report`` wants the total."""
+    done = 0
+
+    def add(count: int) -> None:
+        nonlocal done
+        done += count
+        report(done)
+
+    return add

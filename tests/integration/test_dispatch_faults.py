@@ -401,8 +401,10 @@ def test_a_training_run_started_while_the_broker_is_down_stays_queued_and_is_rel
         out = io.StringIO()
         call_command("relay_outbox", stdout=out)
         assert "training: 0 due, 1 in flight" in out.getvalue()
-    [raw] = private_redis.client().lrange(QUEUE_KEY.format("training"), 0, -1)
+    # The platform's task that writes the run's job goes first (it then sends the job to the
+    # training queue's model workers).
+    [raw] = private_redis.client().lrange(QUEUE_KEY.format("default"), 0, -1)
     queued = json.loads(raw)
-    assert queued["headers"]["task"] == "annotation_app.tasks.train_reward_model"
+    assert queued["headers"]["task"] == "annotation_app.tasks.start_training_run"
     assert queued["headers"]["argsrepr"] == f"({started.json()['id']},)"
     assert queued["headers"]["kwargsrepr"] == f"{{'outbox_id': {message.pk}}}"

@@ -118,13 +118,25 @@ def test_a_killed_job_launched_again_with_resume_ends_as_an_uninterrupted_one(
     assert losses(resumed) == pytest.approx(losses(uninterrupted), abs=1e-6)
 
 
+def free_port() -> int:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        return listener.getsockname()[1]
+
+
 def test_a_job_on_two_processes_records_each_event_once(tmp_path, base_model):
     """accelerate runs the job in two CPU processes (gloo); only the main one writes."""
     write_spec(tmp_path, base_model, max_steps=2)
-    outcome = run_training_job(tmp_path / "spec.json", options=["--num_processes", "2", "--cpu"])
+    # accelerate's multi-process launcher; without a GPU the processes join a gloo group.
+    options = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    options += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    options += ["--main_process_port", str(free_port())]
+    outcome = run_training_job(tmp_path / "spec.json", options=options)
     assert outcome.succeeded, outcome.output_tail
     types = [event["type"] for event in outcome.events]
     assert types.count("metrics") == 1 and types.count("step") == 2
+    logs = [event["message"] for event in outcome.events if event["type"] == "log"]
+    assert any("on 2 processes (gloo)" in message for message in logs)  # one group of two
 
 
 # --- train(): the task's body, with its lease on the job's directory ----------------------------
@@ -196,12 +208,14 @@ def test_a_dead_workers_lease_is_taken_over_its_orphaned_job_stopped_and_the_job
 
 
 def test_on_events_gets_each_batch_with_its_index_in_the_log_contiguous_from_events_from(
-    tmp_path, base_model
+    tmp_path, base_model, monkeypatch
 ):
+    monkeypatch.setattr("model_worker.training.POLL_SECONDS", 0.05)  # events in several batches
     write_spec(tmp_path, base_model, max_steps=2)
     calls, on_events = recorder()
     report, outcome = train(tmp_path / "spec.json", on_events)
     assert report["status"] == "succeeded", report
+    assert len([events for _, events in calls if events]) > 1
     assert_contiguous(calls, 0)
     assert [event for _, events in calls for event in events] == outcome.events
 
