@@ -32,6 +32,11 @@ class AnnotationAppConfig(AppConfig):
     def ready(self) -> None:
         from django.contrib.auth import get_user_model
 
+        # Every process knows every task by name (the platform sends them by name); in a web
+        # process without a broker (the demo) they run here. Their bodies import torch lazily,
+        # on the workers only.
+        import annotation_app.tasks  # noqa: F401
+        import model_worker.tasks  # noqa: F401
         from annotation_app import auth_cache
 
         post_migrate.connect(_sync_roles, sender=self)

@@ -12,14 +12,20 @@ from celery import shared_task
 
 from annotation_app.models import OutboxMessage
 from annotation_app.services.generation import store_results
-from annotation_app.services.outbox import mark_done, relay
+from annotation_app.services.outbox import (
+    START_TRAINING_RUN,
+    STORE_GENERATED_RESPONSES,
+    mark_done,
+    relay,
+)
 from annotation_app.services.training import lifecycle
+from model_worker import TRAIN_MODEL
 
 # An event batch that arrives before an earlier one waits this long, this many times, for it.
 EARLY_EVENTS_RETRIES, EARLY_EVENTS_COUNTDOWN = 10, 1
 
 
-@shared_task(bind=True, name="annotation_app.tasks.store_generated_responses", acks_late=True)
+@shared_task(bind=True, name=STORE_GENERATED_RESPONSES, acks_late=True)
 def store_generated_responses(
     self, results: list[dict], outbox_id: int | None = None
 ) -> dict[str, int]:
@@ -33,7 +39,7 @@ def store_generated_responses(
     return counts
 
 
-@shared_task(name="annotation_app.tasks.start_training_run", acks_late=True)
+@shared_task(name=START_TRAINING_RUN, acks_late=True)
 def start_training_run(run_id: int, outbox_id: int | None = None) -> str:
     """Claim a queued run (or a stalled one), write its job, and send it to a model worker.
 
@@ -46,7 +52,7 @@ def start_training_run(run_id: int, outbox_id: int | None = None) -> str:
         return "skipped"
     # By name: the platform does not import the model workers' code.
     train = start_training_run.app.signature(
-        "model_worker.tasks.train_model",
+        TRAIN_MODEL,
         kwargs={
             "spec_path": job["spec_path"],
             "events_from": job["events_from"],

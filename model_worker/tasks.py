@@ -13,6 +13,7 @@ from pathlib import Path
 
 from celery import shared_task, signature
 
+from model_worker import GENERATE_RESPONSES, TRAIN_MODEL
 from model_worker.hub import HubUnavailable
 
 MAX_RETRIES = 3
@@ -67,7 +68,7 @@ def run_generation(requests: list[dict]) -> list[dict]:
 
 @shared_task(
     bind=True,
-    name="model_worker.tasks.generate_responses",
+    name=GENERATE_RESPONSES,
     acks_late=True,  # a worker that dies mid-task leaves the message to be delivered again
     reject_on_worker_lost=True,
     max_retries=MAX_RETRIES,
@@ -101,7 +102,7 @@ def generate_responses(
 
 @shared_task(
     bind=True,
-    name="model_worker.tasks.train_model",
+    name=TRAIN_MODEL,
     acks_late=True,  # a worker that dies mid-job leaves the message to be delivered again
     reject_on_worker_lost=True,
     max_retries=TRAINING_RELAUNCHES,

@@ -56,8 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
     from rlhf.data.pairs import DataError
     from rlhf.jobs import JobError, RunSpec
+    from rlhf.nn.devices import use_cpu
     from rlhf.reward.config import ConfigError
-    from rlhf.runner import run_job, use_cpu
+    from rlhf.runner import run_job
 
     try:
         spec = RunSpec.load(args.spec)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 SPEC_FILE = "spec.json"  # where the commands and the platform keep the spec they ran
 EVENTS_FILE = "events.jsonl"
@@ -220,3 +220,23 @@ def read_events(path: str | Path) -> list[dict[str, Any]]:
         return []
     complete = text[: text.rfind("\n") + 1]
     return [json.loads(line) for line in complete.splitlines() if line.strip()]
+
+
+# --- what a stage is (rlhf.runner runs them) ----------------------------------------------------
+
+
+@dataclass
+class JobContext:
+    """What a stage's training step gets besides its plan."""
+
+    spec: RunSpec
+    events: EventLog
+    main_process: bool = True
+    # (pairs or prompts done, total) while a stage evaluates: the command line's progress bar.
+    eval_progress: Callable[[int, int], None] | None = None
+
+
+class Stage(Protocol):
+    def prepare(self, spec: RunSpec) -> Any: ...
+
+    def train(self, plan: Any, context: JobContext) -> dict[str, Any]: ...

@@ -15,35 +15,18 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from rlhf.jobs import EVENTS_FILE, METRICS_FILE, MODEL_DIR, EventLog, JobError, RunSpec
-
-
-@dataclass
-class JobContext:
-    """What a stage's training step gets besides its plan."""
-
-    spec: RunSpec
-    events: EventLog
-    main_process: bool = True
-    # (pairs or prompts done, total) while a stage evaluates: the command line's progress bar.
-    eval_progress: Callable[[int, int], None] | None = None
-
-
-class Stage(Protocol):
-    def prepare(self, spec: RunSpec) -> Any: ...
-
-    def train(self, plan: Any, context: JobContext) -> dict[str, Any]: ...
-
-
-def use_cpu(requested: bool) -> bool:
-    """Whether a job runs on CPUs: asked for, or no GPU. On a machine without one, accelerate's
-    multi-process launcher then joins the processes in a gloo group (not N lone processes)."""
-    import torch
-
-    return requested or not torch.cuda.is_available()
+from rlhf.jobs import (
+    EVENTS_FILE,
+    METRICS_FILE,
+    MODEL_DIR,
+    EventLog,
+    JobContext,
+    JobError,
+    RunSpec,
+    Stage,
+)
 
 
 def stages() -> dict[str, Stage]:

@@ -29,6 +29,7 @@ from django.db.models import Count, Q
 from annotation_app.errors import Conflict, InvalidInput
 from annotation_app.models import Batch, Comparison, ModelVersion, OutboxMessage, Response
 from annotation_app.services import outbox
+from annotation_app.services.generation_errors import mark_failed
 from annotation_app.services.registry import (
     current_version,
     promote,
@@ -234,12 +235,6 @@ def store_results(results: list[dict], outbox_id: int | None = None) -> dict[str
         outbox.mark_done(outbox_id)
     failed = sum(1 for r in results if r.get("error"))
     return {"received": len(results) - failed, "failed": failed}
-
-
-def mark_failed(comparison_ids: list[int], error: str) -> None:
-    Comparison.objects.filter(pk__in=comparison_ids).exclude(
-        status__in=[Comparison.Status.READY, Comparison.Status.COMPLETE]
-    ).update(status=Comparison.Status.FAILED, generation_error=error)
 
 
 def retry_unfinished_generation(

@@ -32,3 +32,10 @@ def generation_error_for(assignment: Assignment) -> str:
     if sees_generation_errors(assignment.annotator):
         return comparison.generation_error or NEUTRAL_GENERATION_ERROR
     return NEUTRAL_GENERATION_ERROR
+
+
+def mark_failed(comparison_ids: list[int], error: str) -> None:
+    """Fail the comparisons whose responses are not in, with the error (staff see it)."""
+    Comparison.objects.filter(pk__in=comparison_ids).exclude(
+        status__in=[Comparison.Status.READY, Comparison.Status.COMPLETE]
+    ).update(status=Comparison.Status.FAILED, generation_error=error)

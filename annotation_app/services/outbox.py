@@ -50,6 +50,8 @@ from django.utils import timezone
 from kombu.exceptions import OperationalError
 
 from annotation_app.models import OutboxMessage, TrainingRun
+from annotation_app.services.generation_errors import mark_failed
+from model_worker import GENERATE_RESPONSES
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ PRUNE_CHUNK = 1000
 # the retry. Not ``retry=False``: kombu (5.7) then falls back to its own connection retries,
 # for up to broker_connection_timeout with pauses of 2 s (6 s for a refused connection, where
 # one try takes milliseconds); this policy is passed on to the connection as well.
+# The platform's tasks this module sends (annotation_app/tasks.py names its tasks with these).
+STORE_GENERATED_RESPONSES = "annotation_app.tasks.store_generated_responses"
+START_TRAINING_RUN = "annotation_app.tasks.start_training_run"
 NO_PUBLISH_RETRY = {"retry": True, "retry_policy": {"max_retries": 0}}
 
 
@@ -203,9 +208,6 @@ def give_up(message: OutboxMessage, now: datetime | None = None) -> bool:
     that are not ready are failed with that reason (an admin may retry them), or its training
     run, if still queued, is failed. Returns False if another relay sent or gave it up first.
     """
-    # Imported here: services.generation imports this module.
-    from annotation_app.services.generation import mark_failed
-
     now = now or timezone.now()
     reason = (
         f"no answer after {message.attempts} sends; "
@@ -291,19 +293,21 @@ def _relay_one(message: OutboxMessage, now: datetime) -> Outcome:
 
 
 def _send(message: OutboxMessage) -> None:
-    # Imported here: the tasks' modules import the services that import this one.
-    from annotation_app.tasks import start_training_run, store_generated_responses
-    from model_worker.tasks import generate_responses
-
+    # By name: the tasks import the services, and the model workers' code stays theirs.
+    signature = current_app.signature
     if message.kind == Kind.GENERATION:
         lifetime = settings.PAIRWISE_GENERATION_TIMEOUT_SECONDS
-        work = generate_responses.s(
-            message.payload["requests"], expires_after=lifetime
-        ) | store_generated_responses.s(outbox_id=message.pk)
+        work = signature(
+            GENERATE_RESPONSES,
+            args=(message.payload["requests"],),
+            kwargs={"expires_after": lifetime},
+        ) | signature(STORE_GENERATED_RESPONSES, kwargs={"outbox_id": message.pk})
         # On the first task only: the store callback, sent by the worker, never expires.
         options = {"expires": lifetime}
     else:
-        work = start_training_run.s(message.payload["run_id"], outbox_id=message.pk)
+        work = signature(
+            START_TRAINING_RUN, args=(message.payload["run_id"],), kwargs={"outbox_id": message.pk}
+        )
         options = {}
     if uses_broker() or not settings.PAIRWISE_EAGER_IN_THREAD:
         # Results travel along the chain; nothing reads them from a result backend.

@@ -25,9 +25,10 @@ from pathlib import Path
 from rlhf import hyperparameters
 from rlhf.data.pairs import KINDS, DataError
 from rlhf.jobs import MODEL_DIR, SPEC_FILE, InputFile, RunSpec
+from rlhf.nn.devices import use_cpu
 from rlhf.reward.config import RewardEvalConfig, RewardTrainingConfig
 from rlhf.reward.job import RECIPE_CHOICES
-from rlhf.runner import check, run_job, use_cpu
+from rlhf.runner import check, run_job
 
 # The --help text (the module docstring is for readers of the code).
 TRAIN_DESCRIPTION = """\

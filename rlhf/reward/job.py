@@ -34,9 +34,8 @@ from rlhf.data.mixes import (
 )
 from rlhf.data.pairs import KINDS, DataError, PreferencePair, load_pairs
 from rlhf.data.split import split
-from rlhf.jobs import EVENT_TYPES, MODEL_DIR, JobError, RunSpec, read_events
+from rlhf.jobs import EVENT_TYPES, MODEL_DIR, JobContext, JobError, RunSpec, read_events
 from rlhf.reward.config import RewardEvalConfig, RewardTrainingConfig
-from rlhf.runner import JobContext
 
 INPUT_ROLES = ("data", "open_helpfulness", "open_harmlessness")
 # none: the pairs of the model's kind; all: every pair, whatever its kind (the platform, whose
@@ -354,9 +353,9 @@ class RewardEvalStage:
         return EvalPlan(config, model_dir, pairs, max_length)
 
     def train(self, plan: EvalPlan, context: JobContext) -> dict[str, Any]:
+        from rlhf.nn.devices import use_cpu
         from rlhf.reward.evaluation import evaluate_reward_model
         from rlhf.reward.model import load_reward_model
-        from rlhf.runner import use_cpu
 
         events = context.events
         events.write("log", message=f"evaluating {plan.model_dir} on {len(plan.pairs):,} pairs")

@@ -47,8 +47,8 @@ from typing import Any
 
 from rlhf.data.pairs import PreferencePair, margins
 from rlhf.files import normalize_permissions
+from rlhf.nn.devices import use_cpu
 from rlhf.reward.config import ConfigError, RewardTrainingConfig
-from rlhf.runner import use_cpu
 
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"

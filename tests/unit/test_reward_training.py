@@ -330,14 +330,15 @@ def test_two_gloo_processes_train_the_same_weights_as_one(llama_dir, tmp_path):
     )
     assert "on 2 processes (gloo)" in two.stderr and "on 1 process" in one.stderr
     assert two.stdout.count("trained 4 steps") == 1  # only the main process reports
-    one_weights, two_weights = weights(tmp_path / "one"), weights(tmp_path / "two")
+    one_weights = weights(tmp_path / "one" / "model")
+    two_weights = weights(tmp_path / "two" / "model")
     before = backbone_weights(llama_dir)
     moved = max((one_weights[name] - before[name]).abs().max() for name in before)
     assert moved > 1e-3  # training did change the weights
     for name in one_weights:
         torch.testing.assert_close(two_weights[name], one_weights[name], atol=1e-5, rtol=0)
-    one_meta = json.loads((tmp_path / "one" / "pairwise_reward.json").read_text())
-    two_meta = json.loads((tmp_path / "two" / "pairwise_reward.json").read_text())
+    one_meta = json.loads((tmp_path / "one" / "model" / "pairwise_reward.json").read_text())
+    two_meta = json.loads((tmp_path / "two" / "model" / "pairwise_reward.json").read_text())
     assert two_meta["world_size"] == 2 and one_meta["world_size"] == 1
     assert two_meta["metrics"]["pairs"] == one_meta["metrics"]["pairs"]
     assert two_meta["metrics"]["accuracy"] == pytest.approx(one_meta["metrics"]["accuracy"])
