@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from rlhf.data.records import nested_deeper_than
+
 # Deeper JSON is refused: no input needs more than a few levels.
 MAX_JSON_DEPTH = 64
 # The range of PostgreSQL's ``integer`` (token counts, latencies, time spent) and ``bigint``
@@ -31,23 +33,9 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-def json_depth(value: Any) -> int:
-    """How deeply lists and objects nest in ``value``, counted without recursion and no
-    further than one level past :data:`MAX_JSON_DEPTH`."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth <= MAX_JSON_DEPTH:
-                children = item.values() if isinstance(item, dict) else item
-                stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 def json_problem(value: Any) -> str | None:
     """Why the JSON value ``value`` cannot be stored in a JSON column, or None."""
-    if json_depth(value) > MAX_JSON_DEPTH:
+    if nested_deeper_than(value, MAX_JSON_DEPTH):
         return f"is nested more than {MAX_JSON_DEPTH} levels deep"
     stack = [value]
     while stack:

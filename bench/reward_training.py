@@ -21,8 +21,8 @@ Data: Anthropic HH-RLHF harmless-base (../shared/data/hh-rlhf/harmless-base/test
 contexts held out). Both trainers train on the same training pairs; both trained models are
 scored on the same held-out pairs by the same code, ``rlhf.reward.scoring.score_pairs``
 then ``rlhf.reward.evaluation.metrics_from_rewards`` (float32 on the benchmark's device), so the
-accuracies differ only by training. A seed changes the order in which both trainers draw the pairs, not
-the split; the seeds run one after the other, each trainer in turn.
+accuracies differ only by training. A seed changes the order in which both trainers draw the
+pairs, not the split; the seeds run one after the other, each trainer in turn.
 
 Settings shared by both: max length, batch size (pairs per optimizer step, no gradient
 accumulation), steps, peak learning rate, seed, and our trainer's defaults given to TRL: AdamW

@@ -189,7 +189,7 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def _nested_deeper_than(value: Any, limit: int) -> bool:
+def nested_deeper_than(value: Any, limit: int) -> bool:
     """Whether lists and objects nest in ``value`` more than ``limit`` levels deep (looked at
     without recursion, and no deeper than the first level past the limit)."""
     stack = [(value, 1)]
@@ -222,7 +222,7 @@ def _json_record(text: str, max_depth: int | None) -> Any:
         raise FieldError(too_deep) from None
     except ValueError as error:  # a number out of range, NaN or Infinity
         raise FieldError(f"invalid JSON: {error}") from None
-    if max_depth is not None and _nested_deeper_than(value, max_depth):
+    if max_depth is not None and nested_deeper_than(value, max_depth):
         raise FieldError(too_deep)
     return value
 

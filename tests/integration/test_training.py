@@ -929,3 +929,28 @@ def test_a_run_on_two_gloo_processes_through_the_queues(
     assert "steps of 8 pairs on 2 processes (gloo)" in run.logs  # 4 pairs a process
     version = ModelVersion.objects.get(training_run=run)
     assert (Path(version.path) / "config.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_without_a_broker_the_demo_runs_the_whole_job_in_its_own_process(
+    eager_tasks, tiny_policy, make_batch, annotator, ml_staff, api_client, settings, tmp_path
+):
+    """The embedded demo: no broker, the tasks run where they are sent (here inline), the job
+    still in a process of its own, launched with accelerate; the run ends registered."""
+    settings.PAIRWISE_TRAINING_DIR = tmp_path / "training"
+    settings.PAIRWISE_EAGER_IN_THREAD = False
+    batch = make_batch(comparisons=8, name="week 1")
+    annotate_batch(batch, annotator)
+    api_client.force_login(ml_staff)
+    response = api_client.post(
+        "/api/v1/training-runs/",
+        {"kind": "helpfulness", "batches": [batch.pk], "config": TINY_CONFIG},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    run = TrainingRun.objects.get(pk=response.json()["id"])
+    assert run.status == "succeeded", run.error + run.logs
+    assert "step 3/3" in run.logs and run.events_mirrored > 0
+    assert (Path(run.export_path).parent / "launch.log").is_file()  # launched, not imported
+    assert ModelVersion.objects.filter(training_run=run, is_current=False).count() == 1
