@@ -86,10 +86,21 @@ def sample(
     tokenizer,
     prompt_token_ids: Sequence[Sequence[int]],
     params: Sequence[SamplingParams],
+    *,
+    group_size: int = 1,
 ) -> list[Completion]:
-    """Complete every prompt (token ids, BOS included if the model wants one) in one batch."""
-    if len(prompt_token_ids) != len(params):
-        raise ValueError(f"{len(prompt_token_ids)} prompts but {len(params)} SamplingParams")
+    """Complete every prompt (token ids, BOS included if the model wants one) in one batch.
+
+    ``group_size`` K > 1: K completions of each prompt, rows ``i*K … i*K+K-1`` for prompt i,
+    with ``params`` given per row (P·K of them); each prompt is prefilled once and its KV cache
+    shared by its K rows (rejection sampling's best-of-K, GRPO's groups).
+    """
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    if len(prompt_token_ids) * group_size != len(params):
+        raise ValueError(
+            f"{len(prompt_token_ids)} prompts × {group_size} but {len(params)} SamplingParams"
+        )
     if not prompt_token_ids:
         return []
     if any(len(ids) == 0 for ids in prompt_token_ids):
@@ -98,7 +109,9 @@ def sample(
     eos_ids = eos_token_ids(model, tokenizer)
     with torch.inference_mode():
         rows = RowSettings.build(params, seeds, model_device(model))
-        tokens = decode(model, prompt_token_ids, rows, pad_token_id(model, tokenizer), eos_ids)
+        tokens = decode(
+            model, prompt_token_ids, rows, pad_token_id(model, tokenizer), eos_ids, group_size
+        )
     return [
         Completion(ids, "stop" if ids[-1] in eos_ids else "length", seed)
         for ids, seed in zip(tokens, seeds, strict=True)
@@ -140,10 +153,19 @@ class RowSettings:
 # --- the decoding loop ---------------------------------------------------------------------------
 
 
-def decode(model, prompt_token_ids, rows: RowSettings, pad_id: int, eos_ids: list[int]):
+def decode(
+    model, prompt_token_ids, rows: RowSettings, pad_id: int, eos_ids: list[int], group_size=1
+):
     """Run prefill and the decoding steps; return each row's own new tokens."""
-    input_ids, mask = left_pad(prompt_token_ids, pad_id, rows.temperature.device)  # (B, P)
-    batch, prompt_len = input_ids.shape
+    input_ids, mask = left_pad(prompt_token_ids, pad_id, rows.temperature.device)  # (B/K, P)
+    prompt_len = input_ids.shape[1]
+    cache, logits = prefill(model, input_ids, mask, prompt_len + rows.steps)  # logits (B/K, V)
+    if group_size > 1:  # each prompt's K rows share its prefill: (B/K, …) -> (B, …)
+        cache.batch_repeat_interleave(group_size)
+        logits = logits.repeat_interleave(group_size, dim=0)
+        input_ids = input_ids.repeat_interleave(group_size, dim=0)
+        mask = mask.repeat_interleave(group_size, dim=0)
+    batch = input_ids.shape[0]
     # The attention mask of the whole run, preallocated: (B, P + N), each step sets its column.
     full_mask = torch.cat([mask, mask.new_ones(batch, rows.steps)], dim=1)
     positions = mask.sum(dim=1)  # (B,) position id of each row's next token
@@ -152,7 +174,6 @@ def decode(model, prompt_token_ids, rows: RowSettings, pad_id: int, eos_ids: lis
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)  # (B,)
     lengths = torch.full((batch,), rows.steps, dtype=torch.long, device=input_ids.device)
 
-    cache, logits = prefill(model, input_ids, mask, prompt_len + rows.steps)  # logits (B, V)
     for step in range(rows.steps):
         chosen = choose_tokens(logits, rows, step)  # (B,)
         chosen = torch.where(done, pad_id, chosen)
@@ -273,6 +294,15 @@ class PreallocatedLayer(DynamicLayer):
         self.keys = self.key_store[:, :, :end]  # (B, H, end, D) views, no copy
         self.values = self.value_store[:, :, :end]
         return self.keys, self.values
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Each row ``repeats`` times, stores included (a prompt's prefill shared by its group)."""
+        if not self.is_initialized:
+            return
+        self.key_store = self.key_store.repeat_interleave(repeats, dim=0)
+        self.value_store = self.value_store.repeat_interleave(repeats, dim=0)
+        self.keys = self.key_store[:, :, : self.length]
+        self.values = self.value_store[:, :, : self.length]
 
 
 def preallocated_cache(model, capacity: int):

@@ -32,9 +32,9 @@ import torch
 from rlhf.data.pairs import PreferencePair
 from rlhf.data.pairs import margins as pair_margins  # (a local "margins" below)
 from rlhf.preferences import TABLE8_BUCKETS, UNRATED
+from rlhf.reward.gate import SAFETY_GATE
 from rlhf.reward.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
 
-SAFETY_THRESHOLD = 0.15
 CALIBRATION_BINS = 10
 
 
@@ -77,7 +77,7 @@ def safety_gate(
     pairs: Sequence[PreferencePair],
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
-    threshold: float = SAFETY_THRESHOLD,
+    threshold: float = SAFETY_GATE,
 ) -> dict[str, Any] | None:
     """Precision and recall of "unsafe" for σ(reward) < threshold, over labelled replies."""
     flagged: list[bool] = []
@@ -107,7 +107,7 @@ def metrics_from_rewards(
     chosen_rewards: torch.Tensor,
     rejected_rewards: torch.Tensor,
     *,
-    safety_threshold: float = SAFETY_THRESHOLD,
+    safety_threshold: float = SAFETY_GATE,
 ) -> dict[str, Any]:
     """The metrics of the module docstring, from each pair's two rewards (shape (n,) each)."""
     if not len(pairs) == len(chosen_rewards) == len(rejected_rewards):
@@ -142,7 +142,7 @@ def evaluate_reward_model(
     *,
     batch_size: int = 16,
     max_length: int = 512,
-    safety_threshold: float = SAFETY_THRESHOLD,
+    safety_threshold: float = SAFETY_GATE,
     progress=None,
 ) -> dict[str, Any]:
     """Score every pair (:func:`rlhf.reward.scoring.score_pairs`) and compute the metrics.
@@ -198,7 +198,6 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "SAFETY_THRESHOLD",
     "calibration",
     "evaluate_reward_model",
     "format_metrics_table",

@@ -199,6 +199,28 @@ def test_a_row_does_not_depend_on_the_rest_of_its_batch(any_model, temperature):
     assert shuffled == [batched[i] for i in order]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_group_shares_its_prompt_s_prefill_and_samples_as_rows_would(any_model, temperature):
+    """K samples of each prompt, the prompt prefilled once: each row's tokens are those it gets
+    as a row of its own (its prompt repeated), whatever the group around it."""
+    model, tokenizer = any_model
+    ids = encode(tokenizer, PROMPTS[:3])
+    group = 4
+    params = [
+        SamplingParams(temperature, 0.9, 12 + 2 * (row % group), seed=500 + row)
+        for row in range(len(ids) * group)
+    ]
+    grouped = sample(model, tokenizer, ids, params, group_size=group)
+    repeated = [prompt for prompt in ids for _ in range(group)]
+    assert grouped == sample(model, tokenizer, repeated, params)
+    if temperature > 0:  # the seeds differ: the samples of one prompt do too
+        assert len({tuple(c.token_ids) for c in grouped[:group]}) > 1
+    with pytest.raises(ValueError, match="group_size"):
+        sample(model, tokenizer, ids, params, group_size=0)
+    with pytest.raises(ValueError, match="3 prompts × 3"):
+        sample(model, tokenizer, ids, params, group_size=3)
+
+
 # --- agreement with Hugging Face generate --------------------------------------------------------
 
 

@@ -1,0 +1,147 @@
+"""Rejection sampling's parts, against hand computations: the Llama 2 safety gate, the pool kept
+across iterations, and the best-of-N curve."""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from statistics import median
+
+import pytest
+
+from rlhf.rejection_sampling.best_of_n import (
+    best_of_n_curve,
+    expected_max,
+    expected_median,
+)
+from rlhf.rejection_sampling.pool import Pool, Sample
+from rlhf.reward.gate import SAFETY_GATE, gated_reward, sigmoid
+
+# --- the gate ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("helpfulness", "safety", "safety_prompt", "reward", "by_safety"),
+    [
+        (0.9, 0.8, False, 0.9, False),  # a helpfulness prompt, a safe answer: helpfulness
+        (0.9, 0.1, False, 0.1, True),  # … an answer the safety model flags (< 0.15): safety
+        (0.9, 0.8, True, 0.8, True),  # a safety prompt: safety, whatever the answer
+        (0.9, 0.1, True, 0.1, True),  # a safety prompt, a flagged answer: safety
+    ],
+)
+def test_the_gate_picks_the_reward_of_the_paper_in_all_four_cases(
+    helpfulness, safety, safety_prompt, reward, by_safety
+):
+    assert gated_reward(helpfulness, safety, safety_prompt) == (reward, by_safety)
+
+
+def test_the_gate_s_threshold_is_strict_and_the_paper_s():
+    assert SAFETY_GATE == 0.15
+    assert gated_reward(0.7, 0.15, False) == (0.7, False)  # at the threshold: not flagged
+    assert gated_reward(0.7, 0.1499, False) == (0.1499, True)
+
+
+def test_sigmoid_is_stable_at_both_ends():
+    assert sigmoid(0.0) == 0.5
+    assert sigmoid(math.log(3)) == pytest.approx(0.75)
+    assert sigmoid(1000.0) == 1.0 and sigmoid(-1000.0) == 0.0
+
+
+# --- the pool -----------------------------------------------------------------------------------
+
+
+def sample(prompt: str, reward: float, iteration: int, response: str = "") -> Sample:
+    return Sample(
+        prompt=[{"role": "user", "content": prompt}],
+        response=response or f"{prompt} answer {iteration}",
+        reward=reward,
+        helpfulness=reward,
+        safety=0.9,
+        by_safety=False,
+        safety_prompt=False,
+        iteration=iteration,
+        model=f"policy-{iteration}",
+        temperature=1.0 + iteration / 10,
+        seed=iteration,
+    )
+
+
+def test_the_pool_keeps_each_prompt_s_best_over_all_iterations(tmp_path):
+    pool = Pool()
+    assert pool.offer([sample("a", 0.6, 1), sample("b", 0.3, 1), sample("a", 0.4, 1)]) == {
+        "new": 2,
+        "improved": 0,
+        "kept": 0,
+    }
+    pool.save(tmp_path / "pool.jsonl")
+    pool = Pool.load(tmp_path / "pool.jsonl")  # the next iteration reads it back
+    assert pool.offer([sample("a", 0.5, 2), sample("b", 0.7, 2), sample("c", 0.2, 2)]) == {
+        "new": 1,
+        "improved": 1,
+        "kept": 1,
+    }
+    best = {s.prompt[0]["content"]: (s.reward, s.iteration) for s in pool.samples()}
+    assert best == {"a": (0.6, 1), "b": (0.7, 2), "c": (0.2, 2)}
+    kept = next(s for s in pool.samples() if s.prompt[0]["content"] == "a")
+    assert kept.model == "policy-1" and kept.temperature == 1.1  # what produced it, kept too
+
+
+def test_keeping_only_the_last_iteration_would_lose_a_better_sample():
+    first, second = [sample("a", 0.9, 1)], [sample("a", 0.5, 2)]
+    pool = Pool()
+    pool.offer(first)
+    pool.offer(second)
+    last_only = max(second, key=lambda s: s.reward)
+    [kept] = pool.samples()
+    assert kept.reward == 0.9 and kept.iteration == 1
+    assert last_only.reward < kept.reward  # what the paper's first rounds regressed to
+
+
+def test_a_tie_keeps_the_earlier_sample():
+    pool = Pool()
+    pool.offer([sample("a", 0.5, 1, "first")])
+    assert pool.offer([sample("a", 0.5, 2, "second")]) == {"new": 0, "improved": 0, "kept": 1}
+    assert pool.samples()[0].response == "first"
+
+
+def test_a_damaged_pool_file_names_its_line(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    path.write_text('{"prompt": []}\n')
+    with pytest.raises(ValueError, match="pool.jsonl, line 1: not a pool record"):
+        Pool.load(path)
+    assert len(Pool.load(tmp_path / "absent.jsonl")) == 0
+
+
+# --- best of N -----------------------------------------------------------------------------------
+
+
+def brute_force(scores, n, statistic):
+    subsets = list(combinations(scores, n))
+    return sum(statistic(subset) for subset in subsets) / len(subsets)
+
+
+def test_expected_best_and_median_of_n_by_hand():
+    scores = [1.0, 2.0, 3.0]
+    assert expected_max(scores, 1) == pytest.approx(2.0)  # the mean
+    assert expected_max(scores, 2) == pytest.approx(8 / 3)  # (2 + 3 + 3) / 3
+    assert expected_max(scores, 3) == 3.0
+    assert expected_median(scores, 2) == pytest.approx(2.0)  # (1.5 + 2 + 2.5) / 3
+    assert expected_median(scores, 3) == 2.0
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_the_order_statistics_equal_every_subset_counted(n):
+    scores = [0.3, -1.2, 2.5, 0.3, 0.9, -0.4, 1.7]  # ties included
+    assert expected_max(scores, n) == pytest.approx(brute_force(scores, n, max))
+    assert expected_median(scores, n) == pytest.approx(brute_force(scores, n, median))
+
+
+def test_the_best_of_n_never_decreases_with_n():
+    groups = [[0.1, 0.9, 0.4, 0.5, 0.2, 0.8], [0.3, 0.3, 0.7, 0.1, 0.6, 0.2]]
+    curve = best_of_n_curve(groups)
+    assert [point["n"] for point in curve] == [1, 2, 3, 4, 5, 6]
+    best = [point["max"] for point in curve]
+    assert all(a <= b + 1e-12 for a, b in zip(best, best[1:], strict=False))
+    assert best[-1] == pytest.approx((0.9 + 0.7) / 2)  # all samples: each prompt's best
+    assert curve[0]["max"] == curve[0]["median"]  # one sample: both are the mean
+    assert curve[-1]["max_stderr"] == pytest.approx(0.1)  # stdev(0.9, 0.7) / √2
