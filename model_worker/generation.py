@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from model_worker import hub
-from rlhf.data.chat import format_prompt, has_chat_template, response_text
+from rlhf.data.chat import completion_text, format_prompt, has_chat_template
 from rlhf.nn.sampling import SamplingParams, sample
 
 
@@ -164,12 +164,7 @@ class HuggingFaceBackend:
         return kept, len(ids) - len(kept)
 
     def completion_text(self, token_ids: list[int]) -> str:
-        """The response text. NUL characters are dropped: byte-level tokens (tiny models, Llama's
-        ``<0x00>``) can produce them, and PostgreSQL text cannot hold them. Line breaks become
-        ``\n``, as browsers show them, so what annotators see is what is stored."""
-        raw = self.tokenizer.decode(token_ids, skip_special_tokens=True).replace("\x00", "")
-        raw = raw.replace("\r\n", "\n").replace("\r", "\n")
-        return raw.strip() if has_chat_template(self.tokenizer) else response_text(raw)
+        return completion_text(self.tokenizer, token_ids)
 
 
 def truncate_left(ids: list[int], limit: int, bos_id: int | None) -> list[int]:

@@ -59,6 +59,7 @@ from annotation_app.storable import (
 from rlhf.data import hh_rlhf
 from rlhf.data import messages as checks
 from rlhf.data.messages import FieldError
+from rlhf.data.prompts import parse_prompt
 from rlhf.data.records import (
     FORMATS,
     FileTooLarge,
@@ -70,11 +71,6 @@ from rlhf.data.records import (
 
 # Prompt and category columns of the public prompt sets (HarmBench, SimpleSafetyTests,
 # StrongREJECT, AdvBench, XSTest, Do-Not-Answer), tried in this order.
-PROMPT_KEYS = ("prompt", "Behavior", "prompts_final", "forbidden_prompt", "goal", "question")
-# SimpleSafetyTests has both ``harm_area`` (the risk) and ``category`` (the kind of request).
-CATEGORY_KEYS = ("risk_category", "harm_area", "SemanticCategory", "category", "type")
-# HarmBench's contextual behaviors refer to a text given in this column.
-CONTEXT_STRING_KEY = "ContextString"
 # A record's conversation holds at most this many messages (no dialogue to judge needs more).
 MAX_CONTEXT_TURNS = 100
 
@@ -180,54 +176,22 @@ def _fitting(value: str, key: str, column) -> str:
     return value
 
 
-def _first_key(record: dict, keys: tuple[str, ...]) -> str | None:
-    return next((key for key in keys if record.get(key) not in (None, "")), None)
-
-
 # --- one parser per format ----------------------------------------------------------------
 
 
-def _prompt_with_context_string(record: dict, key: str) -> Any:
-    """The prompt under ``key``, preceded by its HarmBench context text when it has one.
-
-    HarmBench joins the two the same way for its direct-request test cases.
-    """
-    prompt, context_string = record[key], record.get(CONTEXT_STRING_KEY)
-    if isinstance(prompt, str) and isinstance(context_string, str) and context_string.strip():
-        return f"{context_string.strip()}\n\n---\n\n{prompt}"
-    return prompt
-
-
 def _parse_prompt(record: Any, batch: Batch) -> ParsedComparison:
-    if isinstance(record, str):
-        record = {"prompt": record}
-    if not isinstance(record, dict):
-        raise FieldError("each line must be a JSON object or string")
-    if "messages" in record or "conversation" in record:
-        key = "messages" if "messages" in record else "conversation"
-        context = checks.context(record[key], key)
-    elif isinstance(record.get("turns"), list):
-        # MT-Bench style: planned user turns; the first one opens the dialogue.
-        turns = record["turns"]
-        if not turns or not all(isinstance(turn, str) and turn.strip() for turn in turns):
-            raise FieldError("must be a list of non-empty strings", "turns")
-        context = [{"role": "user", "content": turns[0]}]
-    else:
-        key = _first_key(record, PROMPT_KEYS)
-        if key is None:
-            raise FieldError(f"no prompt found; expected one of {', '.join(PROMPT_KEYS)}", "prompt")
-        context = checks.context(_prompt_with_context_string(record, key), key)
-    category_key = _first_key(record, CATEGORY_KEYS)
-    risk_category = _text(record, category_key, required=False).strip() if category_key else ""
-    if batch.is_safety and not risk_category:
+    # The record is read as the training library reads prompts (rlhf.data.prompts).
+    parsed = parse_prompt(record)
+    if batch.is_safety and not parsed.category:
         raise FieldError("safety prompts need a risk category", "risk_category")
-    attack_vector = _text(record, "attack_vector", required=False).strip()
     return ParsedComparison(
-        context=context,
+        context=parsed.context,
         responses=None,
         preferred_index=None,
-        risk_category=_fitting(risk_category, category_key or "risk_category", _RISK_CATEGORY),
-        attack_vector=_fitting(attack_vector, "attack_vector", _ATTACK_VECTOR),
+        risk_category=_fitting(
+            parsed.category, parsed.category_key or "risk_category", _RISK_CATEGORY
+        ),
+        attack_vector=_fitting(parsed.attack_vector, "attack_vector", _ATTACK_VECTOR),
     )
 
 

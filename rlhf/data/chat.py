@@ -74,3 +74,13 @@ def response_text(raw: str) -> str:
     """A plain-format completion up to the next "User:" turn the model wrote, if any, stripped."""
     cut = raw.find(NEXT_USER_TURN)
     return (raw if cut < 0 else raw[:cut]).strip()
+
+
+def completion_text(tokenizer, token_ids) -> str:
+    """The response text of sampled tokens. NUL characters are dropped: byte-level tokens (tiny
+    models, Llama's ``<0x00>``) can produce them, and PostgreSQL text cannot hold them. Line
+    breaks become ``\n``, as browsers show them. In the plain format, text after a "User:" turn
+    the model went on to write is cut (:func:`response_text`)."""
+    raw = tokenizer.decode(token_ids, skip_special_tokens=True).replace("\x00", "")
+    raw = raw.replace("\r\n", "\n").replace("\r", "\n")
+    return raw.strip() if has_chat_template(tokenizer) else response_text(raw)

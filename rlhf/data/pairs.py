@@ -281,12 +281,13 @@ def _pair_format(record: dict) -> str:
     return detected
 
 
-def _records(path: Path, name: str) -> Iterator[tuple[int, Any]]:
-    """(line number, decoded JSON) of every record, read by :class:`RecordReader`; a line that
-    cannot be read (not UTF-8, not JSON), or a damaged gzip stream, is a :class:`DataError`."""
+def read_records(path: Path, name: str, *, csv: bool = False) -> Iterator[tuple[int, Any]]:
+    """(line number, record) of every record of a JSONL (or ``csv``) file, read by
+    :class:`RecordReader`; a line that cannot be read (not UTF-8, not JSON), or a damaged gzip
+    stream, is a :class:`DataError`."""
     with path.open("rb") as stream:
         try:
-            for line, record in RecordReader(stream):
+            for line, record in RecordReader(stream, csv=csv):
                 if isinstance(record, FieldError):
                     raise DataError(name, line, record.field, str(record))
                 yield line, record
@@ -333,7 +334,7 @@ def load_pairs(
         raise ValueError(f"unknown format {file_format!r}; use one of {FORMATS}")
     options = _Options(margin_table=margin_table, kind=kind)
     pairs: list[PreferencePair] = []
-    for line, record in _records(Path(path), name):
+    for line, record in read_records(Path(path), name):
         try:
             if not isinstance(record, dict):
                 raise FieldError("each line must be a JSON object")
