@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from model_worker import hub
-from rlhf.data.chat import completion_text, format_prompt, has_chat_template
+from rlhf.data.chat import completion_text, encode_prompt
 from rlhf.nn.sampling import SamplingParams, sample
 
 
@@ -148,32 +148,18 @@ class HuggingFaceBackend:
 
     def fit_prompt(self, request: GenerationRequest) -> tuple[list[int], int]:
         """The prompt's token ids that fit the model, and how many were cut from its left."""
-        text = format_prompt(self.tokenizer, request.messages)
-        # A chat template writes its own BOS; the plain format relies on the tokenizer's.
-        add_special = not has_chat_template(self.tokenizer)
-        ids = self.tokenizer(text, add_special_tokens=add_special)["input_ids"]
         if self.max_positions is None:
-            return ids, 0
+            return encode_prompt(self.tokenizer, request.messages)
         room = self.max_positions - request.params.max_new_tokens
         if room < 1:
             raise ValueError(
                 f"max_new_tokens={request.params.max_new_tokens} leaves no room for a prompt "
                 f"in {self.max_positions} positions"
             )
-        kept = truncate_left(ids, room, self.tokenizer.bos_token_id)
-        return kept, len(ids) - len(kept)
+        return encode_prompt(self.tokenizer, request.messages, room)
 
     def completion_text(self, token_ids: list[int]) -> str:
         return completion_text(self.tokenizer, token_ids)
-
-
-def truncate_left(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
-    """The last ``limit`` tokens of ``ids``, keeping a leading BOS in front."""
-    if len(ids) <= limit:
-        return ids
-    if bos_id is not None and ids[0] == bos_id and limit > 1:
-        return [bos_id, *ids[len(ids) - limit + 1 :]]
-    return ids[len(ids) - limit :]
 
 
 # --- one loaded model per process ----------------------------------------------------------------

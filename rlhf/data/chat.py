@@ -84,3 +84,24 @@ def completion_text(tokenizer, token_ids) -> str:
     raw = tokenizer.decode(token_ids, skip_special_tokens=True).replace("\x00", "")
     raw = raw.replace("\r\n", "\n").replace("\r", "\n")
     return raw.strip() if has_chat_template(tokenizer) else response_text(raw)
+
+
+def encode_prompt(tokenizer, messages: Messages, room: int | None = None) -> tuple[list[int], int]:
+    """The prompt's token ids (the chat template writes its own BOS; the plain format relies on
+    the tokenizer's), cut from the left to at most ``room`` tokens (a leading BOS kept), and how
+    many tokens were cut."""
+    add_special = not has_chat_template(tokenizer)
+    ids = tokenizer(format_prompt(tokenizer, messages), add_special_tokens=add_special)["input_ids"]
+    if room is None:
+        return ids, 0
+    kept = truncate_left(ids, room, tokenizer.bos_token_id)
+    return kept, len(ids) - len(kept)
+
+
+def truncate_left(ids: list[int], limit: int, bos_id: int | None) -> list[int]:
+    """The last ``limit`` tokens of ``ids``, keeping a leading BOS in front."""
+    if len(ids) <= limit:
+        return ids
+    if bos_id is not None and ids[0] == bos_id and limit > 1:
+        return [bos_id, *ids[len(ids) - limit + 1 :]]
+    return ids[len(ids) - limit :]

@@ -27,6 +27,12 @@ def eval_score(pair: PreferencePair, seed: int = 0, by: str = "context") -> floa
     return _score(_split_key(pair, by), seed)
 
 
+def held_out(context, eval_fraction: float, seed: int = 0) -> bool:
+    """Whether a prompt (its conversation so far) is on the held-out side: the same test, and
+    the same hash, as :func:`split` applies to a pair of that context."""
+    return _score(context_key(context), seed) < eval_fraction
+
+
 def split(
     pairs: Iterable[PreferencePair],
     eval_fraction: float = 0.2,

@@ -9,9 +9,8 @@ from model_worker.generation import (
     GenerationRequest,
     HuggingFaceBackend,
     load_backend,
-    truncate_left,
 )
-from rlhf.data.chat import format_prompt, response_text
+from rlhf.data.chat import format_prompt, response_text, truncate_left
 from rlhf.nn.sampling import SamplingParams
 from rlhf.nn.tiny import BUILTIN_CORPUS, build_tiny_llama, build_tokenizer
 
