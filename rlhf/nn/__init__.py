@@ -1,3 +1,3 @@
 """Model code shared by the training stages: packed attention (many sequences in one row, none
 attending to another), the batched KV-cached sampler, tiny models for tests and demos, and the
-llama2.c checkpoint importer."""
+importers of llama2.c checkpoints and GGUF files."""

