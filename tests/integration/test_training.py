@@ -819,6 +819,17 @@ def test_a_run_whose_base_model_is_broken_fails_on_the_worker(
     assert current_version("reward_helpfulness") == current
 
 
+def request_run(api_client, batches, config=TINY_CONFIG) -> int:
+    """Start a helpfulness run through the API; returns its id."""
+    response = api_client.post(
+        "/api/v1/training-runs/",
+        {"kind": "helpfulness", "batches": [b.pk for b in batches], "config": config},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return response.json()["id"]
+
+
 def free_port() -> int:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
@@ -862,16 +873,15 @@ def test_a_job_killed_mid_training_is_reported_and_resumed_to_the_same_losses(
     batch = make_batch(comparisons=16, name="week 1")
     annotate_batch(batch, annotator)
     config = {**TINY_CONFIG, "max_steps": 12, "checkpoint_every": 1, "micro_batch_size": 2}
-    request = {"kind": "helpfulness", "batches": [batch.pk], "config": config}
     api_client.force_login(ml_staff)
-    killed = api_client.post("/api/v1/training-runs/", request, format="json").json()["id"]
+    killed = request_run(api_client, [batch], config)
     kill_job_after_step(job_dir_of(killed), step=3)
     killed_run = wait_for_run(killed)
     assert killed_run.status == "succeeded", killed_run.error + killed_run.logs
     assert "killed by SIGKILL" in killed_run.logs and "launched again" in killed_run.logs
     assert "resumed from" in killed_run.logs  # from a checkpoint, not from scratch
 
-    whole = api_client.post("/api/v1/training-runs/", request, format="json").json()["id"]
+    whole = request_run(api_client, [batch], config)
     whole_run = wait_for_run(whole)
     assert whole_run.status == "succeeded", whole_run.error
     assert "killed" not in whole_run.logs
@@ -913,13 +923,7 @@ def test_a_run_on_two_gloo_processes_through_the_queues(
         try:
             wait_until_answering(app, worker)
             api_client.force_login(ml_staff)
-            response = api_client.post(
-                "/api/v1/training-runs/",
-                {"kind": "helpfulness", "batches": [batch.pk], "config": TINY_CONFIG},
-                format="json",
-            )
-            assert response.status_code == 201, response.content
-            run = wait_for_run(response.json()["id"], timeout=300)
+            run = wait_for_run(request_run(api_client, [batch]), timeout=300)
         finally:
             stop(worker)
     assert run.status == "succeeded", run.error + run.logs
@@ -943,13 +947,7 @@ def test_without_a_broker_the_demo_runs_the_whole_job_in_its_own_process(
     batch = make_batch(comparisons=8, name="week 1")
     annotate_batch(batch, annotator)
     api_client.force_login(ml_staff)
-    response = api_client.post(
-        "/api/v1/training-runs/",
-        {"kind": "helpfulness", "batches": [batch.pk], "config": TINY_CONFIG},
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    run = TrainingRun.objects.get(pk=response.json()["id"])
+    run = TrainingRun.objects.get(pk=request_run(api_client, [batch]))
     assert run.status == "succeeded", run.error + run.logs
     assert "step 3/3" in run.logs and run.events_mirrored > 0
     assert (Path(run.export_path).parent / "launch.log").is_file()  # launched, not imported

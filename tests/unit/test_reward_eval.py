@@ -107,3 +107,17 @@ def test_mismatched_or_empty_input_is_refused():
         metrics_from_rewards([pair()], torch.ones(2), torch.ones(2))
     with pytest.raises(ValueError, match="no pairs"):
         metrics_from_rewards([], torch.ones(0), torch.ones(0))
+
+
+def test_the_spread_of_the_scores_is_reported_by_hand():
+    from rlhf.reward.evaluation import score_spread
+
+    # σ(0) = 0.5, σ(ln 3) = 0.75, σ(−ln 3) = 0.25, σ(ln 9) = 0.9, σ(−ln 9) = 0.1
+    rewards = torch.tensor([0.0, math.log(3), -math.log(3), math.log(9), -math.log(9)])
+    spread = score_spread(rewards)
+    assert spread["q00"] == pytest.approx(0.1) and spread["q100"] == pytest.approx(0.9)
+    assert spread["q50"] == pytest.approx(0.5)
+    assert spread["q10"] == pytest.approx(0.1 + 0.4 * (0.25 - 0.1))  # linear interpolation
+    mean = 0.5
+    values = [0.5, 0.75, 0.25, 0.9, 0.1]
+    assert spread["std"] == pytest.approx((sum((v - mean) ** 2 for v in values) / 5) ** 0.5)
