@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rlhf.gatt.cli import add_commands as add_gatt_commands
 from rlhf.policy_eval.cli import add_commands as add_policy_eval_commands
 from rlhf.rejection_sampling.cli import add_commands as add_rejection_sampling_commands
 from rlhf.reward.cli import add_commands
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     add_sft_commands(commands)
     add_rejection_sampling_commands(commands)
     add_policy_eval_commands(commands)
+    add_gatt_commands(commands)
     args = parser.parse_args(argv)
     quiet_transformers()
     return args.run(args)

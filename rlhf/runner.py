@@ -31,6 +31,7 @@ from rlhf.jobs import (
 
 def stages() -> dict[str, Stage]:
     """The stages by name; imported when asked for, so that reading a spec loads no torch."""
+    from rlhf.gatt.job import GAttStage
     from rlhf.policy_eval.job import PolicyEvalStage
     from rlhf.rejection_sampling.job import RejectionSamplingStage
     from rlhf.reward.job import RewardEvalStage, RewardStage
@@ -42,6 +43,7 @@ def stages() -> dict[str, Stage]:
         "sft": SFTStage(),
         "rejection-sampling": RejectionSamplingStage(),
         "policy-eval": PolicyEvalStage(),
+        "gatt": GAttStage(),
     }
 
 
