@@ -507,7 +507,7 @@ class Settings:
         )
 
     def describe(self, backbone: Path, device) -> str:
-        from rlhf.reward.training import warmup_steps
+        from rlhf.nn.trainer import warmup_steps
 
         config = self.our_config(backbone, device)
         beta1, beta2 = config.adam_betas
@@ -529,8 +529,8 @@ def run_trl(
     from transformers.trainer_callback import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
+    from rlhf.nn.trainer import warmup_steps
     from rlhf.reward.model import load_reward_backbone
-    from rlhf.reward.training import warmup_steps
 
     ours = run.our_config(backbone, device)
     began = time.perf_counter()

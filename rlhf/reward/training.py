@@ -12,7 +12,8 @@ What one run does (Touvron et al. 2023, section 3.2.2; DESIGN.md):
   padding;
 - AdamW; the learning rate warms up linearly over ``max(min_warmup_steps, ⌈3 % · steps⌉)``
   steps, then decays on a cosine to ``min_lr_ratio`` (10 %) of its maximum, reached at the last
-  step (:func:`learning_rate_factor`); gradients clipped to ``max_grad_norm``; one epoch;
+  step (:func:`rlhf.nn.trainer.learning_rate_factor`); gradients clipped to ``max_grad_norm``;
+  one epoch;
 - a *global batch* of ``micro_batch_size × gradient_accumulation_steps × processes`` pairs per
   optimizer step, its loss the mean over the global batch whatever the number of processes:
   every process takes its share of the same global batches (:func:`global_batches`), so two
@@ -28,7 +29,8 @@ What one run does (Touvron et al. 2023, section 3.2.2; DESIGN.md):
 
 Distributed runs go through ``accelerate``: ``accelerate launch --multi_gpu --num_processes 2
 -m rlhf train-reward …`` (gloo on a machine without GPUs), or with ``--use_fsdp`` on GPUs; the
-code is the same.
+code is the same. The loop, the optimizer, the checkpoints and the progress events are the ones
+every trainer shares (:mod:`rlhf.nn.trainer`); what is a reward model's own is here.
 """
 
 from __future__ import annotations
@@ -37,49 +39,26 @@ import hashlib
 import json
 import math
 import random
-import shutil
-import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlhf.data.pairs import PreferencePair, margins
-from rlhf.files import normalize_permissions
-from rlhf.nn.devices import use_cpu
+from rlhf.nn.trainer import (
+    ProgressCallback,
+    Trainer,
+    learning_rate_factor,
+    micro_batches,
+    rate,
+    warmup_steps,
+)
 from rlhf.reward.config import ConfigError, RewardTrainingConfig
 
-TRAINER_STATE_FILE = "trainer_state.json"
-CHECKPOINTS_DIR = "checkpoints"
-ProgressCallback = Callable[[dict[str, Any]], None]
 EvalProgressCallback = Callable[[int, int], None]  # (pairs scored, held-out pairs)
 
 
 # --- the schedule and the batches ---------------------------------------------------------------
-
-
-def warmup_steps(config: RewardTrainingConfig, total_steps: int) -> int:
-    """``max(min_warmup_steps, ⌈warmup_ratio · total⌉)``, leaving at least one step to decay."""
-    if config.warmup_ratio == 0:
-        return 0
-    wanted = max(config.min_warmup_steps, math.ceil(config.warmup_ratio * total_steps))
-    return min(wanted, max(total_steps - 1, 0))
-
-
-def learning_rate_factor(step: int, total_steps: int, warmup: int, min_ratio: float) -> float:
-    """The learning rate of optimizer step ``step`` (0-based) as a fraction of the maximum.
-
-    Warm-up: ``(step + 1) / warmup`` for ``step < warmup`` (reaching 1 at its last step); then
-    ``min_ratio + (1 − min_ratio) · ½(1 + cos(π t))`` with t going from 0 at the first step
-    after the warm-up to 1 at the last step, which hence runs at ``min_ratio`` (a run with a
-    single step after its warm-up runs that step at the maximum).
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    decay_steps = total_steps - warmup - 1
-    progress = min(1.0, (step - warmup) / decay_steps) if decay_steps > 0 else 0.0
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def total_steps(config: RewardTrainingConfig, pair_count: int, global_batch_size: int) -> int:
@@ -120,26 +99,6 @@ def global_batches(
         ]
         epoch += 1
     return batches[:steps]
-
-
-def micro_batches(
-    global_batch: Sequence[int], micro_batch_size: int, accumulation: int, world: int, rank: int
-) -> list[list[tuple[int, float]]]:
-    """This process's ``accumulation`` micro-batches of ``(pair index, weight)``.
-
-    The global batch is cut into ``accumulation × world`` slots of ``micro_batch_size``; process
-    ``rank`` takes slots ``rank, rank + world, …``. Slots past the end of a short (last) batch
-    hold weight-0 copies of its first pair: every process runs the same number of forward and
-    backward passes (which DDP and FSDP need) and the copies add nothing to the loss. A single
-    process needs no filler: it takes its micro-batches in order, the last one perhaps short.
-    """
-    filled = [(index, 1.0) for index in global_batch]
-    if world == 1:  # nothing to keep in step with: no weight-0 filler
-        return [filled[i : i + micro_batch_size] for i in range(0, len(filled), micro_batch_size)]
-    slots = micro_batch_size * accumulation * world
-    filled += [(global_batch[0], 0.0)] * (slots - len(filled))
-    chunks = [filled[i : i + micro_batch_size] for i in range(0, slots, micro_batch_size)]
-    return chunks[rank::world]
 
 
 def pairs_digest(pairs: Sequence[PreferencePair]) -> str:
@@ -194,42 +153,20 @@ def _disable_dropout(model) -> None:
             module.p = 0.0
 
 
-def _mixed_precision(config: RewardTrainingConfig) -> str:
-    import torch
-
-    if config.mixed_precision != "auto":
-        return config.mixed_precision
-    if not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    folder = out_dir / CHECKPOINTS_DIR
-    candidates = [p for p in folder.glob("step-*") if (p / TRAINER_STATE_FILE).is_file()]
-    return max(candidates, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-class _Trainer:
+class _Trainer(Trainer):
     """One run's state; :func:`train_reward_model` is its public face."""
 
     def __init__(self, config, train_pairs, eval_pairs, out_dir, progress, eval_progress=None):
         import torch
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
 
         from rlhf.reward.model import load_reward_backbone, usable_length
         from rlhf.reward.scoring import PairRewardModel, encode_pairs
 
-        self.config, self.out_dir, self.progress = config, Path(out_dir), progress
         self.eval_progress = eval_progress
         self.train_pairs, self.eval_pairs = list(train_pairs), list(eval_pairs)
         if not self.train_pairs:
             raise ValueError("no training pairs")
-        self.accelerator = Accelerator(
-            cpu=use_cpu(config.cpu), mixed_precision=_mixed_precision(config)
-        )
-        set_seed(config.seed)
+        super().__init__(config, out_dir, progress)
         self.log(f"loading the backbone {config.base_model}")
         model, self.tokenizer = load_reward_backbone(config.base_model)
         if config.disable_dropout:
@@ -246,7 +183,6 @@ class _Trainer:
             self.tokenizer, self.eval_pairs, max_length=self.max_length
         )
         self.margins = torch.tensor(margins(self.train_pairs))
-        self.world = self.accelerator.num_processes
         self.global_batch_size = (
             config.micro_batch_size * config.gradient_accumulation_steps * self.world
         )
@@ -256,93 +192,11 @@ class _Trainer:
         self.batches = global_batches(
             len(self.encoded), self.global_batch_size, self.steps, config.seed, lengths=lengths
         )
-        self.warmup = warmup_steps(config, self.steps)
-
-        decay, no_decay = [], []
-        for name, parameter in wrapper.named_parameters():
-            (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.learning_rate,
-            betas=config.adam_betas,
-            eps=config.adam_epsilon,
-            fused=True,  # one kernel for all parameters: ~6x faster steps than the loop on CPUs
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: learning_rate_factor(step, self.steps, self.warmup, config.min_lr_ratio),
-        )
-        # The scheduler is not prepared: accelerate would step it once per process.
-        self.model, self.optimizer = self.accelerator.prepare(wrapper, optimizer)
-        self.scheduler = scheduler
-        self.accelerator.register_for_checkpointing(scheduler)
-        self.history: list[dict[str, float]] = []
-        self.step = 0
         self.data_digest = {
             "train": pairs_digest(self.train_pairs),
             "eval": pairs_digest(self.eval_pairs),
         }
-
-    # -- reporting --
-
-    def emit(self, event: dict[str, Any]) -> None:
-        if self.progress is not None and self.accelerator.is_main_process:
-            self.progress(event)
-
-    def log(self, message: str) -> None:
-        self.emit({"event": "log", "message": message})
-
-    # -- checkpoints --
-
-    def _state_record(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "total_steps": self.steps,
-            "history": self.history,
-            "config": self.config.to_dict(),
-            "data": self.data_digest,
-            "world_size": self.world,
-        }
-
-    def save_checkpoint(self) -> None:
-        folder = self.out_dir / CHECKPOINTS_DIR / f"step-{self.step}"
-        self.accelerator.save_state(str(folder))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            normalize_permissions(folder)  # safetensors writes 0600 files (see rlhf.files)
-            record = json.dumps(self._state_record(), indent=1)
-            (folder / TRAINER_STATE_FILE).write_text(record + "\n", encoding="utf-8")
-            older = sorted(
-                (self.out_dir / CHECKPOINTS_DIR).glob("step-*"),
-                key=lambda p: int(p.name.split("-")[1]),
-            )
-            for stale in older[: -self.config.keep_checkpoints]:
-                shutil.rmtree(stale, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.log(f"checkpoint saved at step {self.step}")
-
-    def resume(self) -> None:
-        """Continue from the latest checkpoint in ``out_dir``, if one was written by this run."""
-        checkpoint = _latest_checkpoint(self.out_dir)
-        if checkpoint is None:
-            return
-        record = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-        for key, expected in (
-            ("config", self.config.to_dict()),
-            ("data", self.data_digest),
-            ("world_size", self.world),
-        ):
-            if record[key] != expected:
-                raise ValueError(
-                    f"{checkpoint} was written by a run with another {key}; "
-                    "use a new output directory or delete its checkpoints"
-                )
-        self.accelerator.load_state(str(checkpoint))
-        self.step, self.history = record["step"], record["history"]
-        self.log(f"resumed from {checkpoint} at step {self.step} of {self.steps}")
+        self.prepare(wrapper)
 
     # -- training --
 
@@ -363,13 +217,22 @@ class _Trainer:
         )
         return self.model(**to_device(batch, device))
 
-    def train_step(self, global_batch: Sequence[int]) -> float:
+    def _weighted_loss(self, micro_batch: Sequence[tuple[int, float]]):
+        """Σ weight × margin ranking loss of a micro-batch of ``(pair index, weight)``."""
         import torch
 
         from rlhf.reward.losses import margin_ranking_loss
 
+        indices = [index for index, _ in micro_batch]
+        weights = torch.tensor([w for _, w in micro_batch], device=self.accelerator.device)
+        chosen, rejected = self._forward([self.encoded[i] for i in indices])
+        batch_margins = self.margins[indices].to(self.accelerator.device)
+        losses = margin_ranking_loss(chosen, rejected, batch_margins, reduction="none")
+        return (losses * weights).sum()
+
+    def train_step(self, global_batch: Sequence[int]) -> float:
+        """One step on a global batch of pair indices; the loss is the mean over its pairs."""
         config = self.config
-        real_pairs = len(global_batch)
         slots = micro_batches(
             global_batch,
             config.micro_batch_size,
@@ -377,27 +240,10 @@ class _Trainer:
             self.world,
             self.accelerator.process_index,
         )
-        self.model.train()
-        loss_sum = torch.zeros((), device=self.accelerator.device)
-        for position, micro_batch in enumerate(slots):
-            indices = [index for index, _ in micro_batch]
-            weights = torch.tensor([w for _, w in micro_batch], device=self.accelerator.device)
-            last = position == len(slots) - 1
-            sync = self.accelerator.no_sync(self.model) if not last else nullcontext()
-            with sync:
-                chosen, rejected = self._forward([self.encoded[i] for i in indices])
-                batch_margins = self.margins[indices].to(self.accelerator.device)
-                losses = margin_ranking_loss(chosen, rejected, batch_margins, reduction="none")
-                weighted = (losses * weights).sum()
-                # DDP and FSDP average gradients over processes: × world makes it a sum, and
-                # ÷ real_pairs the mean over the global batch.
-                self.accelerator.backward(weighted * self.world / real_pairs)
-            loss_sum += weighted.detach()
-        self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return (self.accelerator.reduce(loss_sum, reduction="sum") / real_pairs).item()
+        return self.optimizer_step(slots, self._weighted_loss, len(global_batch))
+
+    def units(self, global_batch: Sequence[int]) -> dict[str, int]:
+        return {"pairs": len(global_batch)}
 
     def evaluate(self) -> dict[str, Any] | None:
         """Metrics on the held-out pairs: each process scores its share, the main one reports."""
@@ -436,45 +282,14 @@ class _Trainer:
             chosen_rewards[int(index)], rejected_rewards[int(index)] = chosen, rejected
         return metrics_from_rewards(self.eval_pairs, chosen_rewards, rejected_rewards)
 
-    def _processes(self) -> str:
-        if self.world == 1:
-            return f"1 process ({self.accelerator.device})"
-        backend = self.accelerator.state.backend or "?"
-        return f"{self.world} processes ({backend})"
-
     def run(self) -> TrainingResult:
-        config = self.config
         self.resume()
         self.log(
             f"{len(self.train_pairs)} training pairs, {len(self.eval_pairs)} held out; "
-            f"{self.steps} steps of {self.global_batch_size} pairs on {self._processes()}; "
+            f"{self.steps} steps of {self.global_batch_size} pairs on {self.processes()}; "
             f"prefix sharing {'on' if self.prefix_sharing else 'off'}"
         )
-        started = time.perf_counter()
-        trained_pairs = 0
-        while self.step < self.steps:
-            learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step uses
-            loss = self.train_step(self.batches[self.step])
-            self.step += 1
-            self.history.append({"step": self.step, "loss": loss, "learning_rate": learning_rate})
-            trained_pairs += len(self.batches[self.step - 1])
-            elapsed = time.perf_counter() - started
-            if self.step % config.log_every == 0 or self.step == self.steps:
-                self.emit(
-                    {
-                        "event": "step",
-                        "step": self.step,
-                        "total_steps": self.steps,
-                        "loss": loss,
-                        "learning_rate": learning_rate,
-                        "pairs_per_second": trained_pairs / elapsed if elapsed else 0.0,
-                    }
-                )
-            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
-                self.save_checkpoint()
-            if config.eval_every and self.step % config.eval_every == 0 and self.step < self.steps:
-                self.emit({"event": "eval", "step": self.step, "metrics": self.evaluate()})
-        seconds = time.perf_counter() - started
+        seconds, trained = self.train()
         metrics = self.evaluate()
         if metrics is not None:
             self.emit({"event": "eval", "step": self.step, "metrics": metrics})
@@ -487,7 +302,7 @@ class _Trainer:
             steps=self.steps,
             train_pairs=len(self.train_pairs),
             seconds=seconds,
-            pairs_per_second=trained_pairs / seconds if seconds else 0.0,
+            pairs_per_second=rate(trained["pairs"], seconds),
             pairs_trained=len(taken),
             distinct_pairs_trained=len(set(taken)),
         )
@@ -495,14 +310,9 @@ class _Trainer:
     def save_model(self, metrics: dict[str, Any] | None) -> None:
         from rlhf.reward.model import save_reward_model
 
-        state = self.accelerator.get_state_dict(self.model)  # gathers FSDP shards everywhere
-        if self.accelerator.is_main_process:
-            inner = self.accelerator.unwrap_model(self.model).model
-            weights = {
-                name.removeprefix("model."): tensor
-                for name, tensor in state.items()
-                if name.startswith("model.")
-            }
+        unwrapped = self.unwrapped_weights()
+        if unwrapped is not None:
+            inner, weights = unwrapped
             save_reward_model(
                 inner,
                 self.tokenizer,
@@ -550,6 +360,8 @@ def train_reward_model(
     return trainer.run()
 
 
+# learning_rate_factor, micro_batches and warmup_steps live in rlhf.nn.trainer; they are
+# importable from here too, where the reward models' tests and benchmarks first found them.
 __all__ = [
     "TrainingResult",
     "global_batches",

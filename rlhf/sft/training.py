@@ -12,7 +12,7 @@ count):
 - a step takes a *global batch* of ``micro_batch_size × gradient_accumulation_steps ×
   processes`` rows (an epoch's last batch may hold fewer; batches never span two epochs);
   every process takes its share of the same global batches
-  (:func:`rlhf.reward.training.micro_batches`);
+  (:func:`rlhf.nn.trainer.micro_batches`);
 - the loss is the mean over the counted tokens of the global batch, each token weighing the
   same (a long answer weighs more than a short one):
   ``Σ ℓ / (counted tokens of the global batch)``, ℓ the token losses of
@@ -20,7 +20,7 @@ count):
   the rows fall into micro-batches;
 - AdamW (β 0.9, 0.95, ε 1e-5; weight decay on the weight matrices, none on norms and biases);
   the learning rate warms up linearly, then decays on a cosine to ``min_lr_ratio`` of its
-  maximum, reached at the last step (:func:`rlhf.reward.training.learning_rate_factor`, the
+  maximum, reached at the last step (:func:`rlhf.nn.trainer.learning_rate_factor`, the
   reward models' schedule); gradients clipped to ``max_grad_norm``;
 - mixed precision (bf16 autocast) on GPUs, float32 on CPUs;
 - the held-out loss (mean over the held-out examples' counted tokens) and perplexity
@@ -32,7 +32,9 @@ count):
   config, the data's hashes, the metrics before and after, the loss history.
 
 Distributed runs go through ``accelerate`` as the reward models' do (``accelerate launch
---multi_gpu … -m rlhf sft …``, gloo on CPUs, ``--use_fsdp`` on GPUs); the code is the same.
+--multi_gpu … -m rlhf sft …``, gloo on CPUs, ``--use_fsdp`` on GPUs); the code is the same:
+the loop, the optimizer, the checkpoints and the progress events are the ones every trainer
+shares (:mod:`rlhf.nn.trainer`); what is fine-tuning's own is here.
 """
 
 from __future__ import annotations
@@ -40,25 +42,18 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rlhf.files import normalize_permissions
-from rlhf.nn.devices import use_cpu
-from rlhf.reward.training import learning_rate_factor, micro_batches, warmup_steps
+from rlhf.nn.trainer import ProgressCallback, Trainer, micro_batches, rate
 from rlhf.sft.config import ConfigError, SFTConfig
 from rlhf.sft.data import EncodedExample, SFTExample, encode_example, examples_digest
 from rlhf.sft.packing import pack_rows
 
 METADATA_FILE = "pairwise_sft.json"
-TRAINER_STATE_FILE = "trainer_state.json"
-CHECKPOINTS_DIR = "checkpoints"
-ProgressCallback = Callable[[dict[str, Any]], None]
 
 
 # --- the rows and the batches -------------------------------------------------------------------
@@ -128,22 +123,6 @@ class SFTResult:
         )
 
 
-def _mixed_precision(config: SFTConfig) -> str:
-    import torch
-
-    if config.mixed_precision != "auto":
-        return config.mixed_precision
-    if not config.cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "no"
-
-
-def _latest_checkpoint(out_dir: Path) -> Path | None:
-    folder = out_dir / CHECKPOINTS_DIR
-    candidates = [p for p in folder.glob("step-*") if (p / TRAINER_STATE_FILE).is_file()]
-    return max(candidates, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
 def _encoded(tokenizer, examples, config, max_length) -> tuple[list[EncodedExample], int]:
     """The examples that keep a counted token within ``max_length``, and how many did not."""
     encoded = [
@@ -154,23 +133,17 @@ def _encoded(tokenizer, examples, config, max_length) -> tuple[list[EncodedExamp
     return kept, len(encoded) - len(kept)
 
 
-class _Trainer:
+class _Trainer(Trainer):
     """One run's state; :func:`train_sft` is its public face."""
 
     def __init__(self, config: SFTConfig, train_examples, eval_examples, out_dir, progress):
         import torch
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rlhf.reward.model import usable_length
         from rlhf.sft.packing import PackedCausalLM, packs_exactly
 
-        self.config, self.out_dir, self.progress = config, Path(out_dir), progress
-        self.accelerator = Accelerator(
-            cpu=use_cpu(config.cpu), mixed_precision=_mixed_precision(config)
-        )
-        set_seed(config.seed)
+        super().__init__(config, out_dir, progress)
         self.log(f"loading the model {config.base_model}")
         self.tokenizer = AutoTokenizer.from_pretrained(config.base_model)
         model = AutoModelForCausalLM.from_pretrained(config.base_model, dtype=torch.float32)
@@ -197,7 +170,6 @@ class _Trainer:
             "train": examples_digest(train_examples),
             "eval": examples_digest(eval_examples),
         }
-        self.world = self.accelerator.num_processes
         self.rows_per_step = (
             config.micro_batch_size * config.gradient_accumulation_steps * self.world
         )
@@ -210,91 +182,19 @@ class _Trainer:
             max_steps=config.max_steps,
         )
         self.steps = len(self.batches)
-        self.warmup = warmup_steps(config, self.steps)
-        decay, no_decay = [], []
-        for name, parameter in model.named_parameters():
-            (no_decay if parameter.ndim < 2 or "norm" in name.lower() else decay).append(parameter)
-        optimizer = torch.optim.AdamW(
-            [
-                {"params": decay, "weight_decay": config.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0},
-            ],
-            lr=config.learning_rate,
-            betas=config.adam_betas,
-            eps=config.adam_epsilon,
-            fused=True,  # one kernel for all parameters (see rlhf.reward.training)
-        )
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: learning_rate_factor(step, self.steps, self.warmup, config.min_lr_ratio),
-        )
-        # The scheduler is not prepared: accelerate would step it once per process.
-        self.model, self.optimizer = self.accelerator.prepare(PackedCausalLM(model), optimizer)
-        self.scheduler = scheduler
-        self.accelerator.register_for_checkpointing(scheduler)
-        self.history: list[dict[str, float]] = []
-        self.before: dict[str, Any] | None = None
-        self.step = 0
+        self.before: dict[str, Any] | None = None  # the held-out metrics before training
+        self.prepare(PackedCausalLM(model))
 
-    # -- reporting --
+    # -- checkpoints: the evaluation before training is kept with the rest --
 
-    def emit(self, event: dict[str, Any]) -> None:
-        if self.progress is not None and self.accelerator.is_main_process:
-            self.progress(event)
+    def state_record(self) -> dict[str, Any]:
+        return {**super().state_record(), "before": self.before}
 
-    def log(self, message: str) -> None:
-        self.emit({"event": "log", "message": message})
-
-    # -- checkpoints --
-
-    def _state_record(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "total_steps": self.steps,
-            "history": self.history,
-            "before": self.before,
-            "config": self.config.to_dict(),
-            "data": self.data_digest,
-            "world_size": self.world,
-        }
-
-    def save_checkpoint(self) -> None:
-        folder = self.out_dir / CHECKPOINTS_DIR / f"step-{self.step}"
-        self.accelerator.save_state(str(folder))
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            normalize_permissions(folder)
-            record = json.dumps(self._state_record(), indent=1)
-            (folder / TRAINER_STATE_FILE).write_text(record + "\n", encoding="utf-8")
-            older = sorted(
-                (self.out_dir / CHECKPOINTS_DIR).glob("step-*"),
-                key=lambda p: int(p.name.split("-")[1]),
-            )
-            for stale in older[: -self.config.keep_checkpoints]:
-                shutil.rmtree(stale, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.log(f"checkpoint saved at step {self.step}")
-
-    def resume(self) -> bool:
-        """Continue from the latest checkpoint in ``out_dir``, if this run wrote one."""
-        checkpoint = _latest_checkpoint(self.out_dir)
-        if checkpoint is None:
-            return False
-        record = json.loads((checkpoint / TRAINER_STATE_FILE).read_text(encoding="utf-8"))
-        for key, expected in (
-            ("config", self.config.to_dict()),
-            ("data", self.data_digest),
-            ("world_size", self.world),
-        ):
-            if record[key] != expected:
-                raise ValueError(
-                    f"{checkpoint} was written by a run with another {key}; "
-                    "use a new output directory or delete its checkpoints"
-                )
-        self.accelerator.load_state(str(checkpoint))
-        self.step, self.history, self.before = record["step"], record["history"], record["before"]
-        self.log(f"resumed from {checkpoint} at step {self.step} of {self.steps}")
-        return True
+    def resume(self) -> dict[str, Any] | None:
+        record = super().resume()
+        if record is not None:
+            self.before = record["before"]
+        return record
 
     # -- training --
 
@@ -306,45 +206,33 @@ class _Trainer:
         losses = self.model(**batch.inputs)
         return (losses * batch.weights).sum()
 
-    def _slots(self, batch_rows: Sequence[int], rows: list[list[int]], size: int, accumulation):
-        """This process's micro-batches of (examples, weights), from rows of ``rows``."""
+    def _slots(self, batch_rows: Sequence[int]):
+        """This process's micro-batches of ``(examples, weights)`` of a global batch of rows."""
+        config = self.config
         slots = micro_batches(
-            batch_rows, size, accumulation, self.world, self.accelerator.process_index
+            batch_rows,
+            config.micro_batch_size,
+            config.gradient_accumulation_steps,
+            self.world,
+            self.accelerator.process_index,
         )
         for slot in slots:
             examples, weights = [], []
             for row, weight in slot:
-                for index in rows[row]:
-                    examples.append(index)
+                for index in self.rows[row]:
+                    examples.append(self.train_set[index])
                     weights.append(weight)
             yield examples, weights
 
     def train_step(self, batch_rows: Sequence[int]) -> float:
-        import torch
-
-        config = self.config
+        """One step on a global batch of rows; the loss is the mean over its counted tokens."""
         targets = sum(self.train_set[i].target_count for row in batch_rows for i in self.rows[row])
-        slots = list(
-            self._slots(
-                batch_rows, self.rows, config.micro_batch_size, config.gradient_accumulation_steps
-            )
-        )
-        self.model.train()
-        loss_sum = torch.zeros((), device=self.accelerator.device)
-        for position, (indices, weights) in enumerate(slots):
-            last = position == len(slots) - 1
-            sync = self.accelerator.no_sync(self.model) if not last else nullcontext()
-            with sync:
-                weighted = self._losses([self.train_set[i] for i in indices], weights)
-                # DDP and FSDP average gradients over processes: × world makes it a sum, and
-                # ÷ targets the mean over the global batch's counted tokens.
-                self.accelerator.backward(weighted * self.world / targets)
-            loss_sum += weighted.detach()
-        self.accelerator.clip_grad_norm_(self.model.parameters(), config.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return (self.accelerator.reduce(loss_sum, reduction="sum") / targets).item()
+        slots = list(self._slots(batch_rows))
+        return self.optimizer_step(slots, lambda slot: self._losses(*slot), targets)
+
+    def units(self, batch_rows: Sequence[int]) -> dict[str, int]:
+        taken = [i for row in batch_rows for i in self.rows[row]]
+        return {"examples": len(taken), "tokens": sum(len(self.train_set[i]) for i in taken)}
 
     def evaluate(self) -> dict[str, Any] | None:
         """The held-out loss (mean over counted tokens) and perplexity; every process computes
@@ -378,51 +266,17 @@ class _Trainer:
             "examples": len(self.eval_set),
         }
 
-    def _processes(self) -> str:
-        if self.world == 1:
-            return f"1 process ({self.accelerator.device})"
-        return f"{self.world} processes ({self.accelerator.state.backend or '?'})"
-
     def run(self) -> SFTResult:
-        config = self.config
-        if not self.resume():
+        if self.resume() is None:
             self.before = self.evaluate()
             if self.before is not None:
                 self.emit({"event": "eval", "step": 0, "metrics": self.before})
         self.log(
             f"{len(self.train_set):,} training examples, {len(self.eval_set):,} held out; "
             f"{self.steps} steps of {self.rows_per_step} row{'s' * (self.rows_per_step != 1)} "
-            f"of up to {self.max_length} tokens on {self._processes()}"
+            f"of up to {self.max_length} tokens on {self.processes()}"
         )
-        started = time.perf_counter()
-        examples = tokens = 0
-        while self.step < self.steps:
-            learning_rate = self.scheduler.get_last_lr()[0]  # the rate this step uses
-            batch_rows = self.batches[self.step]
-            loss = self.train_step(batch_rows)
-            self.step += 1
-            self.history.append({"step": self.step, "loss": loss, "learning_rate": learning_rate})
-            taken = [i for row in batch_rows for i in self.rows[row]]
-            examples += len(taken)
-            tokens += sum(len(self.train_set[i]) for i in taken)
-            elapsed = time.perf_counter() - started
-            if self.step % config.log_every == 0 or self.step == self.steps:
-                self.emit(
-                    {
-                        "event": "step",
-                        "step": self.step,
-                        "total_steps": self.steps,
-                        "loss": loss,
-                        "learning_rate": learning_rate,
-                        "examples_per_second": examples / elapsed if elapsed else 0.0,
-                        "tokens_per_second": tokens / elapsed if elapsed else 0.0,
-                    }
-                )
-            if config.checkpoint_every and self.step % config.checkpoint_every == 0:
-                self.save_checkpoint()
-            if config.eval_every and self.step % config.eval_every == 0 and self.step < self.steps:
-                self.emit({"event": "eval", "step": self.step, "metrics": self.evaluate()})
-        seconds = time.perf_counter() - started
+        seconds, trained = self.train()
         after = self.evaluate()
         if after is not None:
             self.emit({"event": "eval", "step": self.step, "metrics": after})
@@ -440,19 +294,14 @@ class _Trainer:
             targets_trained=sum(self.train_set[i].target_count for i in taken),
             left_out=self.left_out,
             seconds=seconds,
-            examples_per_second=examples / seconds if seconds else 0.0,
-            tokens_per_second=tokens / seconds if seconds else 0.0,
+            examples_per_second=rate(trained["examples"], seconds),
+            tokens_per_second=rate(trained["tokens"], seconds),
         )
 
     def save_model(self, metrics: dict[str, Any]) -> None:
-        state = self.accelerator.get_state_dict(self.model)  # gathers FSDP shards everywhere
-        if self.accelerator.is_main_process:
-            inner = self.accelerator.unwrap_model(self.model).model
-            weights = {
-                name.removeprefix("model."): tensor
-                for name, tensor in state.items()
-                if name.startswith("model.")
-            }
+        unwrapped = self.unwrapped_weights()
+        if unwrapped is not None:
+            inner, weights = unwrapped
             self.out_dir.mkdir(parents=True, exist_ok=True)
             inner.save_pretrained(self.out_dir, state_dict=weights)
             self.tokenizer.save_pretrained(self.out_dir)
