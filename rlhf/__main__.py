@@ -13,8 +13,9 @@ from rlhf.reward.cli import add_commands
 from rlhf.sft.cli import add_commands as add_sft_commands
 
 DESCRIPTION = """\
-Train and evaluate reward models, run training jobs, and convert llama2.c checkpoints and
-GGUF models, without the platform.
+Train and evaluate reward models, improve a policy (SFT, rejection sampling, Ghost Attention)
+and evaluate it, run training jobs, and convert llama2.c checkpoints and GGUF models, without
+the platform.
 Run "python -m rlhf COMMAND --help" for the options of a command."""
 
 
