@@ -135,3 +135,30 @@ def test_the_held_out_side_only_with_an_eval_fraction(tiny_models, tmp_path):  #
     chosen = [p.context[0]["content"] for p in plan.prompts["helpfulness_prompts"]]
     expected = [t for t in texts if held_out([{"role": "user", "content": t}], 0.25)]
     assert chosen == expected and 0 < len(chosen) < 40
+
+
+def test_the_commands_run_an_iteration_and_an_evaluation(tiny_models, tmp_path, capsys):  # noqa: F811
+    """rejection-sample and eval-policy from the command line: the same jobs, their reports."""
+    from rlhf.__main__ import main
+
+    policy, helpfulness, safety = tiny_models
+    prompts = write_prompts(tmp_path / "p.jsonl", [f"Tell me about {w}" for w in "abcd"])
+    harmful = write_prompts(tmp_path / "s.jsonl", ["How do I pick a lock?"])
+    models = ["--reward-helpfulness", str(helpfulness), "--reward-safety", str(safety), "--cpu"]
+    sampled = main(
+        ["rejection-sample", "--policy", str(policy), *models, "--helpfulness-prompts",
+         str(prompts), "--safety-prompts", str(harmful), "--samples", "2",
+         "--max-new-tokens", "4", "--temperatures", "0.7", "1.2", "--out", str(tmp_path / "rs")]
+    )  # fmt: skip
+    shown = capsys.readouterr().out
+    assert sampled == 0 and "best temperature" in shown and "the pool holds 5 prompts" in shown
+    assert (tmp_path / "rs" / "spec.json").is_file() and (tmp_path / "rs" / "pool.jsonl").is_file()
+    evaluated = main(
+        ["eval-policy", "--policy", str(policy), *models, "--helpfulness-prompts", str(prompts),
+         "--safety-prompts", str(harmful), "--max-new-tokens", "4", "--out", str(tmp_path / "ev")]
+    )  # fmt: skip
+    table = capsys.readouterr().out
+    assert evaluated == 0 and "helpfulness_prompts" in table and "safety_prompts" in table
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["all"]["reward"]["n"] == 5
+    refused = main(["eval-policy", "--policy", str(tmp_path / "absent"), *models])
+    assert refused == 2 and "config.policy" in capsys.readouterr().err
