@@ -32,8 +32,6 @@ DIR``), ``tiny`` (a random tiny Llama). Usage:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -44,15 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SHARED = Path(os.environ.get("PAIRWISE_ASSETS", ROOT.parent / "shared"))
-STORIES = SHARED / "models" / "stories260K-hf"
-OASST = SHARED / "data" / "oasst" / "prompt_lottery_en_250_text.jsonl"
-BUILTIN_PROMPTS = [
-    "Tell me a story about a dragon who is afraid of the dark.",
-    "What is the capital of France?",
-    "Explain how a bicycle stays upright.",
-    "How do I boil an egg?",
-]
+from bench.generation import STORIES, load_prompts  # noqa: E402  (the same prompts and model)
 
 
 @dataclass
@@ -63,8 +53,7 @@ class Run:
 
 
 def prompts_of(count: int) -> list[list[dict]]:
-    texts = [json.loads(line) for line in OASST.open()] if OASST.is_file() else BUILTIN_PROMPTS
-    texts = (texts * (count // len(texts) + 1))[:count]
+    texts, _source = load_prompts(count)
     return [[{"role": "user", "content": text}] for text in texts]
 
 

@@ -21,6 +21,7 @@ from rlhf.jobs import (
     EVENTS_FILE,
     METRICS_FILE,
     MODEL_DIR,
+    SPEC_FILE,
     EventLog,
     JobContext,
     JobError,
@@ -65,6 +66,17 @@ def check(spec: RunSpec) -> Stage:
             "another directory",
         )
     return known[spec.stage]
+
+
+def prepare_command(spec: RunSpec, *, main_process: bool = True) -> Any:
+    """What a stage's command does before it runs its job: check and prepare the spec (bad
+    input raises, nothing is written), then keep it as ``OUT/spec.json`` (main process only).
+    Returns the plan to hand :func:`run_job`."""
+    plan = check(spec).prepare(spec)
+    if main_process:
+        spec.output_dir.mkdir(parents=True, exist_ok=True)
+        spec.write(spec.output_dir / SPEC_FILE)
+    return plan
 
 
 def run_job(

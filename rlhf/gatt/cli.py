@@ -20,9 +20,9 @@ from rlhf import hyperparameters
 from rlhf.data.pairs import DataError
 from rlhf.gatt.config import GAttConfig
 from rlhf.gatt.instructions import FAMILIES
-from rlhf.jobs import MODEL_DIR, SPEC_FILE, InputFile, RunSpec
+from rlhf.jobs import MODEL_DIR, InputFile, RunSpec
 from rlhf.nn.devices import use_cpu
-from rlhf.runner import check, run_job
+from rlhf.runner import prepare_command, run_job
 
 DESCRIPTION = """\
 Ghost Attention (Llama 2, section 3.3): teach the policy to keep an instruction given in the
@@ -94,10 +94,7 @@ def gatt(args: argparse.Namespace) -> int:
     progress = SFTProgress(enabled=not args.no_progress)
     try:
         spec = spec_of(args)
-        plan = check(spec).prepare(spec)  # bad input leaves --out as it was
-        if main_process:
-            args.out.mkdir(parents=True, exist_ok=True)
-            spec.write(args.out / SPEC_FILE)
+        plan = prepare_command(spec, main_process=main_process)  # bad input: --out untouched
         metrics = run_job(
             spec, main_process=main_process, listener=progress if main_process else None, plan=plan
         )

@@ -19,10 +19,10 @@ from pathlib import Path
 
 from rlhf import hyperparameters
 from rlhf.data.pairs import DataError
-from rlhf.jobs import SPEC_FILE, InputFile, RunSpec
+from rlhf.jobs import InputFile, RunSpec
 from rlhf.policy_eval.config import PolicyEvalConfig
 from rlhf.policy_eval.job import PROMPT_SETS
-from rlhf.runner import check, run_job
+from rlhf.runner import prepare_command, run_job
 
 
 def add_commands(commands) -> None:
@@ -102,9 +102,7 @@ def eval_policy(args: argparse.Namespace) -> int:
         out = args.out or Path(scratch)
         try:
             spec = spec_of(args, out)
-            plan = check(spec).prepare(spec)
-            out.mkdir(parents=True, exist_ok=True)
-            spec.write(out / SPEC_FILE)
+            plan = prepare_command(spec)
             with tqdm(total=1000, file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
 
                 def show(record: dict) -> None:

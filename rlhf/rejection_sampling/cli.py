@@ -20,9 +20,9 @@ from pathlib import Path
 
 from rlhf import hyperparameters
 from rlhf.data.pairs import DataError
-from rlhf.jobs import SPEC_FILE, InputFile, RunSpec
+from rlhf.jobs import InputFile, RunSpec
 from rlhf.rejection_sampling.config import RejectionSamplingConfig
-from rlhf.runner import check, run_job
+from rlhf.runner import prepare_command, run_job
 
 DESCRIPTION = """\
 One rejection-sampling iteration (Llama 2, section 3.2.3): K samples of every prompt from the
@@ -101,9 +101,7 @@ def rejection_sample(args: argparse.Namespace) -> int:
 
     try:
         spec = spec_of(args)
-        plan = check(spec).prepare(spec)
-        args.out.mkdir(parents=True, exist_ok=True)
-        spec.write(args.out / SPEC_FILE)
+        plan = prepare_command(spec)
         with tqdm(total=1000, unit="‰", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
 
             def show(record: dict) -> None:

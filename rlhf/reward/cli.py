@@ -24,11 +24,11 @@ from pathlib import Path
 
 from rlhf import hyperparameters
 from rlhf.data.pairs import KINDS, DataError
-from rlhf.jobs import MODEL_DIR, SPEC_FILE, InputFile, RunSpec
+from rlhf.jobs import MODEL_DIR, InputFile, RunSpec
 from rlhf.nn.devices import use_cpu
 from rlhf.reward.config import RewardEvalConfig, RewardTrainingConfig
 from rlhf.reward.job import RECIPE_CHOICES
-from rlhf.runner import check, run_job
+from rlhf.runner import prepare_command, run_job
 
 # The --help text (the module docstring is for readers of the code).
 TRAIN_DESCRIPTION = """\
@@ -226,11 +226,7 @@ def train_reward(args: argparse.Namespace) -> int:
     try:
         spec = reward_spec(args)
         # Checked and prepared before anything is written: bad input leaves --out as it was.
-        stage = check(spec)
-        plan = stage.prepare(spec)
-        if main_process:
-            args.out.mkdir(parents=True, exist_ok=True)
-            spec.write(args.out / SPEC_FILE)
+        plan = prepare_command(spec, main_process=main_process)
         metrics = run_job(
             spec,
             main_process=main_process,
@@ -277,9 +273,7 @@ def eval_reward(args: argparse.Namespace) -> int:
                 options={"model": str(args.model)},
                 resume=True,  # an evaluation writes no model: its directory may be reused
             )
-            plan = check(spec).prepare(spec)
-            out.mkdir(parents=True, exist_ok=True)
-            spec.write(out / SPEC_FILE)
+            plan = prepare_command(spec)
             # A bar on a terminal only: into a file, its redraws would pile up.
             with tqdm(
                 total=len(plan.pairs), unit="pair", file=sys.stderr, disable=not sys.stderr.isatty()

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from rlhf import hyperparameters
 from rlhf.data.pairs import DataError
-from rlhf.jobs import MODEL_DIR, SPEC_FILE, InputFile, RunSpec
+from rlhf.jobs import MODEL_DIR, InputFile, RunSpec
 from rlhf.nn.devices import use_cpu
 from rlhf.reward.cli import TrainingProgress
-from rlhf.runner import check, run_job
+from rlhf.runner import prepare_command, run_job
 from rlhf.sft.config import SFTConfig
 
 # The --help text (the module docstring is for readers of the code).
@@ -143,10 +143,7 @@ def run_sft(args: argparse.Namespace) -> int:
     try:
         spec = sft_spec(args)
         # Checked and prepared before anything is written: bad input leaves --out as it was.
-        plan = check(spec).prepare(spec)
-        if main_process:
-            args.out.mkdir(parents=True, exist_ok=True)
-            spec.write(args.out / SPEC_FILE)
+        plan = prepare_command(spec, main_process=main_process)
         metrics = run_job(
             spec, main_process=main_process, listener=progress if main_process else None, plan=plan
         )
