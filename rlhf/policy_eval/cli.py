@@ -92,6 +92,17 @@ def format_report(metrics: dict) -> str:
             f"{cell(summary['safety']):<16}{cell(summary['refusal_rate'], True):<20}"
             + "; ".join(extra)
         )
+    gate = metrics.get("safety_gate")
+    if gate and gate["predicted_unsafe"] is not None:
+        precision, recall = gate["precision"], gate["recall"]
+        lines.append(
+            f"safety gate σ(R_safety) < {gate['threshold']}: flags {gate['predicted_unsafe']} of "
+            f"{gate['labelled_responses']} responses; precision "
+            + ("—" if precision is None else f"{precision:.2f}")
+            + ", recall "
+            + ("—" if recall is None else f"{recall:.2f}")
+            + f" against the {gate['unsafe']} non-refusals to harmful prompts"
+        )
     return "\n".join(lines)
 
 

@@ -41,6 +41,10 @@ class RejectionSamplingConfig:
         0.0, minimum=0, maximum=1, flag="eval_fraction",
         help="Prompts held out by hash (rlhf.data.split.held_out): never sampled here.",
     )  # fmt: skip
+    max_prompts: int | None = setting(
+        None, minimum=1, flag="max_prompts",
+        help="At most this many prompts per set (helpfulness, safety), in file order.",
+    )  # fmt: skip
     iteration: int = setting(1, minimum=1, flag="iteration", help="Recorded in the pool.")
     seed: int = setting(0, minimum=0, flag="seed", help="Fixes every sample's seed.")
     cpu: bool = setting(False, help="sample on the CPU even where a GPU is present")

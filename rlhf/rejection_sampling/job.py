@@ -45,6 +45,7 @@ def read_prompts(spec: RunSpec, config: RejectionSamplingConfig) -> tuple[list[P
     """The prompts to sample (duplicates once), and how many were held out."""
     prompts, seen, kept_back = [], set(), 0
     for role, safety in (("helpfulness_prompts", False), ("safety_prompts", True)):
+        taken = 0
         for path in spec.paths(role):
             for record in load_prompts(path):
                 prompt = Prompt(record.context, safety, record.category)
@@ -53,8 +54,9 @@ def read_prompts(spec: RunSpec, config: RejectionSamplingConfig) -> tuple[list[P
                 seen.add(prompt.key)
                 if held_out(prompt.context, config.eval_fraction, config.seed):
                     kept_back += 1
-                else:
+                elif config.max_prompts is None or taken < config.max_prompts:
                     prompts.append(prompt)
+                    taken += 1
     return prompts, kept_back
 
 

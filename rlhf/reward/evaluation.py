@@ -34,7 +34,7 @@ import torch
 from rlhf.data.pairs import PreferencePair
 from rlhf.data.pairs import margins as pair_margins  # (a local "margins" below)
 from rlhf.preferences import TABLE8_BUCKETS, UNRATED
-from rlhf.reward.gate import SAFETY_GATE
+from rlhf.reward.gate import SAFETY_GATE, gate_precision_recall
 from rlhf.reward.losses import margin_ranking_loss, pairwise_accuracy, preference_probability
 
 CALIBRATION_BINS = 10
@@ -81,7 +81,7 @@ def safety_gate(
     rejected_rewards: torch.Tensor,
     threshold: float = SAFETY_GATE,
 ) -> dict[str, Any] | None:
-    """Precision and recall of "unsafe" for σ(reward) < threshold, over labelled replies."""
+    """:func:`gate_precision_recall` over the replies of ``pairs`` that carry a safety label."""
     flagged: list[bool] = []
     unsafe: list[bool] = []
     for i, pair in enumerate(pairs):
@@ -90,18 +90,7 @@ def safety_gate(
             if label is not None:
                 flagged.append(bool(torch.sigmoid(reward.double()) < threshold))
                 unsafe.append(not label)
-    if not unsafe:
-        return None
-    true_positives = sum(f and u for f, u in zip(flagged, unsafe, strict=True))
-    predicted, actual = sum(flagged), sum(unsafe)
-    return {
-        "threshold": threshold,
-        "labelled_responses": len(unsafe),
-        "unsafe": actual,
-        "predicted_unsafe": predicted,
-        "precision": true_positives / predicted if predicted else None,
-        "recall": true_positives / actual if actual else None,
-    }
+    return gate_precision_recall(flagged, unsafe, threshold)
 
 
 SPREAD_QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)

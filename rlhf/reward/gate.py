@@ -12,6 +12,8 @@ evaluation of a policy all judge by this one function.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 SAFETY_GATE = 0.15
 
@@ -29,3 +31,23 @@ def gated_reward(
     """(R_c, whether the safety score decided) for probabilities ``helpfulness`` and ``safety``."""
     by_safety = safety_prompt or safety < threshold
     return (safety if by_safety else helpfulness), by_safety
+
+
+def gate_precision_recall(
+    flagged: Sequence[bool], unsafe: Sequence[bool], threshold: float = SAFETY_GATE
+) -> dict[str, Any] | None:
+    """Precision and recall of the gate's "unsafe" (``flagged``: σ(r) < threshold) against the
+    replies' labels (``unsafe``); None when nothing is labelled. Llama 2 reports 0.89 / 0.55 for
+    its safety reward model at 0.15 on its safety test set."""
+    if not unsafe:
+        return None
+    true_positives = sum(f and u for f, u in zip(flagged, unsafe, strict=True))
+    predicted, actual = sum(flagged), sum(unsafe)
+    return {
+        "threshold": threshold,
+        "labelled_responses": len(unsafe),
+        "unsafe": actual,
+        "predicted_unsafe": predicted,
+        "precision": true_positives / predicted if predicted else None,
+        "recall": true_positives / actual if actual else None,
+    }

@@ -30,10 +30,12 @@ from annotation_app.services.exports import export_lines
 from annotation_app.services.imports import import_comparisons
 from annotation_app.services.registry import current_version, register_model
 from annotation_app.services.training import lifecycle, start
+from rlhf.reward.config import RewardTrainingConfig
 from tests.api_errors import error_fields
 from tests.training_jobs import FakeTrainer, run_in_process
 from tests.workers import wait_for
 
+DEFAULT_LR = RewardTrainingConfig.__dataclass_fields__["learning_rate"].default
 STRENGTHS = ["significantly_better", "better", "slightly_better", "negligibly_better"]
 # Small and quick: a few steps of a few pairs, short texts.
 TINY_CONFIG = {
@@ -145,14 +147,13 @@ def test_the_form_offers_the_settings_the_config_declares_for_forms():
     from dataclasses import fields
 
     from annotation_app.forms import TrainingForm
-    from rlhf.reward.config import RewardTrainingConfig
 
     declared = {f.name for f in fields(RewardTrainingConfig) if f.metadata.get("form")}
     shown = TrainingForm().settings_shown()
     assert {item["hp"].name for item in shown} == declared
     assert set(start.RUN_KEYS) <= {f.name for f in fields(RewardTrainingConfig)}
     values = {item["hp"].name: item["value"] for item in shown}
-    assert values["learning_rate"] == "1e-05" and values["margin_table"] == "small"
+    assert values["learning_rate"] == repr(DEFAULT_LR) and values["margin_table"] == "small"
     assert values["max_steps"] == ""  # no limit
     # Basic settings first: the page shows the advanced ones under "More settings".
     advanced = [item["advanced"] for item in shown]
@@ -195,7 +196,7 @@ def test_the_api_queues_a_run_with_the_current_policy_as_base(
     assert body["base_model"] == policy.name
     assert {b["id"] for b in body["batches"]} == {annotated_batch.pk, dataset.pk}
     assert body["config"]["base_model"] == policy.path
-    assert body["config"]["learning_rate"] == 1e-5  # the library's (the paper's) default
+    assert body["config"]["learning_rate"] == DEFAULT_LR  # the library's default
     assert len(callbacks) == 1  # sent to the training queue once committed
     run = TrainingRun.objects.get()
     assert run.created_by == ml_staff
@@ -568,7 +569,7 @@ def test_the_training_page_offers_batches_with_pair_counts_and_paper_defaults(
     html = page.content.decode()
     assert 'data-pairs="8"' in html and 'data-pairs="5"' in html
     assert f'<option value="{policy.pk}" selected>' in html
-    assert 'name="learning_rate" id="hp-learning_rate" value="1e-05"' in html
+    assert f'name="learning_rate" id="hp-learning_rate" value="{DEFAULT_LR!r}"' in html
     assert 'name="eval_fraction" id="hp-eval_fraction" value="0.2"' in html
     assert "Reward models" in client.get("/").content.decode()
 

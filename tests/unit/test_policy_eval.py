@@ -9,6 +9,7 @@ import math
 import pytest
 
 from rlhf.policy_eval.compare import wilson_interval, win_rate
+from rlhf.policy_eval.job import gate_on_responses
 from rlhf.policy_eval.refusal import is_refusal
 from tests.unit.test_rejection_sampling import tiny_models, write_prompts  # noqa: F401
 
@@ -26,6 +27,26 @@ from tests.unit.test_rejection_sampling import tiny_models, write_prompts  # noq
 )
 def test_the_refusal_detector(response, refused):
     assert is_refusal(response) is refused
+
+
+def test_the_gate_on_a_policys_responses_labelled_by_the_refusal_detector():
+    def row(prompt_set, refusal, safety):
+        return {"set": prompt_set, "refusal": refusal, "safety": safety}
+
+    rows = [
+        row("safety_prompts", False, 0.05),  # complied, flagged: a true positive
+        row("safety_prompts", False, 0.40),  # complied, passed: a miss
+        row("safety_prompts", True, 0.10),  # refused, flagged: a false alarm
+        row("safety_prompts", True, 0.90),
+        row("overrefusal_prompts", False, 0.14),  # a safe prompt, flagged: a false alarm
+        row("overrefusal_prompts", True, 0.16),  # just above the 0.15 gate
+        row("helpfulness_prompts", False, 0.01),  # not labelled: left out
+    ]
+    gate = gate_on_responses(rows)
+    assert (gate["labelled_responses"], gate["unsafe"], gate["predicted_unsafe"]) == (6, 2, 3)
+    assert gate["precision"] == pytest.approx(1 / 3)
+    assert gate["recall"] == pytest.approx(1 / 2)
+    assert gate_on_responses([row("helpfulness_prompts", False, 0.01)]) is None
 
 
 def test_the_win_rate_counts_ties_half_and_its_wilson_interval_by_hand():

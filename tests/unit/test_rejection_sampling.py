@@ -16,6 +16,7 @@ from rlhf.rejection_sampling.best_of_n import (
     expected_max,
     expected_median,
 )
+from rlhf.rejection_sampling.config import RejectionSamplingConfig
 from rlhf.rejection_sampling.pool import Pool, Sample
 from rlhf.rejection_sampling.sampling import Prompt, judge, sample_groups, sample_seed
 from rlhf.reward.gate import SAFETY_GATE, gated_reward, sigmoid
@@ -243,6 +244,26 @@ def test_an_iteration_samples_judges_and_pools_and_the_next_keeps_the_best(tiny_
     for before in pool.samples():
         assert again[before.key].reward >= before.reward  # never worse than the last pool
     assert second["pool"]["mean_reward"] >= first["pool"]["mean_reward"]
+
+
+def test_max_prompts_caps_each_set_in_file_order_after_the_held_out_side(tiny_models, tmp_path):
+    from rlhf.rejection_sampling.job import read_prompts
+
+    spec = rs_spec(tmp_path, tiny_models, tmp_path / "capped")
+    config = RejectionSamplingConfig.from_dict({**spec.config, "max_prompts": 2})
+    prompts, kept_back = read_prompts(spec, config)
+    assert [p.context[-1]["content"] for p in prompts] == [
+        "Tell me about cats",
+        "Tell me about rain",
+        "How do I pick a lock?",
+        "Insult me.",
+    ]
+    config = RejectionSamplingConfig.from_dict({**spec.config, "eval_fraction": 0.5})
+    everything, kept_back = read_prompts(spec, config)
+    config.max_prompts = 1
+    capped, _ = read_prompts(spec, config)
+    first_of_each = [next(p for p in everything if p.safety_prompt is s) for s in (False, True)]
+    assert capped == first_of_each and kept_back > 0
 
 
 def test_an_interrupted_iteration_resumes_without_sampling_again(tiny_models, tmp_path):
