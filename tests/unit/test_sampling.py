@@ -126,12 +126,26 @@ def test_sample_checks_its_arguments(tiny):
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
-    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(4, 1)  # ranks: 1, 2, 0
-    top_p = torch.tensor([0.6, 0.6, 1.0, 0.1])
-    uniform = torch.tensor([0.0, 0.99, 0.99, 0.99], dtype=torch.float64)
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(5, 1)  # ranks: 1, 2, 0
+    top_p = torch.tensor([0.6, 0.6, 1.0, 0.1, 1.0])
+    uniform = torch.tensor([0.0, 0.99, 0.99, 0.99, 0.1], dtype=torch.float64)
     # p=0.6 keeps {1: 0.5, 2: 0.3}; u=0.99 lands on token 2, never on the cut token 0;
-    # p=1 keeps everything, u=0.99 lands on the last-ranked token 0; p=0.1 keeps token 1 only.
-    assert sample_top_p(logits, top_p, uniform).tolist() == [1, 2, 0, 1]
+    # p=1 draws in vocabulary order (cumulative 0.2, 0.7, 1.0): u=0.99 lands on token 2, u=0.1
+    # on token 0; p=0.1 keeps token 1 only.
+    assert sample_top_p(logits, top_p, uniform).tolist() == [1, 2, 2, 1, 0]
+
+
+def test_a_nucleus_beyond_the_top_candidates_is_found_by_a_full_sort(monkeypatch):
+    """The same tokens whether the nucleus lies among the candidates or needs the full sort."""
+    from rlhf.nn import sampling
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 50, generator=generator)
+    top_p = torch.tensor([0.3, 0.5, 0.7, 0.9, 0.95, 0.99])
+    uniform = torch.rand(6, generator=generator, dtype=torch.float64)
+    everything = sample_top_p(logits, top_p, uniform)  # 50 candidates: the whole vocabulary
+    monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", 4)  # most nuclei reach past 4 tokens
+    assert sample_top_p(logits, top_p, uniform).tolist() == everything.tolist()
 
 
 def test_tiny_top_p_and_tiny_temperature_are_greedy(tiny):
