@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rlhf.gatt.cli import add_commands as add_gatt_commands
 from rlhf.policy_eval.cli import add_commands as add_policy_eval_commands
+from rlhf.ppo.cli import add_commands as add_ppo_commands
 from rlhf.rejection_sampling.cli import add_commands as add_rejection_sampling_commands
 from rlhf.reward.cli import add_commands
 from rlhf.sft.cli import add_commands as add_sft_commands
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     add_rejection_sampling_commands(commands)
     add_policy_eval_commands(commands)
     add_gatt_commands(commands)
+    add_ppo_commands(commands)
     args = parser.parse_args(argv)
     quiet_transformers()
     return args.run(args)

@@ -34,6 +34,7 @@ def stages() -> dict[str, Stage]:
     """The stages by name; imported when asked for, so that reading a spec loads no torch."""
     from rlhf.gatt.job import GAttStage
     from rlhf.policy_eval.job import PolicyEvalStage
+    from rlhf.ppo.job import PPOStage
     from rlhf.rejection_sampling.job import RejectionSamplingStage
     from rlhf.reward.job import RewardEvalStage, RewardStage
     from rlhf.sft.job import SFTStage
@@ -45,6 +46,7 @@ def stages() -> dict[str, Stage]:
         "rejection-sampling": RejectionSamplingStage(),
         "policy-eval": PolicyEvalStage(),
         "gatt": GAttStage(),
+        "ppo": PPOStage(),
     }
 
 

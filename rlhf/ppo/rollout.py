@@ -224,14 +224,14 @@ def pad_batch(
     return tuple(t.to(device) for t in (prompts, prompt_mask, responses, response_mask))
 
 
-def response_logprobs(
+def response_logits(
     model,
     prompt_ids: torch.Tensor,
     prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, T) float32 log π(y_t | x, y_<t) of each response token, 0 on padding.
+    """(B, T, V) float32 logits of the positions that predict each response token y_1 … y_T.
 
     One forward pass over the (B, L + T) sequences, prompts (B, L) left-padded and responses
     (B, T) right-padded, position ids counting from each row's first real token (as in the
@@ -249,10 +249,29 @@ def response_logprobs(
         use_cache=False,
         **keep,
     ).logits
-    logits = logits[:, -(width + 1) : -1].float()  # (B, T, V): the positions before y_1 … y_T
+    return logits[:, -(width + 1) : -1].float()  # (B, T, V): the positions before y_1 … y_T
+
+
+def logprobs_from_logits(
+    logits: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
+) -> torch.Tensor:
+    """(B, T) log-softmax of ``logits`` (B, T, V) at each response token, 0 on padding."""
     taken = logits.gather(-1, response_ids[..., None]).squeeze(-1)  # (B, T)
     logprobs = taken - torch.logsumexp(logits, dim=-1)  # (B, T)
     return logprobs.masked_fill(~response_mask.bool(), 0.0)
+
+
+def response_logprobs(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """(B, T) float32 log π(y_t | x, y_<t) of each response token, 0 on padding: the logits of
+    :func:`response_logits` at the sampled tokens. Differentiable, as it is."""
+    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
+    return logprobs_from_logits(logits, response_ids, response_mask)
 
 
 def frozen_logprobs(
@@ -294,6 +313,8 @@ __all__ = [
     "RolloutTimes",
     "collect_rollout",
     "frozen_logprobs",
+    "logprobs_from_logits",
     "pad_batch",
+    "response_logits",
     "response_logprobs",
 ]
