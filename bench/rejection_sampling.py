@@ -74,7 +74,8 @@ def load(model_dir: Path, device):
 
 
 def run_ours(policy, tokenizer, judges, prompts, args) -> Run:
-    from rlhf.rejection_sampling.sampling import Prompt, RewardModel, judge, sample_groups
+    from rlhf.data.prompts import Prompt
+    from rlhf.rejection_sampling.sampling import RewardModel, judge, sample_groups
 
     began = time.perf_counter()
     samples = tokens = 0

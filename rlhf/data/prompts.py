@@ -12,6 +12,7 @@ category under one of :data:`CATEGORY_KEYS`. CSV rows are records too (:mod:`.re
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,51 @@ def load_prompts(path: str | os.PathLike) -> list[PromptRecord]:
     if not prompts:
         raise DataError(name, None, None, "the file holds no prompts")
     return prompts
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt as the policy stages see it: the conversation to answer and whether it comes
+    from a safety prompt set (then the safety reward model judges it, Llama 2's gate)."""
+
+    context: list[dict[str, str]]
+    safety_prompt: bool
+    category: str = ""
+
+    @property
+    def key(self) -> str:
+        from rlhf.data.pairs import context_key
+
+        return context_key(self.context)
+
+
+def split_prompt_files(
+    helpfulness: Sequence[str | os.PathLike],
+    safety: Sequence[str | os.PathLike],
+    *,
+    eval_fraction: float,
+    seed: int,
+    max_prompts: int | None = None,
+) -> tuple[list[Prompt], list[Prompt]]:
+    """(training prompts, held-out prompts) of the helpfulness and safety prompt files: each
+    prompt once, in file order, held out by hash (:func:`rlhf.data.split.held_out`, the split
+    every stage and ``eval-policy`` share); ``max_prompts`` caps each set's training prompts."""
+    from rlhf.data.split import held_out
+
+    train: list[Prompt] = []
+    kept_back: list[Prompt] = []
+    seen: set[str] = set()
+    for paths, is_safety in ((helpfulness, False), (safety, True)):
+        taken = 0
+        for path in paths:
+            for record in load_prompts(path):
+                prompt = Prompt(record.context, is_safety, record.category)
+                if prompt.key in seen:
+                    continue
+                seen.add(prompt.key)
+                if held_out(prompt.context, eval_fraction, seed):
+                    kept_back.append(prompt)
+                elif max_prompts is None or taken < max_prompts:
+                    train.append(prompt)
+                    taken += 1
+    return train, kept_back

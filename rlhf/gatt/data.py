@@ -145,7 +145,8 @@ class PolicySampler:
     batch_size: int = 8
 
     def __call__(self, contexts: Sequence[Messages], seeds: Sequence[int]) -> list[str]:
-        from rlhf.rejection_sampling.sampling import Prompt, sample_groups
+        from rlhf.data.prompts import Prompt
+        from rlhf.rejection_sampling.sampling import sample_groups
 
         replies = []
         for start in range(0, len(contexts), self.batch_size):

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.data.chat import completion_text, encode_prompt
-from rlhf.data.prompts import load_prompts
+from rlhf.data.prompts import Prompt, load_prompts
 from rlhf.data.split import held_out
 from rlhf.jobs import JobContext, JobError, RunSpec
 from rlhf.policy_eval.compare import win_rate
 from rlhf.policy_eval.config import PolicyEvalConfig
 from rlhf.policy_eval.refusal import is_refusal
-from rlhf.rejection_sampling.sampling import Prompt, RewardModel, judge, sample_seed
+from rlhf.rejection_sampling.sampling import RewardModel, judge, sample_seed
 from rlhf.reward.gate import SAFETY_GATE, gate_precision_recall
 
 PROMPT_SETS = ("helpfulness_prompts", "safety_prompts", "overrefusal_prompts")

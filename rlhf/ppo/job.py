@@ -42,11 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlhf.data.prompts import load_prompts
-from rlhf.data.split import held_out
+from rlhf.data.prompts import Prompt, split_prompt_files
 from rlhf.jobs import MODEL_DIR, JobContext, JobError, RunSpec
 from rlhf.ppo.config import PPOConfig
-from rlhf.rejection_sampling.sampling import Prompt
 
 INPUT_ROLES = ("helpfulness_prompts", "safety_prompts")
 CHECKPOINTS_DIR = "checkpoints"
@@ -81,19 +79,12 @@ class PPOPlan:
 
 def read_prompts(spec: RunSpec, config: PPOConfig) -> tuple[list[Prompt], list[Prompt]]:
     """(training prompts, held-out prompts), each prompt once, in file order."""
-    train, kept_back, seen = [], [], set()
-    for role, safety in (("helpfulness_prompts", False), ("safety_prompts", True)):
-        for path in spec.paths(role):
-            for record in load_prompts(path):
-                prompt = Prompt(record.context, safety, record.category)
-                if prompt.key in seen:
-                    continue
-                seen.add(prompt.key)
-                if held_out(prompt.context, config.eval_fraction, config.seed):
-                    kept_back.append(prompt)
-                else:
-                    train.append(prompt)
-    return train, kept_back
+    return split_prompt_files(
+        spec.paths("helpfulness_prompts"),
+        spec.paths("safety_prompts"),
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+    )
 
 
 def load_judges(config: PPOConfig, device) -> tuple[Judge, Judge]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.data.chat import completion_text, encode_prompt
+from rlhf.data.prompts import Prompt
 from rlhf.nn.sampling import (
     Completion,
     SamplingParams,
@@ -40,7 +41,7 @@ from rlhf.nn.sampling import (
 )
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.rewards import missing_eos
-from rlhf.rejection_sampling.sampling import Judged, Prompt, RewardModel, judge, sample_seed
+from rlhf.rejection_sampling.sampling import Judged, RewardModel, judge, sample_seed
 
 
 @dataclass(frozen=True)
@@ -285,19 +286,25 @@ def frozen_logprobs(
 ) -> torch.Tensor:
     """:func:`response_logprobs` without gradients, in eval mode, ``batch_size`` rows per
     forward pass, on ``model``'s device; (B, T) float32 on the inputs' device."""
+    inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
+    return frozen_rows(response_logprobs, model, inputs, batch_size=batch_size)
+
+
+def frozen_rows(forward, model, inputs: Sequence[torch.Tensor], *, batch_size: int):
+    """``forward(model, *rows)`` over chunks of ``batch_size`` rows of ``inputs`` (each (B, …)),
+    without gradients, in eval mode, on ``model``'s device; concatenated on the inputs' device."""
     device = model_device(model)
     chunks = []
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, prompt_ids.shape[0], batch_size):
+            for start in range(0, inputs[0].shape[0], batch_size):
                 rows = slice(start, start + batch_size)
-                inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
-                chunks.append(response_logprobs(model, *(t[rows].to(device) for t in inputs)))
+                chunks.append(forward(model, *(t[rows].to(device) for t in inputs)))
     finally:
         model.train(was_training)
-    return torch.cat(chunks).to(response_ids.device)
+    return torch.cat(chunks).to(inputs[0].device)
 
 
 def _lap(start: float, device: torch.device) -> tuple[float, float]:

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf.nn.sampling import forward_parameters, model_device
+from rlhf.nn.sampling import forward_parameters
+from rlhf.ppo.rollout import frozen_rows
 
 
 class ValueModel(torch.nn.Module):
@@ -93,19 +94,8 @@ def frozen_values(
     batch_size: int,
 ) -> torch.Tensor:
     """:func:`response_values` without gradients, in eval mode, ``batch_size`` rows a pass."""
-    device = model_device(value_model)
-    chunks = []
-    was_training = value_model.training
-    value_model.eval()
-    try:
-        with torch.no_grad():
-            for start in range(0, prompt_ids.shape[0], batch_size):
-                rows = slice(start, start + batch_size)
-                inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
-                chunks.append(response_values(value_model, *(t[rows].to(device) for t in inputs)))
-    finally:
-        value_model.train(was_training)
-    return torch.cat(chunks).to(response_ids.device)
+    inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
+    return frozen_rows(response_values, value_model, inputs, batch_size=batch_size)
 
 
 def same_vocabulary(tokenizer, other) -> bool:

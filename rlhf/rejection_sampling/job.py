@@ -20,13 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf.data.prompts import load_prompts
-from rlhf.data.split import held_out
+from rlhf.data.prompts import Prompt, split_prompt_files
 from rlhf.jobs import JobContext, JobError, RunSpec
 from rlhf.rejection_sampling.best_of_n import best_of_n_curve
 from rlhf.rejection_sampling.config import RejectionSamplingConfig
 from rlhf.rejection_sampling.pool import Pool, Sample
-from rlhf.rejection_sampling.sampling import Prompt, RewardModel, judge, sample_groups, sample_seed
+from rlhf.rejection_sampling.sampling import RewardModel, judge, sample_groups, sample_seed
 
 INPUT_ROLES = ("helpfulness_prompts", "safety_prompts", "pool")
 SAMPLES_FILE = "samples.jsonl"
@@ -43,21 +42,14 @@ class Plan:
 
 def read_prompts(spec: RunSpec, config: RejectionSamplingConfig) -> tuple[list[Prompt], int]:
     """The prompts to sample (duplicates once), and how many were held out."""
-    prompts, seen, kept_back = [], set(), 0
-    for role, safety in (("helpfulness_prompts", False), ("safety_prompts", True)):
-        taken = 0
-        for path in spec.paths(role):
-            for record in load_prompts(path):
-                prompt = Prompt(record.context, safety, record.category)
-                if prompt.key in seen:
-                    continue
-                seen.add(prompt.key)
-                if held_out(prompt.context, config.eval_fraction, config.seed):
-                    kept_back += 1
-                elif config.max_prompts is None or taken < config.max_prompts:
-                    prompts.append(prompt)
-                    taken += 1
-    return prompts, kept_back
+    prompts, kept_back = split_prompt_files(
+        spec.paths("helpfulness_prompts"),
+        spec.paths("safety_prompts"),
+        eval_fraction=config.eval_fraction,
+        seed=config.seed,
+        max_prompts=config.max_prompts,
+    )
+    return prompts, len(kept_back)
 
 
 class RejectionSamplingStage:

@@ -13,19 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlhf.data.chat import completion_text, encode_prompt
-from rlhf.data.pairs import context_key
+from rlhf.data.prompts import Prompt
 from rlhf.reward.gate import gated_reward, sigmoid
-
-
-@dataclass(frozen=True)
-class Prompt:
-    context: list[dict[str, str]]
-    safety_prompt: bool  # from a safety prompt set: judged by the safety reward model
-    category: str = ""
-
-    @property
-    def key(self) -> str:
-        return context_key(self.context)
 
 
 @dataclass(frozen=True)

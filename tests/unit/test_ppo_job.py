@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
+from rlhf.data.prompts import Prompt
 from rlhf.ppo.job import iteration_prompts
-from rlhf.rejection_sampling.sampling import Prompt
 from tests.unit.test_rejection_sampling import tiny_models, write_prompts  # noqa: F401
 
 HELPFUL = [f"Tell me about {w}" for w in ("cats", "rain", "bread", "stars", "trains", "tea")]

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
+from rlhf.data.prompts import Prompt
 from rlhf.hyperparameters import ConfigError
 from rlhf.ppo.config import KL_ESTIMATORS, PPOConfig
-from rlhf.rejection_sampling.sampling import Prompt, RewardModel, sample_groups, sample_seed
+from rlhf.rejection_sampling.sampling import RewardModel, sample_groups, sample_seed
 from rlhf.reward.gate import gated_reward
 from tests.unit.test_rejection_sampling import tiny_models  # noqa: F401
 

@@ -8,8 +8,8 @@ import statistics
 
 import pytest
 
+from rlhf.data.prompts import Prompt
 from rlhf.ppo.config import PPOConfig
-from rlhf.rejection_sampling.sampling import Prompt
 from tests.unit.test_ppo_rollout import load_judge, load_policy
 from tests.unit.test_rejection_sampling import tiny_models  # noqa: F401
 

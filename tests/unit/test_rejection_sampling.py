@@ -11,6 +11,7 @@ from statistics import median
 
 import pytest
 
+from rlhf.data.prompts import Prompt
 from rlhf.rejection_sampling.best_of_n import (
     best_of_n_curve,
     expected_max,
@@ -18,7 +19,7 @@ from rlhf.rejection_sampling.best_of_n import (
 )
 from rlhf.rejection_sampling.config import RejectionSamplingConfig
 from rlhf.rejection_sampling.pool import Pool, Sample
-from rlhf.rejection_sampling.sampling import Prompt, judge, sample_groups, sample_seed
+from rlhf.rejection_sampling.sampling import judge, sample_groups, sample_seed
 from rlhf.reward.gate import SAFETY_GATE, gated_reward, sigmoid
 
 # --- the gate ------------------------------------------------------------------------------------
