@@ -53,6 +53,12 @@ class GAttConfig(SFTConfig):
         "its current turn.",
     )  # fmt: skip
     max_resamples: int = setting(4, minimum=0, flag="max_resamples")
+    repair_rules: bool = setting(
+        False, flag="repair_rules",
+        help="Make a reply that breaks a rule-checkable instruction keep it (lower-cased; the "
+        "word added at its start or end) instead of resampling it: a policy too small to keep "
+        "such rules even in its current turn still gets data that keeps them.",
+    )  # fmt: skip
     prompt_batch_size: int = setting(
         8, minimum=1, flag="prompt_batch_size", help="Dialogues sampled together."
     )

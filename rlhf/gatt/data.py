@@ -210,10 +210,13 @@ def sample_dialogues(
     every_turn: bool,
     accept: Accept | None = None,
     max_resamples: int = 0,
+    repair: bool = False,
     on_turn: Callable[[int, int], None] | None = None,
 ) -> list[SampledDialogue]:
     """Each dialogue's first ``turns`` assistant turns, sampled turn by turn (see the module
-    docstring); ``on_turn(turn, dialogues sampled)`` is called as each turn ends."""
+    docstring); with ``repair`` a reply that breaks a rule-checkable instruction is made to
+    keep it (:meth:`Instruction.repair`) before ``accept`` sees it, its first try still counted
+    as the policy wrote it; ``on_turn(turn, dialogues sampled)`` is called as each turn ends."""
     results = [SampledDialogue(d, i) for d, i in zip(dialogues, instructions, strict=True)]
     for turn in range(turns):
         # The dialogues still running that have a user turn left.
@@ -237,6 +240,8 @@ def sample_dialogues(
                     result.first_try.append(checked)
                 else:
                     result.resamples += 1
+                if repair and result.instruction.checkable:
+                    reply = result.instruction.repair(reply)
                 if accept is None or accept(result.instruction, reply):
                     result.replies.append(reply)
                 else:

@@ -70,6 +70,19 @@ def ends_with(response: str, word: str) -> bool:
     return bool(found) and found[-1].casefold() == word.casefold()
 
 
+# The repairs of a reply that breaks a rule: the least change that makes it keep the rule.
+def lowercased(response: str, _value: str = "") -> str:
+    return response.lower()
+
+
+def begun_with(response: str, word: str) -> str:
+    return response if begins_with(response, word) else f"{word}, {response.lstrip()}"
+
+
+def ended_with(response: str, word: str) -> str:
+    return response if ends_with(response, word) else f"{response.rstrip()} {word}!"
+
+
 @dataclass(frozen=True)
 class Family:
     """A kind of constraint: its values, its wordings ("{}" is the value) and, when a function
@@ -80,6 +93,7 @@ class Family:
     long_forms: tuple[str, ...]
     short_form: str
     rule: Callable[[str, str], bool] | None = None
+    repair: Callable[[str, str], str] | None = None  # (response, value) -> one that keeps it
 
 
 FAMILIES = {
@@ -104,6 +118,7 @@ FAMILIES = {
             ("Answer only in lowercase letters.", "Write every reply in lowercase only."),
             "Lowercase only.",
             is_lowercase,
+            lowercased,
         ),
         Family(
             "first_word",
@@ -111,6 +126,7 @@ FAMILIES = {
             ('Begin every reply with the word "{}".', 'Always start your answer with "{}".'),
             "First word: {}.",
             begins_with,
+            begun_with,
         ),
         Family(
             "last_word",
@@ -118,6 +134,7 @@ FAMILIES = {
             ('End every reply with the word "{}".',),
             "Last word: {}.",
             ends_with,
+            ended_with,
         ),
     )
 }
@@ -183,6 +200,15 @@ class Instruction:
         if not checked:
             raise ValueError(f"no constraint of {self.text!r} is rule-checkable")
         return all(c.adheres(response) for c in checked)
+
+    def repair(self, response: str) -> str:
+        """``response`` changed as little as it takes to keep every rule-checkable constraint
+        (lower-cased last, so that a word added at either end is lower-cased too)."""
+        for constraint in sorted(self.constraints, key=lambda c: c.family == "lowercase"):
+            fix = FAMILIES[constraint.family].repair
+            if fix is not None:
+                response = fix(response, constraint.value)
+        return response
 
     def to_dict(self) -> dict[str, Any]:
         return {

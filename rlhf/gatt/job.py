@@ -207,6 +207,7 @@ def build_data(
             every_turn=True,
             accept=gatt_accept(config.filter_adherent),
             max_resamples=config.max_resamples,
+            repair=config.repair_rules,
             on_turn=logged,
         )
     train, held = gatt_examples(runs["training"]), gatt_examples(runs["held-out"])

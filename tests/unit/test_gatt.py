@@ -216,6 +216,24 @@ def test_a_reply_that_breaks_the_rule_is_resampled_and_a_dialogue_that_never_kee
     assert unfiltered[1].dropped_at == 2  # its second turn was blank
 
 
+def test_a_reply_that_breaks_a_rule_is_repaired_its_first_try_still_counted():
+    both = Instruction((Constraint.of("lowercase"), Constraint.of("first_word", "Indeed")))
+    assert both.repair("Hello World.") == "indeed, hello world."  # lower-cased last
+    assert both.adheres(both.repair("Hello World."))
+    assert both.repair("indeed it is.") == "indeed it is."  # kept already: unchanged
+    last = Instruction((Constraint.of("last_word", "Cheers"),))
+    assert last.repair("See you.  ") == "See you. Cheers!" and last.adheres("See you. Cheers!")
+    figure = Instruction((Constraint.of("figure", "Napoleon"),))
+    assert figure.repair("Bonjour.") == "Bonjour."  # nothing a function can check or repair
+    sampled = sample_dialogues(
+        Scripted({"first": ["Bad", "Worse"]}), [Dialogue(("first", "again"))], [LOWERCASE],
+        turns=2, seed=0, every_turn=True, accept=gatt_accept(filter_adherent=True),
+        max_resamples=0, repair=True,
+    )  # fmt: skip
+    assert sampled[0].replies == ["bad", "worse"] and sampled[0].first_try == [False, False]
+    assert sampled[0].kept and sampled[0].resamples == 0
+
+
 def sampled_three_turns() -> SampledDialogue:
     return SampledDialogue(
         Dialogue(("hi", "and?", "so?"), "d.jsonl:1"), LOWERCASE, ["one", "two", "three"]
