@@ -60,6 +60,15 @@ class JobError(ValueError):
         super().__init__(f"{field_name}: {message}")
 
 
+def require_directories(config: Any, names: tuple[str, ...]) -> None:
+    """Raise JobError naming ``config.<name>`` for each set path among ``names`` that is not a
+    directory (the models a stage loads: checked before anything is written)."""
+    for name in names:
+        path = getattr(config, name)
+        if path and not Path(path).is_dir():
+            raise JobError(f"config.{name}", f"{path}: no such directory")
+
+
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as file:

@@ -15,13 +15,12 @@ import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rlhf.data.chat import completion_text, encode_prompt
 from rlhf.data.prompts import Prompt, load_prompts
 from rlhf.data.split import held_out
-from rlhf.jobs import JobContext, JobError, RunSpec
+from rlhf.jobs import JobContext, JobError, RunSpec, require_directories
 from rlhf.policy_eval.compare import win_rate
 from rlhf.policy_eval.config import PolicyEvalConfig
 from rlhf.policy_eval.refusal import is_refusal
@@ -67,10 +66,9 @@ class PolicyEvalStage:
         if spec.options:
             raise JobError(f"options.{next(iter(spec.options))}", "an evaluation takes none")
         config = PolicyEvalConfig.from_dict(spec.config)
-        for name in ("policy", "reward_helpfulness", "reward_safety", "reference", "compare_with"):
-            path = getattr(config, name)
-            if path and not Path(path).is_dir():
-                raise JobError(f"config.{name}", f"{path}: no such directory")
+        require_directories(
+            config, ("policy", "reward_helpfulness", "reward_safety", "reference", "compare_with")
+        )
         sets = read_sets(spec, config)
         if not sets:
             raise JobError("inputs", "no prompt to evaluate (none given, or none held out)")

@@ -19,7 +19,7 @@ from rlhf.hyperparameters import ADVANCED, BASIC, ConfigError, setting
 from rlhf.trainer_settings import TrainerConfig
 
 ALGORITHMS = ("ppo", "grpo", "rloo")
-# The same as rlhf.ppo.rewards.KL_ESTIMATORS (a module that imports torch; a test keeps them equal).
+# Defined here, torch-free, for the platform's forms; rlhf.ppo.rewards computes them.
 KL_ESTIMATORS = ("k1", "k3")
 VALUE_INITS = ("reward", "policy")
 # Samples per prompt when group_size is not given. GRPO and RLOO need at least 2: the other

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlhf.data.prompts import Prompt, split_prompt_files
-from rlhf.jobs import MODEL_DIR, JobContext, JobError, RunSpec
+from rlhf.jobs import MODEL_DIR, JobContext, JobError, RunSpec, require_directories
 from rlhf.ppo.config import PPOConfig
 
 INPUT_ROLES = ("helpfulness_prompts", "safety_prompts")
@@ -124,9 +124,7 @@ class PPOStage:
         if spec.options:
             raise JobError(f"options.{next(iter(spec.options))}", "a PPO job takes none")
         config = PPOConfig.from_dict(spec.config)
-        for name in ("policy", "reward_helpfulness", "reward_safety"):
-            if not Path(getattr(config, name)).is_dir():
-                raise JobError(f"config.{name}", f"{getattr(config, name)}: no such directory")
+        require_directories(config, ("policy", "reward_helpfulness", "reward_safety"))
         train, kept_back = read_prompts(spec, config)
         if not train:
             raise JobError(

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-KL_ESTIMATORS = ("k1", "k3")
+from rlhf.ppo.config import KL_ESTIMATORS
+
 WHITEN_EPS = 1e-8  # inside the square root: whitening a constant gives zeros, not NaN
 BETA = 0.01  # the KL coefficient of Llama 2
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf.data.prompts import Prompt, split_prompt_files
-from rlhf.jobs import JobContext, JobError, RunSpec
+from rlhf.jobs import JobContext, JobError, RunSpec, require_directories
 from rlhf.rejection_sampling.best_of_n import best_of_n_curve
 from rlhf.rejection_sampling.config import RejectionSamplingConfig
 from rlhf.rejection_sampling.pool import Pool, Sample
@@ -66,9 +66,7 @@ class RejectionSamplingStage:
         if spec.options:
             raise JobError(f"options.{next(iter(spec.options))}", "rejection sampling takes none")
         config = RejectionSamplingConfig.from_dict(spec.config)
-        for name in ("policy", "reward_helpfulness", "reward_safety"):
-            if not Path(getattr(config, name)).is_dir():
-                raise JobError(f"config.{name}", f"{getattr(config, name)}: no such directory")
+        require_directories(config, ("policy", "reward_helpfulness", "reward_safety"))
         prompts, kept_back = read_prompts(spec, config)
         if not prompts:
             raise JobError("inputs", "every prompt is held out: lower eval_fraction")
