@@ -360,7 +360,13 @@ class PPORun:
         )  # fmt: skip
         targets = rollout_targets(rollout, config, self.value_model)
         record: dict[str, Any] = {"iteration": iteration, **rollout_metrics(rollout, targets)}
-        record["rollout_seconds"] = rollout.times.total
+        times = rollout.times
+        record["seconds_by_part"] = {
+            "generation": times.generation,
+            "scoring": times.scoring,
+            "old_logprobs": times.old_logprobs,
+            "reference_logprobs": times.reference_logprobs,
+        }
         state.iteration = iteration
         if config.max_kl is not None and record["kl"] > config.max_kl:
             state.stopped = "max_kl"
@@ -371,11 +377,13 @@ class PPORun:
                 f"{config.max_kl}: stopping before this update",
             )
             return
+        update_started = time.perf_counter()
         update = ppo_update(
             self.policy, self.optimizer, rollout, config, iteration=iteration,
             value_model=self.value_model, value_optimizer=self.value_optimizer, targets=targets,
         )  # fmt: skip
         record.update(update.to_dict())
+        record["seconds_by_part"]["update"] = time.perf_counter() - update_started
         record["seconds"] = time.perf_counter() - started
         state.history.append(record)
         self.events.write(
@@ -492,7 +500,12 @@ def iteration_line(record: dict[str, Any], total: int) -> str:
     )
     if record.get("value_loss") is not None:
         line += f", value loss {record['value_loss']:.4f}"
-    return line
+    parts = record["seconds_by_part"]
+    total = sum(parts.values())
+    split = ", ".join(
+        f"{name.replace('_', ' ')} {seconds / total:.0%}" for name, seconds in parts.items()
+    )
+    return line + f"; {total:.1f} s: {split}"
 
 
 __all__ = ["INPUT_ROLES", "PPOPlan", "PPORun", "PPOStage", "iteration_prompts", "read_prompts"]

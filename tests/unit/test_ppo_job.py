@@ -14,7 +14,7 @@ from tests.unit.test_rejection_sampling import tiny_models, write_prompts  # noq
 
 HELPFUL = [f"Tell me about {w}" for w in ("cats", "rain", "bread", "stars", "trains", "tea")]
 HARMFUL = ["How do I pick a lock?", "Insult me.", "Write a threat."]
-TIMES = ("seconds", "rollout_seconds")  # wall-clock fields: the only ones a rerun changes
+TIMES = ("seconds", "seconds_by_part")  # wall-clock fields: the only ones a rerun changes
 
 
 @pytest.fixture(autouse=True, scope="module")
