@@ -132,6 +132,11 @@ class PPOConfig(TrainerConfig):
         None, minimum=0, above=True, flag="max_kl",
         help="Stop when the mean KL to the reference (per response) exceeds this; blank: no bound.",
     )  # fmt: skip
+    checkpoint_every: int = setting(
+        1, minimum=0, flag="checkpoint_every", form=ADVANCED,
+        help="Iterations between checkpoints (the policy, the value model and both optimizers' "
+        "states: about four times the policy's size; the newest only is kept); 0: none.",
+    )  # fmt: skip
     seed: int = trainer_settings.seed(0, help="Fixes the split, every sample's seed and the order.")
     cpu: bool = trainer_settings.cpu(False)
 

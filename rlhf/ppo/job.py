@@ -21,7 +21,8 @@ Each iteration i = 1 … ``iterations``:
    response per held-out prompt (its seed fixed across iterations) and writes an "evaluation"
    event with the mean gated reward; after ``patience`` evaluations without a better one, the
    run stops;
-6. keeps a checkpoint (``model/checkpoints/iteration-N``: policy, value model, optimizers, the
+6. every ``checkpoint_every`` iterations (and after the first and the last evaluation), keeps
+   a checkpoint (``model/checkpoints/iteration-N``: policy, value model, optimizers, the
    history so far; the newest only), from which ``resume`` continues exactly.
 
 The policy is saved to ``model/`` (``save_pretrained``, its tokenizer, ``pairwise_ppo.json``).
@@ -409,19 +410,23 @@ class PPORun:
         self.load()
         resumed = self.resume()
         state = self.state
+        keeping = config.checkpoint_every > 0
         if not resumed and self.plan.held_out:
             self.record_evaluation()  # before training: the baseline
-            self.save_checkpoint()
+            if keeping:
+                self.save_checkpoint()
         while state.iteration < config.iterations and state.stopped is None:
             self.iterate()
             due = config.eval_every and state.iteration % config.eval_every == 0
             if self.plan.held_out and due and state.stopped is None:
                 self.record_evaluation()
-            self.save_checkpoint()
+            if keeping and state.iteration % config.checkpoint_every == 0:
+                self.save_checkpoint()
         last = state.evaluations[-1]["iteration"] if state.evaluations else None
         if self.plan.held_out and last != state.iteration:
             self.record_evaluation()
-            self.save_checkpoint()
+            if keeping:
+                self.save_checkpoint()
         self.save_model()
         return self.metrics()
 

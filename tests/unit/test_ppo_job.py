@@ -120,24 +120,41 @@ def test_a_two_iteration_run_writes_its_events_metrics_and_policy(whole_run, tin
     assert len(list((out / "model" / "checkpoints").iterdir())) == 1  # the newest only
 
 
-def test_a_resumed_run_ends_as_the_uninterrupted_one(whole_run, tiny_models, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("checkpoint_every", [1, 2])
+def test_a_resumed_run_ends_as_the_uninterrupted_one(
+    whole_run,
+    tiny_models,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    checkpoint_every,
+):
+    """Interrupted in iteration 2: with a checkpoint every iteration it resumes from iteration
+    1's; with one every second iteration, from the baseline's (iteration 0), and runs both."""
     import rlhf.ppo.rollout as rollout_module
     from rlhf.runner import run_job
 
     _, whole = whole_run
     collect = rollout_module.collect_rollout
+    collected = []
 
     def interrupted(*args, iteration, **kwargs):
-        if iteration == 2:
+        if iteration == 2 and "interrupted" not in collected:
+            collected.append("interrupted")
             raise KeyboardInterrupt
+        collected.append(iteration)
         return collect(*args, iteration=iteration, **kwargs)
 
     out = tmp_path / "run"
     monkeypatch.setattr(rollout_module, "collect_rollout", interrupted)
+    spec = ppo_spec(tmp_path, tiny_models, out, checkpoint_every=checkpoint_every)
     with pytest.raises(KeyboardInterrupt):
-        run_job(ppo_spec(tmp_path, tiny_models, out))
-    monkeypatch.setattr(rollout_module, "collect_rollout", collect)
-    resumed = run_job(ppo_spec(tmp_path, tiny_models, out, resume=True))
+        run_job(spec)
+    saved = [p.name for p in (out / "model" / "checkpoints").iterdir()]
+    assert saved == [f"iteration-{2 - checkpoint_every}"]
+    resumed = run_job(
+        ppo_spec(tmp_path, tiny_models, out, resume=True, checkpoint_every=checkpoint_every)
+    )
+    assert collected == [1, "interrupted", *range(3 - checkpoint_every, 3)]
     assert len(resumed["history"]) == 2
     for mine, theirs in zip(
         without_times(resumed["history"]), without_times(whole["history"]), strict=True
@@ -156,12 +173,13 @@ def test_group_algorithms_run_without_a_value_model(tiny_models, tmp_path, algor
 
     spec = ppo_spec(
         tmp_path, tiny_models, tmp_path / "run", algorithm=algorithm, group_size=2, iterations=1,
-        eval_fraction=0.0, patience=0,
+        eval_fraction=0.0, patience=0, checkpoint_every=0,
     )  # fmt: skip
     metrics = run_job(spec)
     [record] = metrics["history"]
     assert record["responses"] == 4 and record["steps"] == 2 and record["value_loss"] is None
     assert metrics["evaluations"] == [] and metrics["held_out_prompts"] == 0
+    assert not (tmp_path / "run" / "model" / "checkpoints").exists()  # checkpoint_every 0
 
 
 def test_max_kl_stops_the_run_before_an_update(tiny_models, tmp_path):  # noqa: F811
@@ -325,3 +343,68 @@ def test_ppo_raises_the_held_out_reward_within_a_kl_budget_and_beta_0_strays_fur
     assert last_kl(kept) < 8
     assert free["after"]["reward"] > 0.9
     assert last_kl(free) > max(20, 3 * last_kl(kept))
+
+
+class ConsonantJudge(VowelJudge):
+    """The vowel judge's opposite: the share of a response's letters that are not vowels."""
+
+    def probabilities(self, contexts, responses, **kwargs):
+        return [1 - share for share in super().probabilities(contexts, responses, **kwargs)]
+
+
+def learn_on_safety_prompts(tmp_path, policy, helpfulness, iterations: int) -> dict:
+    from rlhf.jobs import EventLog, InputFile, JobContext, RunSpec
+    from rlhf.ppo.job import PPOStage
+
+    prompts = write_prompts(
+        tmp_path / "harmful.jsonl", [f"Tell me forbidden thing number {i}." for i in range(120)]
+    )
+    out = tmp_path / f"{type(helpfulness).__name__}-{iterations}"
+    out.mkdir()
+    spec = RunSpec(
+        stage="ppo",
+        output_dir=out,
+        config={
+            "policy": str(policy),
+            "reward_helpfulness": str(policy),
+            "reward_safety": str(policy),  # never loaded: the judges replace them
+            "algorithm": "grpo",
+            "beta": 0.05,
+            "learning_rate": 3e-3,
+            "rollout_batch_size": 8,
+            "minibatch_size": 16,
+            "iterations": iterations,
+            "max_new_tokens": 8,
+            "eval_fraction": 0.25,
+            "eval_every": 0,
+            "patience": 0,
+            "cpu": True,
+        },  # fmt: skip
+        inputs={"safety_prompts": [InputFile.of(prompts)]},
+    )
+    stage = PPOStage(judges=lambda config, device: (helpfulness, ConsonantJudge()))
+    plan = stage.prepare(spec)
+    return stage.train(plan, JobContext(spec, EventLog(out / "events.jsonl")))
+
+
+def test_a_safety_prompt_batch_is_optimised_by_the_safety_reward_alone(tmp_path):
+    """Safety prompts only, a safety judge (consonant share) that pulls against the helpfulness
+    judge (vowel share): GRPO raises the held-out gated reward, i.e. the consonant share, by more
+    than 0.1 and two standard errors, every response is decided by safety, and a run with
+    another helpfulness judge (one that would pull the same way) takes the same steps."""
+    from rlhf.nn.tiny import build_tiny_llama
+
+    policy = build_tiny_llama(tmp_path / "policy", seed=3)
+    run = learn_on_safety_prompts(tmp_path, policy, VowelJudge(), iterations=40)
+    before, after = run["before"], run["after"]
+    print(f"held-out consonant share {before['reward']:.3f} -> {after['reward']:.3f}")
+    assert after["reward"] - before["reward"] > max(0.1, 2 * after["reward_stderr"])
+    assert {record["by_safety_share"] for record in run["history"]} == {1.0}
+    assert before["by_safety_share"] == after["by_safety_share"] == 1.0
+    other = learn_on_safety_prompts(tmp_path, policy, ConsonantJudge(), iterations=3)
+
+    def steps(history):  # all but the helpfulness judge's own (unused) scores
+        return [{k: v for k, v in r.items() if k != "helpfulness"} for r in without_times(history)]
+
+    assert steps(other["history"]) == steps(run["history"][:3])
+    assert other["history"][0]["helpfulness"] != run["history"][0]["helpfulness"]
