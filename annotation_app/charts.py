@@ -1,166 +1,25 @@
-"""Small SVG charts rendered on the server: a line chart (the training loss) and a bar chart
-(accuracy by rating bucket). No JavaScript chart library: pages stay light, work without
-scripts, and print. Every label is escaped; every number is formatted here.
-"""
+"""The charts of the platform's pages: :mod:`rlhf.charts`' SVG, marked safe for templates (it
+escapes every label itself)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-WIDTH, HEIGHT = 560, 240
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 56, 16, 16, 40
-
-
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if high <= low:
-        return [low]
-    step = (high - low) / (count - 1)
-    return [low + i * step for i in range(count)]
-
-
-def _number(value: float) -> str:
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    if magnitude >= 1000 or magnitude < 0.01:
-        return f"{value:.1e}"
-    return f"{value:.3g}"
+from rlhf import charts
 
 
 def line_chart(
-    points: Sequence[tuple[float, float]],
-    *,
-    title: str,
-    x_label: str,
-    y_label: str,
+    points: Sequence[tuple[float, float]], *, title: str, x_label: str, y_label: str
 ) -> SafeString:
-    """A line through ``points`` (x, y), with axes and a few ticks; empty string if none."""
-    points = [(float(x), float(y)) for x, y in points if math.isfinite(x) and math.isfinite(y)]
-    if not points:
-        return mark_safe("")
-    xs, ys = [x for x, _ in points], [y for _, y in points]
-    x_low, x_high = min(xs), max(xs)
-    y_low, y_high = min(ys), max(ys)
-    if x_high == x_low:
-        x_low, x_high = x_low - 1, x_high + 1
-    if y_high == y_low:
-        y_low, y_high = y_low - 0.5, y_high + 0.5
-    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-
-    def sx(x: float) -> float:
-        return MARGIN_LEFT + (x - x_low) / (x_high - x_low) * plot_w
-
-    def sy(y: float) -> float:
-        return MARGIN_TOP + (1 - (y - y_low) / (y_high - y_low)) * plot_h
-
-    parts = [_open(title)]
-    parts.append(_axes(plot_w, plot_h))
-    for y in _ticks(y_low, y_high):
-        parts.append(
-            f'<line class="grid" x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT + plot_w}" '
-            f'y1="{sy(y):.1f}" y2="{sy(y):.1f}"/>'
-            f'<text class="tick" x="{MARGIN_LEFT - 6}" y="{sy(y) + 4:.1f}" '
-            f'text-anchor="end">{_number(y)}</text>'
-        )
-    x_ticks = _ticks(x_low, x_high)
-    if all(x == int(x) for x in xs):  # steps: whole numbers only
-        x_ticks = sorted({round(x) for x in x_ticks if x_low <= round(x) <= x_high})
-    for x in x_ticks:
-        parts.append(
-            f'<text class="tick" x="{sx(x):.1f}" y="{MARGIN_TOP + plot_h + 16}" '
-            f'text-anchor="middle">{_number(round(x, 2))}</text>'
-        )
-    path = " ".join(
-        f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(points)
-    )
-    parts.append(f'<path class="series" d="{path}"/>')
-    if len(points) == 1:
-        x, y = points[0]
-        parts.append(f'<circle class="series-dot" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3"/>')
-    parts.append(_labels(x_label, y_label, plot_w, plot_h))
-    parts.append("</svg>")
-    return mark_safe("".join(parts))
+    """One line through ``points`` (x, y); empty if none (:func:`rlhf.charts.line_chart`)."""
+    svg = charts.line_chart({y_label: points}, title=title, x_label=x_label, y_label=y_label)
+    return mark_safe(svg)
 
 
 def bar_chart(
-    bars: Sequence[tuple[str, float, str]],
-    *,
-    title: str,
-    y_label: str,
-    y_max: float = 1.0,
+    bars: Sequence[tuple[str, float, str]], *, title: str, y_label: str, y_max: float = 1.0
 ) -> SafeString:
-    """Bars of height ``value`` in [0, y_max], each with a label and a note (e.g. "n=12")."""
-    bars = [(label, value, note) for label, value, note in bars if value is not None]
-    if not bars:
-        return mark_safe("")
-    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-    parts = [_open(title), _axes(plot_w, plot_h)]
-    for y in _ticks(0.0, y_max):
-        py = MARGIN_TOP + (1 - y / y_max) * plot_h
-        parts.append(
-            f'<line class="grid" x1="{MARGIN_LEFT}" x2="{MARGIN_LEFT + plot_w}" '
-            f'y1="{py:.1f}" y2="{py:.1f}"/>'
-            f'<text class="tick" x="{MARGIN_LEFT - 6}" y="{py + 4:.1f}" '
-            f'text-anchor="end">{_number(y)}</text>'
-        )
-    slot = plot_w / len(bars)
-    width = slot * 0.6
-    for index, (label, value, note) in enumerate(bars):
-        value = max(0.0, min(float(value), y_max))
-        height = value / y_max * plot_h
-        x = MARGIN_LEFT + index * slot + (slot - width) / 2
-        y = MARGIN_TOP + plot_h - height
-        parts.append(
-            f'<rect class="bar-{index % 6}" x="{x:.1f}" y="{y:.1f}" width="{width:.1f}" '
-            f'height="{height:.1f}"><title>{escape(label)}: {value:.3f} ({escape(note)})'
-            f"</title></rect>"
-            f'<text class="value" x="{x + width / 2:.1f}" y="{y - 4:.1f}" '
-            f'text-anchor="middle">{value:.2f}</text>'
-            f'<text class="tick" x="{x + width / 2:.1f}" y="{MARGIN_TOP + plot_h + 16}" '
-            f'text-anchor="middle">{escape(label)}</text>'
-            f'<text class="tick" x="{x + width / 2:.1f}" y="{MARGIN_TOP + plot_h + 30}" '
-            f'text-anchor="middle">{escape(note)}</text>'
-        )
-    parts.append(_labels("", y_label, plot_w, plot_h))
-    parts.append("</svg>")
-    return mark_safe("".join(parts))
-
-
-def _open(title: str) -> str:
-    return (
-        f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
-        f'xmlns="http://www.w3.org/2000/svg" aria-label="{escape(title)}">'
-        f"<title>{escape(title)}</title>"
-    )
-
-
-def _axes(plot_w: float, plot_h: float) -> str:
-    bottom = MARGIN_TOP + plot_h
-    return (
-        f'<line class="axis" x1="{MARGIN_LEFT}" y1="{MARGIN_TOP}" x2="{MARGIN_LEFT}" '
-        f'y2="{bottom}"/>'
-        f'<line class="axis" x1="{MARGIN_LEFT}" y1="{bottom}" x2="{MARGIN_LEFT + plot_w}" '
-        f'y2="{bottom}"/>'
-    )
-
-
-def _labels(x_label: str, y_label: str, plot_w: float, plot_h: float) -> str:
-    parts = []
-    if x_label:
-        parts.append(
-            f'<text class="axis-label" x="{MARGIN_LEFT + plot_w / 2:.1f}" y="{HEIGHT - 4}" '
-            f'text-anchor="middle">{escape(x_label)}</text>'
-        )
-    if y_label:
-        middle = MARGIN_TOP + plot_h / 2
-        parts.append(
-            f'<text class="axis-label" x="12" y="{middle:.1f}" text-anchor="middle" '
-            f'transform="rotate(-90 12 {middle:.1f})">{escape(y_label)}</text>'
-        )
-    return "".join(parts)
+    """Bars with a label and a note each (:func:`rlhf.charts.bar_chart`)."""
+    return mark_safe(charts.bar_chart(bars, title=title, y_label=y_label, y_max=y_max))

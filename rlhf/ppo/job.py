@@ -25,6 +25,10 @@ Each iteration i = 1 … ``iterations``:
    a checkpoint (``model/checkpoints/iteration-N``: policy, value model, optimizers, the
    history so far; the newest only), from which ``resume`` continues exactly.
 
+After each iteration the run's directory holds two charts against iteration (:func:`write_charts`):
+``reward.svg`` (the mean gated score of each rollout and of each held-out evaluation) and ``kl.svg``
+(the mean KL to the reference per response).
+
 The policy is saved to ``model/`` (``save_pretrained``, its tokenizer, ``pairwise_ppo.json``).
 It is the last iteration's policy, also after an early stop (the best evaluation is named in
 the metrics).
@@ -422,12 +426,16 @@ class PPORun:
                 self.record_evaluation()
             if keeping and state.iteration % config.checkpoint_every == 0:
                 self.save_checkpoint()
+            if self.context.main_process:
+                write_charts(self.context.spec.output_dir, state.history, state.evaluations)
         last = state.evaluations[-1]["iteration"] if state.evaluations else None
         if self.plan.held_out and last != state.iteration:
             self.record_evaluation()
             if keeping:
                 self.save_checkpoint()
         self.save_model()
+        if self.context.main_process:
+            write_charts(self.context.spec.output_dir, state.history, state.evaluations)
         return self.metrics()
 
     def metrics(self) -> dict[str, Any]:
@@ -488,6 +496,28 @@ class PPORun:
         self.events.write("log", message=f"saved the policy to {self.model_dir}")
 
 
+def write_charts(out_dir: Path, history: list[dict], evaluations: list[dict]) -> None:
+    """``reward.svg`` and ``kl.svg`` in ``out_dir``: the rollouts' mean gated score and the
+    held-out evaluations' against iteration; the mean KL per response against iteration."""
+    from rlhf.charts import line_chart
+
+    reward = line_chart(
+        {
+            "rollout": [(r["iteration"], r["reward"]) for r in history],
+            "held-out": [(e["iteration"], e["reward"]) for e in evaluations],
+        },
+        title="Gated reward R_c (mean)", x_label="iteration", y_label="R_c", standalone=True,
+    )  # fmt: skip
+    kl = line_chart(
+        {"KL": [(r["iteration"], r["kl"]) for r in history]},
+        title="KL to the reference policy (nats per response)", x_label="iteration",
+        y_label="KL", standalone=True,
+    )  # fmt: skip
+    for name, svg in (("reward.svg", reward), ("kl.svg", kl)):
+        if svg:
+            (out_dir / name).write_text(svg + "\n", encoding="utf-8")
+
+
 def checkpoints(model_dir: Path) -> list[Path]:
     """The complete checkpoints in ``model_dir``, oldest first."""
     folder = model_dir / CHECKPOINTS_DIR
@@ -513,4 +543,12 @@ def iteration_line(record: dict[str, Any], total: int) -> str:
     return line + f"; {total:.1f} s: {split}"
 
 
-__all__ = ["INPUT_ROLES", "PPOPlan", "PPORun", "PPOStage", "iteration_prompts", "read_prompts"]
+__all__ = [
+    "INPUT_ROLES",
+    "PPOPlan",
+    "PPORun",
+    "PPOStage",
+    "iteration_prompts",
+    "read_prompts",
+    "write_charts",
+]

@@ -118,6 +118,10 @@ def test_a_two_iteration_run_writes_its_events_metrics_and_policy(whole_run, tin
     )
     assert json.loads((out / "model" / "pairwise_ppo.json").read_text())["config"]["iterations"]
     assert len(list((out / "model" / "checkpoints").iterdir())) == 1  # the newest only
+    reward_chart = (out / "reward.svg").read_text()
+    assert reward_chart.startswith("<svg") and "<style>" in reward_chart
+    assert "rollout" in reward_chart and "held-out" in reward_chart  # two series, a legend
+    assert reward_chart.count("<path") == 2 and (out / "kl.svg").read_text().count("<path") == 1
 
 
 @pytest.mark.parametrize("checkpoint_every", [1, 2])
