@@ -42,6 +42,8 @@ EVENT_TYPES = {
     "log": ("message",),
     "step": ("step", "total_steps", "loss", "learning_rate", "pairs_per_second"),
     "evaluation": ("step", "metrics"),
+    # One iteration's record of an iterative stage (PPO: reward, KL, losses, the time split).
+    "iteration": ("step", "metrics"),
     "progress": ("fraction",),
     # What the stage trains on and holds out, once its data is read (pairs, prompts, …).
     "data": ("train", "held_out"),

@@ -363,6 +363,8 @@ def model_device(model) -> torch.device:
 
 
 def forward_parameters(model) -> frozenset[str]:
+    """The parameters of ``model``'s forward; of the model inside a DDP wrapper (``.module``)."""
+    model = getattr(model, "module", model)
     return parameters_of(getattr(model.forward, "__func__", model.forward))
 
 

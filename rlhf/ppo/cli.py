@@ -81,25 +81,40 @@ def spec_of(args: argparse.Namespace) -> RunSpec:
 
 
 def run_ppo(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
     from tqdm import tqdm
 
+    from rlhf.nn.devices import use_cpu
+
+    main_process = PartialState(cpu=use_cpu(args.cpu)).is_main_process
     try:
         spec = spec_of(args)
-        plan = prepare_command(spec)
+        plan = prepare_command(spec, main_process=main_process)
         total = plan.config.iterations
-        with tqdm(total=total, unit="it", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        shown = sys.stderr.isatty() and main_process
+        with tqdm(total=total, unit="it", file=sys.stderr, disable=not shown) as bar:
 
             def show(record: dict) -> None:
                 if record["type"] == "log":
                     tqdm.write(record["message"], file=sys.stderr)
+                elif record["type"] == "iteration":
+                    metrics = record["metrics"]
+                    bar.set_postfix(
+                        reward=f"{metrics['reward']:.3f}",
+                        KL=f"{metrics['kl']:.3f}",
+                        safety=f"{metrics['by_safety_share']:.0%}",
+                        refresh=False,
+                    )
                 elif record["type"] == "step":
                     bar.update(record["step"] - bar.n)
 
-            metrics = run_job(spec, plan=plan, listener=show)
+            listener = show if main_process else None
+            metrics = run_job(spec, plan=plan, main_process=main_process, listener=listener)
     except (ValueError, OSError) as error:  # JobError, ConfigError, DataError
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"{metrics['summary']}; saved to {args.out / MODEL_DIR}")
+    if main_process:
+        print(f"{metrics['summary']}; saved to {args.out / MODEL_DIR}")
     return 0
 
 

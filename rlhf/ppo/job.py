@@ -15,7 +15,8 @@ Each iteration i = 1 … ``iterations``:
    is above ``max_kl``;
 3. updates the policy (and the value model, for ppo) on it (:func:`rlhf.ppo.update.ppo_update`);
 4. writes a "step" event (``loss``: the policy loss; ``pairs_per_second``, the contract's name:
-   responses per second), a "log" line (reward, KL, the share decided by safety) and
+   responses per second), an "iteration" event (the iteration's record: rewards, KL, losses,
+   clip fraction, entropy, response length, the seconds of each part), a "log" line and
    "progress";
 5. every ``eval_every`` iterations, and before the first and after the last, samples one
    response per held-out prompt (its seed fixed across iterations) and writes an "evaluation"
@@ -191,14 +192,19 @@ class PPORun:
 
     def load(self) -> None:
         import torch
+        from accelerate import Accelerator
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rlhf.nn.devices import use_cpu
+        from rlhf.ppo.processes import Processes
         from rlhf.ppo.update import adamw
         from rlhf.ppo.value import load_value_model
 
         config = self.config
-        device = torch.device("cpu" if use_cpu(config.cpu) else "cuda")
+        # Several processes under `accelerate launch` (rlhf.ppo.processes); one otherwise.
+        self.processes = Processes(Accelerator(cpu=use_cpu(config.cpu), mixed_precision="no"))
+        device = self.processes.device
+        torch.manual_seed(config.seed)  # the value head, where one is new: alike on every process
         self.tokenizer = AutoTokenizer.from_pretrained(config.policy)
         # Float32, the reference too: in another precision than the policy's its log-probs
         # would differ from the policy's at the start, a KL that is rounding, not learning.
@@ -216,6 +222,11 @@ class PPORun:
             self.value_model.to(device)
             self.value_optimizer = adamw(self.value_model, config)
             self.events.write("log", message=note)
+        # What the update's forward passes go through: DDP wrappers under several processes.
+        self.trained_policy = self.processes.wrap(self.policy)
+        self.trained_value = None
+        if self.value_model is not None:
+            self.trained_value = self.processes.wrap(self.value_model)
 
     # -- checkpoints --
 
@@ -234,7 +245,7 @@ class PPORun:
     def save_checkpoint(self) -> None:
         import torch
 
-        if not self.context.main_process:
+        if not self.processes.main:
             return
         folder = self.model_dir / CHECKPOINTS_DIR / f"iteration-{self.state.iteration}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -249,6 +260,11 @@ class PPORun:
         (folder / RECORD_FILE).write_text(json.dumps(self.record(), indent=1) + "\n")
         for stale in checkpoints(self.model_dir)[:-1]:
             shutil.rmtree(stale, ignore_errors=True)
+
+    def checkpoint(self) -> None:
+        """:meth:`save_checkpoint` on the main process, the others waiting for it."""
+        self.save_checkpoint()
+        self.processes.accelerator.wait_for_everyone()
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint, if the spec resumes and there is one
@@ -292,8 +308,9 @@ class PPORun:
         draws with the same seeds), judged by the gate: the mean gated reward and its error."""
         from rlhf.rejection_sampling.sampling import judge, sample_groups, sample_seed
 
-        config, prompts = self.config, self.plan.held_out
-        rewards, by_safety, lengths = [], [], []
+        config, processes = self.config, self.processes
+        prompts = processes.share(self.plan.held_out)
+        judgements = []
         self.policy.eval()
         for start in range(0, len(prompts), config.rollout_batch_size):
             batch = prompts[start : start + config.rollout_batch_size]
@@ -309,12 +326,11 @@ class PPORun:
                 self.helpfulness, self.safety, batch, groups,
                 batch_size=config.reward_batch_size, max_length=config.reward_max_length,
             )  # fmt: skip
-            for [one] in judged:
-                rewards.append(one.reward)
-                by_safety.append(one.by_safety)
-                lengths.append(one.tokens)
+            judgements += [(one.reward, one.by_safety, one.tokens) for [one] in judged]
             if self.context.eval_progress is not None:
                 self.context.eval_progress(min(start + len(batch), len(prompts)), len(prompts))
+        judgements = processes.gather_objects(judgements, len(self.plan.held_out))
+        rewards, by_safety, lengths = (list(column) for column in zip(*judgements, strict=True))
         n = len(rewards)
         return {
             "reward": statistics.fmean(rewards),
@@ -349,6 +365,7 @@ class PPORun:
 
     def iterate(self) -> None:
         """One iteration: its rollout, its update (unless the KL bound stops the run first)."""
+        from rlhf.ppo.processes import gather_rollout
         from rlhf.ppo.rollout import collect_rollout
         from rlhf.ppo.update import ppo_update, rollout_metrics, rollout_targets
 
@@ -359,10 +376,11 @@ class PPORun:
             self.plan.train, config.rollout_batch_size, config.seed, iteration
         )
         self.policy.eval()
-        rollout = collect_rollout(
-            self.policy, self.tokenizer, self.reference, self.helpfulness, self.safety, prompts,
-            config, iteration=iteration,
+        mine = collect_rollout(
+            self.policy, self.tokenizer, self.reference, self.helpfulness, self.safety,
+            self.processes.share(prompts), config, iteration=iteration,
         )  # fmt: skip
+        rollout = gather_rollout(mine, self.processes, prompts)
         targets = rollout_targets(rollout, config, self.value_model)
         record: dict[str, Any] = {"iteration": iteration, **rollout_metrics(rollout, targets)}
         times = rollout.times
@@ -384,8 +402,9 @@ class PPORun:
             return
         update_started = time.perf_counter()
         update = ppo_update(
-            self.policy, self.optimizer, rollout, config, iteration=iteration,
-            value_model=self.value_model, value_optimizer=self.value_optimizer, targets=targets,
+            self.trained_policy, self.optimizer, rollout, config, iteration=iteration,
+            value_model=self.trained_value, value_optimizer=self.value_optimizer,
+            targets=targets, processes=self.processes,
         )  # fmt: skip
         record.update(update.to_dict())
         record["seconds_by_part"]["update"] = time.perf_counter() - update_started
@@ -399,6 +418,7 @@ class PPORun:
             learning_rate=config.learning_rate,
             pairs_per_second=record["responses"] / record["seconds"],
         )
+        self.events.write("iteration", step=iteration, metrics=record)
         self.events.write("log", message=iteration_line(record, config.iterations))
         self.events.write("progress", fraction=iteration / config.iterations)
 
@@ -418,23 +438,23 @@ class PPORun:
         if not resumed and self.plan.held_out:
             self.record_evaluation()  # before training: the baseline
             if keeping:
-                self.save_checkpoint()
+                self.checkpoint()
         while state.iteration < config.iterations and state.stopped is None:
             self.iterate()
             due = config.eval_every and state.iteration % config.eval_every == 0
             if self.plan.held_out and due and state.stopped is None:
                 self.record_evaluation()
             if keeping and state.iteration % config.checkpoint_every == 0:
-                self.save_checkpoint()
-            if self.context.main_process:
+                self.checkpoint()
+            if self.processes.main:
                 write_charts(self.context.spec.output_dir, state.history, state.evaluations)
         last = state.evaluations[-1]["iteration"] if state.evaluations else None
         if self.plan.held_out and last != state.iteration:
             self.record_evaluation()
             if keeping:
-                self.save_checkpoint()
+                self.checkpoint()
         self.save_model()
-        if self.context.main_process:
+        if self.processes.main:
             write_charts(self.context.spec.output_dir, state.history, state.evaluations)
         return self.metrics()
 
@@ -475,7 +495,7 @@ class PPORun:
     def save_model(self) -> None:
         from rlhf.files import normalize_permissions
 
-        if not self.context.main_process:
+        if not self.processes.main:
             return
         self.model_dir.mkdir(parents=True, exist_ok=True)
         self.policy.save_pretrained(self.model_dir)

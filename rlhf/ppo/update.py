@@ -39,6 +39,7 @@ import torch
 from rlhf.ppo.advantages import gae, grpo_advantages, rloo_advantages
 from rlhf.ppo.config import PPOConfig
 from rlhf.ppo.losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits
+from rlhf.ppo.processes import Processes
 from rlhf.ppo.rewards import (
     kl_per_token,
     masked_mean,
@@ -198,10 +199,15 @@ def ppo_update(
     value_model: ValueModel | None = None,
     value_optimizer: torch.optim.Optimizer | None = None,
     targets: Targets | None = None,
+    processes: Processes | None = None,
 ) -> UpdateMetrics:
     """``ppo_epochs`` passes over ``rollout``, one optimizer step per minibatch (see the module
     docstring); the means of their statistics. ``targets``: :func:`rollout_targets`'s, if the
-    caller computed them. For ``grpo`` and ``rloo`` the value model is not read nor stepped."""
+    caller computed them. For ``grpo`` and ``rloo`` the value model is not read nor stepped.
+
+    Under several ``processes`` every process holds the whole rollout and computes its share of
+    each minibatch's rows, through ``policy`` and ``value_model`` wrapped for DDP
+    (:mod:`rlhf.ppo.processes`): the same steps as one process."""
     uses_value = config.algorithm == "ppo"
     if uses_value and (value_model is None or value_optimizer is None):
         raise ValueError("ppo needs a value model and its optimizer")
@@ -210,6 +216,11 @@ def ppo_update(
     batch = rollout.response_ids.shape[0]
     if batch % config.minibatch_size:
         raise ValueError(f"minibatch_size {config.minibatch_size} does not divide {batch}")
+    world, rank = (processes.world, processes.rank) if processes else (1, 0)
+    if config.minibatch_size % world:
+        raise ValueError(
+            f"minibatch_size {config.minibatch_size} is not shared by {world} processes"
+        )
     models = [(policy, optimizer)] + ([(value_model, value_optimizer)] if uses_value else [])
     for model, _ in models:
         model.train()
@@ -220,9 +231,15 @@ def ppo_update(
         order = torch.randperm(batch, generator=generator).to(rollout.response_ids.device)
         for start in range(0, batch, config.minibatch_size):
             rows = order[start : start + config.minibatch_size]
+            mine = rows[rank::world]
             loss, stats = minibatch_loss(
-                policy, rollout, targets, rows, config, value_model if uses_value else None
+                policy, rollout, targets, mine, config, value_model if uses_value else None
             )
+            if processes is not None:  # token means over my rows → my part of the minibatch's
+                mask = rollout.response_mask
+                share = processes.token_share(mask[mine].sum(), mask[rows].sum())
+                stats = processes.sum({name: value * share for name, value in stats.items()})
+                loss = loss * (share * world)  # × world: DDP averages the gradients
             for _, model_optimizer in models:
                 model_optimizer.zero_grad(set_to_none=True)
             loss.backward()
