@@ -40,6 +40,7 @@ from rlhf.nn.sampling import (
     sample,
 )
 from rlhf.ppo.config import PPOConfig
+from rlhf.ppo.packed import packed_response_logits, packs_like_padded
 from rlhf.ppo.rewards import missing_eos
 from rlhf.rejection_sampling.sampling import Judged, RewardModel, judge, sample_seed
 
@@ -232,11 +233,26 @@ def response_logits(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, T, V) float32 logits of the positions that predict each response token y_1 … y_T.
+    """(B, T, V) float32 logits of the positions that predict each response token y_1 … y_T,
+    0 on padding; prompts (B, L) left-padded, responses (B, T) right-padded. One forward pass
+    on a packed row of the real tokens (:mod:`rlhf.ppo.packed`) where the model gives the
+    padded pass's numbers that way, else :func:`padded_response_logits`. Differentiable: the
+    caller chooses ``torch.no_grad()`` or not."""
+    inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
+    if packs_like_padded(model, packed_response_logits, padded_response_logits):
+        return packed_response_logits(model, *inputs)
+    return padded_response_logits(model, *inputs)
 
-    One forward pass over the (B, L + T) sequences, prompts (B, L) left-padded and responses
-    (B, T) right-padded, position ids counting from each row's first real token (as in the
-    sampler). Differentiable: the caller chooses ``torch.no_grad()`` or not.
+
+def padded_response_logits(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`response_logits` by one forward pass over the (B, L + T) padded sequences,
+    position ids counting from each row's first real token (as in the sampler); 0 on padding.
     """
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, L + T)
     attention = torch.cat([prompt_mask, response_mask], dim=1)  # (B, L + T)
@@ -250,7 +266,8 @@ def response_logits(
         use_cache=False,
         **keep,
     ).logits
-    return logits[:, -(width + 1) : -1].float()  # (B, T, V): the positions before y_1 … y_T
+    logits = logits[:, -(width + 1) : -1].float()  # (B, T, V): the positions before y_1 … y_T
+    return logits.masked_fill(~response_mask.bool()[..., None], 0.0)
 
 
 def logprobs_from_logits(
@@ -322,6 +339,7 @@ __all__ = [
     "frozen_logprobs",
     "logprobs_from_logits",
     "pad_batch",
+    "padded_response_logits",
     "response_logits",
     "response_logprobs",
 ]

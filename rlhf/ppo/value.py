@@ -34,7 +34,9 @@ from pathlib import Path
 
 import torch
 
+from rlhf.nn.packed_attention import packed_attention_of
 from rlhf.nn.sampling import forward_parameters
+from rlhf.ppo.packed import packed_response_values, packs_like_padded
 from rlhf.ppo.rollout import frozen_rows
 
 
@@ -52,16 +54,23 @@ class ValueModel(torch.nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        attention_mask: torch.Tensor | None,
         position_ids: torch.Tensor | None = None,
+        packed_layout=None,
     ) -> torch.Tensor:
+        """(B, S) values; with ``packed_layout`` (:mod:`rlhf.ppo.packed`) B is 1, a packed
+        row, and ``attention_mask`` None."""
         extra = {}
         parameters = forward_parameters(self.backbone)
         if position_ids is not None and "position_ids" in parameters:
             extra["position_ids"] = position_ids
         if "use_cache" in parameters:
             extra["use_cache"] = False
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        if packed_layout is None:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        else:
+            with packed_attention_of(self.backbone):
+                hidden = self.backbone(input_ids=input_ids, packed_layout=packed_layout, **extra)
         states = hidden.last_hidden_state  # (B, S, H)
         return self.head(states.to(self.head.weight.dtype)).squeeze(-1).float()
 
@@ -74,8 +83,24 @@ def response_values(
     response_mask: torch.Tensor,
 ) -> torch.Tensor:
     """(B, T) float32 V(x, y_<t) of each response token, 0 on padding; the layout of
-    :func:`rlhf.ppo.rollout.response_logits` (left-padded prompts, right-padded responses).
-    Differentiable: the caller chooses ``torch.no_grad()`` or not."""
+    :func:`rlhf.ppo.rollout.response_logits` (left-padded prompts, right-padded responses),
+    computed on a packed row where the backbone gives the same numbers that way
+    (:mod:`rlhf.ppo.packed`), else :func:`padded_response_values`. Differentiable: the caller
+    chooses ``torch.no_grad()`` or not."""
+    inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
+    if packs_like_padded(value_model, packed_response_values, padded_response_values):
+        return packed_response_values(value_model, *inputs)
+    return padded_response_values(value_model, *inputs)
+
+
+def padded_response_values(
+    value_model: ValueModel,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`response_values` by one forward pass over the (B, L + T) padded sequences."""
     input_ids = torch.cat([prompt_ids, response_ids], dim=1)  # (B, L + T)
     attention = torch.cat([prompt_mask, response_mask], dim=1)
     positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
@@ -173,6 +198,7 @@ __all__ = [
     "ValueModel",
     "frozen_values",
     "load_value_model",
+    "padded_response_values",
     "response_values",
     "same_vocabulary",
     "value_from_policy",

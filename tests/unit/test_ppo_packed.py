@@ -1,0 +1,80 @@
+"""rlhf.ppo.packed: a rollout's sequences on one packed row give the padded forward's numbers
+and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf.ppo.packed import pack_sequences, packed_response_logits, packed_response_values
+from rlhf.ppo.rollout import logprobs_from_logits, padded_response_logits
+from rlhf.ppo.value import padded_response_values, value_from_policy
+
+# Two rows: prompt [5, 6] (left-padded to 3) with response [7, 8]; prompt [1, 2, 3] with
+# response [4] (right-padded to 2).
+PROMPTS = torch.tensor([[0, 5, 6], [1, 2, 3]])
+PROMPT_MASK = torch.tensor([[0, 1, 1], [1, 1, 1]])
+RESPONSES = torch.tensor([[7, 8], [4, 0]])
+RESPONSE_MASK = torch.tensor([[1, 1], [1, 0]])
+
+
+def test_the_row_holds_the_real_tokens_positions_restart_and_each_response_token_is_predicted():
+    packed = pack_sequences(PROMPTS, PROMPT_MASK, RESPONSES, RESPONSE_MASK)
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 1, 2, 3, 4]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
+    blocks = [(block.keys, block.queries, block.causal) for block in packed.layout.blocks]
+    assert blocks == [((range(0, 4),), range(0, 4), True), ((range(4, 8),), range(4, 8), True)]
+    # 7 is predicted at 6 (packed 1), 8 at 7 (packed 2), 4 at 3 (packed 6).
+    assert packed.predictors.tolist() == [1, 2, 6]
+    assert packed.rows.tolist() == [0, 0, 1] and packed.columns.tolist() == [0, 1, 0]
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    from rlhf.nn.tiny import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path_factory.mktemp("packed") / "policy", seed=0)
+    return path, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def random_batch(vocabulary: int):
+    generator = torch.Generator().manual_seed(1)
+    prompts = torch.randint(1, vocabulary, (3, 5), generator=generator)
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
+    responses = torch.randint(1, vocabulary, (3, 4), generator=generator)
+    response_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    return prompts, prompt_mask, responses, response_mask
+
+
+def gradients(model, loss) -> torch.Tensor:
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_packed_log_probabilities_and_their_gradients_are_the_padded_ones(tiny_policy):
+    _, model = tiny_policy
+    batch = random_batch(model.config.vocab_size)
+    results = []
+    for forward in (packed_response_logits, padded_response_logits):
+        logprobs = logprobs_from_logits(forward(model, *batch), batch[2], batch[3])
+        results.append((logprobs.detach(), gradients(model, logprobs.sum())))
+    (packed, packed_grad), (padded, padded_grad) = results
+    assert torch.allclose(packed, padded, atol=1e-5)
+    assert (packed[batch[3] == 0] == 0).all()  # padding stays 0
+    assert torch.allclose(packed_grad, padded_grad, atol=1e-5)
+
+
+def test_packed_values_are_the_padded_ones(tiny_policy):
+    path, model = tiny_policy
+    value_model = value_from_policy(path)
+    torch.nn.init.normal_(value_model.head.weight, generator=torch.Generator().manual_seed(0))
+    batch = random_batch(model.config.vocab_size)
+    packed = packed_response_values(value_model, *batch)
+    padded = padded_response_values(value_model, *batch)
+    assert torch.allclose(packed, padded, atol=1e-5) and packed.abs().sum() > 0
+    assert torch.allclose(
+        gradients(value_model, packed.sum()), gradients(value_model, padded.sum()), atol=1e-5
+    )
