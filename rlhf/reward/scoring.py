@@ -253,23 +253,50 @@ def _collate_shared(encoded: Sequence[EncodedPair]) -> dict:
 
 
 def _collate_sequences(encoded: Sequence[EncodedPair], reward_token: str) -> dict:
+    sequences = [ids for pair in encoded for ids in (pair.chosen_ids, pair.rejected_ids)]
+    inputs = pack_sequences(sequences, reward_token)
+    reads = inputs.pop("reward_index")
+    return inputs | {"chosen_index": reads[0::2], "rejected_index": reads[1::2]}
+
+
+def pack_sequences(sequences: Sequence[Sequence[int]], reward_token: str) -> dict:
+    """Token sequences one after the other in one packed row, each attending to itself only
+    (causally if the reward is read at the ``"last"`` token, a decoder's; both ways at the
+    ``"first"``, an encoder's ``[CLS]``): ``input_ids``, ``position_ids``, ``packed_layout``
+    and ``reward_index`` (S,), the packed position of each sequence's reward token."""
     if reward_token not in ("first", "last"):
         raise ValueError(f"reward_token must be 'first' or 'last', not {reward_token!r}")
     causal = reward_token == "last"  # decoders read the last token, encoders the first
     token_ids: list[int] = []
     positions: list[int] = []
     blocks, reward_blocks, rewards = [], [], []
-    for pair in encoded:
-        for ids in (pair.chosen_ids, pair.rejected_ids):
-            start, end = len(token_ids), len(token_ids) + len(ids)
-            token_ids += ids
-            positions += range(len(ids))
-            read = end - 1 if causal else start
-            blocks.append(AttentionBlock((range(start, end),), range(start, end), causal))
-            keys = (range(start, end),)
-            reward_blocks.append(AttentionBlock(keys, range(read, read + 1), causal))
-            rewards.append(read)
-    return _packed_inputs(token_ids, positions, blocks, reward_blocks, rewards[0::2], rewards[1::2])
+    for ids in sequences:
+        start, end = len(token_ids), len(token_ids) + len(ids)
+        token_ids += ids
+        positions += range(len(ids))
+        read = end - 1 if causal else start
+        blocks.append(AttentionBlock((range(start, end),), range(start, end), causal))
+        keys = (range(start, end),)
+        reward_blocks.append(AttentionBlock(keys, range(read, read + 1), causal))
+        rewards.append(read)
+    layout = PackedLayout(len(token_ids), tuple(blocks), tuple(reward_blocks))
+    return {
+        "input_ids": torch.tensor([token_ids]),
+        "position_ids": torch.tensor([positions]),
+        "packed_layout": layout,
+        "reward_index": torch.tensor(rewards),
+    }
+
+
+def packed_rewards(model, input_ids, position_ids, packed_layout, reward_index) -> torch.Tensor:
+    """(S,) rewards of a packed row (:func:`pack_sequences`) from ``model``'s backbone and head,
+    the last layer computing only the reward tokens' queries."""
+    layout = packed_layout.for_model(last_layer=model.config.num_hidden_layers - 1)
+    with packed_attention_of(model):
+        hidden = model.base_model(
+            input_ids=input_ids, position_ids=position_ids, packed_layout=layout
+        ).last_hidden_state[0]  # (N, H)
+    return reward_head(model)(hidden[reward_index])
 
 
 def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
@@ -389,13 +416,9 @@ class PairRewardModel(nn.Module):
             logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
             chosen, rejected = logits[:, 0].chunk(2)
             return chosen, rejected
-        layout = packed_layout.for_model(last_layer=self.model.config.num_hidden_layers - 1)
-        with packed_attention_of(self.model):
-            hidden = self.model.base_model(
-                input_ids=input_ids, position_ids=position_ids, packed_layout=layout
-            ).last_hidden_state[0]  # (N, H)
-        head = reward_head(self.model)
-        return head(hidden[chosen_index]), head(hidden[rejected_index])
+        reads = torch.stack([chosen_index, rejected_index], dim=1).flatten()  # chosen, rejected…
+        rewards = packed_rewards(self.model, input_ids, position_ids, packed_layout, reads)
+        return rewards[0::2], rewards[1::2]
 
 
 # --- batching -----------------------------------------------------------------------------------

@@ -148,6 +148,23 @@ def test_scores_do_not_depend_on_batch_size_or_padding(llama):
     torch.testing.assert_close(padded[:1], alone, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("backbone", ["llama_dir", "bert_dir"])
+def test_packed_scores_are_the_model_s_own_padded_forward(backbone, request):
+    """score_texts scores a batch on one packed row (decoder: the last token, encoder: [CLS]);
+    the model's own forward on padded rows gives the same rewards."""
+    model, tokenizer = rm.load_reward_backbone(request.getfixturevalue(backbone))
+    assert rm._packs(model)  # the packed path is the one taken
+    scores = rm.score_texts(model, tokenizer, CONTEXTS, RESPONSES, batch_size=4)
+    texts = [
+        rm.conversation_text(tokenizer, c, r) for c, r in zip(CONTEXTS, RESPONSES, strict=True)
+    ]
+    encoded = rm.encode_texts(tokenizer, texts)
+    batch = tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        own = model(**batch).logits[:, 0]
+    torch.testing.assert_close(scores, own, atol=1e-5, rtol=0)
+
+
 def test_scoring_restores_training_mode_and_needs_no_grad(llama):
     model, tokenizer = llama
     model.train()
