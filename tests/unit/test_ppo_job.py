@@ -286,14 +286,12 @@ class VowelJudge:
         return shares
 
 
-def learn(tmp_path, policy, beta: float) -> dict:
+def judged_run(out, policy, role: str, prompts, judges, **config) -> dict:
+    """A PPO run on tiny ``policy`` whose ``judges`` (helpfulness, safety) replace the reward
+    models, on the prompt file ``prompts`` in ``role``, to ``out``; its metrics."""
     from rlhf.jobs import EventLog, InputFile, JobContext, RunSpec
     from rlhf.ppo.job import PPOStage
 
-    prompts = write_prompts(
-        tmp_path / "prompts.jsonl", [f"Tell me thing number {i}." for i in range(160)]
-    )
-    out = tmp_path / f"beta-{beta}"
     out.mkdir()
     spec = RunSpec(
         stage="ppo",
@@ -302,24 +300,29 @@ def learn(tmp_path, policy, beta: float) -> dict:
             "policy": str(policy),
             "reward_helpfulness": str(policy),
             "reward_safety": str(policy),  # never loaded: the judges replace them
-            "algorithm": "ppo",
-            "value_init": "policy",
-            "beta": beta,
             "learning_rate": 3e-3,
-            "rollout_batch_size": 32,
-            "minibatch_size": 16,
-            "iterations": 60,
             "max_new_tokens": 8,
             "eval_fraction": 0.25,
-            "eval_every": 20,
             "patience": 0,
             "cpu": True,
-        },  # fmt: skip
-        inputs={"helpfulness_prompts": [InputFile.of(prompts)]},
+            **config,
+        },
+        inputs={role: [InputFile.of(prompts)]},
     )
-    stage = PPOStage(judges=lambda config, device: (VowelJudge(), VowelJudge()))
+    stage = PPOStage(judges=lambda config, device: judges)
     plan = stage.prepare(spec)
     return stage.train(plan, JobContext(spec, EventLog(out / "events.jsonl")))
+
+
+def learn(tmp_path, policy, beta: float) -> dict:
+    prompts = write_prompts(
+        tmp_path / "prompts.jsonl", [f"Tell me thing number {i}." for i in range(160)]
+    )
+    return judged_run(
+        tmp_path / f"beta-{beta}", policy, "helpfulness_prompts", prompts,
+        (VowelJudge(), VowelJudge()), algorithm="ppo", value_init="policy", beta=beta,
+        rollout_batch_size=32, minibatch_size=16, iterations=60, eval_every=20,
+    )  # fmt: skip
 
 
 def test_ppo_raises_the_held_out_reward_within_a_kl_budget_and_beta_0_strays_further(tmp_path):
@@ -357,38 +360,14 @@ class ConsonantJudge(VowelJudge):
 
 
 def learn_on_safety_prompts(tmp_path, policy, helpfulness, iterations: int) -> dict:
-    from rlhf.jobs import EventLog, InputFile, JobContext, RunSpec
-    from rlhf.ppo.job import PPOStage
-
     prompts = write_prompts(
         tmp_path / "harmful.jsonl", [f"Tell me forbidden thing number {i}." for i in range(120)]
     )
-    out = tmp_path / f"{type(helpfulness).__name__}-{iterations}"
-    out.mkdir()
-    spec = RunSpec(
-        stage="ppo",
-        output_dir=out,
-        config={
-            "policy": str(policy),
-            "reward_helpfulness": str(policy),
-            "reward_safety": str(policy),  # never loaded: the judges replace them
-            "algorithm": "grpo",
-            "beta": 0.05,
-            "learning_rate": 3e-3,
-            "rollout_batch_size": 8,
-            "minibatch_size": 16,
-            "iterations": iterations,
-            "max_new_tokens": 8,
-            "eval_fraction": 0.25,
-            "eval_every": 0,
-            "patience": 0,
-            "cpu": True,
-        },  # fmt: skip
-        inputs={"safety_prompts": [InputFile.of(prompts)]},
-    )
-    stage = PPOStage(judges=lambda config, device: (helpfulness, ConsonantJudge()))
-    plan = stage.prepare(spec)
-    return stage.train(plan, JobContext(spec, EventLog(out / "events.jsonl")))
+    return judged_run(
+        tmp_path / f"{type(helpfulness).__name__}-{iterations}", policy, "safety_prompts",
+        prompts, (helpfulness, ConsonantJudge()), algorithm="grpo", beta=0.05,
+        rollout_batch_size=8, minibatch_size=16, iterations=iterations, eval_every=0,
+    )  # fmt: skip
 
 
 def test_a_safety_prompt_batch_is_optimised_by_the_safety_reward_alone(tmp_path):
