@@ -36,7 +36,7 @@ import inspect
 import math
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
@@ -74,11 +74,16 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class Completion:
-    """The new tokens of one row (EOS included when it ended the row), why it ended, its seed."""
+    """The new tokens of one row (EOS included when it ended the row), why it ended, its seed,
+    and each new token's log-probability under the model itself (temperature 1, no top-p: the
+    policy's log π, what PPO's ratio and KL read), from the logits it was drawn from."""
 
     token_ids: list[int]
     finish_reason: str  # "stop": emitted EOS; "length": reached max_new_tokens
     seed: int
+    # Not compared: the same tokens drawn in another batch carry log-probabilities that differ
+    # in float rounding.
+    logprobs: list[float] = field(compare=False)
 
 
 def sample(
@@ -109,12 +114,12 @@ def sample(
     eos_ids = eos_token_ids(model, tokenizer)
     with torch.inference_mode():
         rows = RowSettings.build(params, seeds, model_device(model))
-        tokens = decode(
+        tokens, logprobs = decode(
             model, prompt_token_ids, rows, pad_token_id(model, tokenizer), eos_ids, group_size
         )
     return [
-        Completion(ids, "stop" if ids[-1] in eos_ids else "length", seed)
-        for ids, seed in zip(tokens, seeds, strict=True)
+        Completion(ids, "stop" if ids[-1] in eos_ids else "length", seed, row_logprobs)
+        for ids, seed, row_logprobs in zip(tokens, seeds, logprobs, strict=True)
     ]
 
 
@@ -156,7 +161,8 @@ class RowSettings:
 def decode(
     model, prompt_token_ids, rows: RowSettings, pad_id: int, eos_ids: list[int], group_size=1
 ):
-    """Run prefill and the decoding steps; return each row's own new tokens."""
+    """Run prefill and the decoding steps; return each row's own new tokens and their
+    log-probabilities under the model (temperature 1)."""
     input_ids, mask = left_pad(prompt_token_ids, pad_id, rows.temperature.device)  # (B/K, P)
     prompt_len = input_ids.shape[1]
     cache, logits = prefill(model, input_ids, mask, prompt_len + rows.steps)  # logits (B/K, V)
@@ -171,6 +177,7 @@ def decode(
     positions = mask.sum(dim=1)  # (B,) position id of each row's next token
     eos = torch.tensor(eos_ids, device=input_ids.device)  # (E,)
     out = torch.full((batch, rows.steps), pad_id, dtype=torch.long, device=input_ids.device)
+    out_logprobs = torch.zeros((batch, rows.steps), device=input_ids.device)  # (B, N) float32
     done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)  # (B,)
     lengths = torch.full((batch,), rows.steps, dtype=torch.long, device=input_ids.device)
 
@@ -178,6 +185,7 @@ def decode(
         chosen = choose_tokens(logits, rows, step)  # (B,)
         chosen = torch.where(done, pad_id, chosen)
         out[:, step] = chosen
+        out_logprobs[:, step] = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0]
         ends = ~done & (torch.isin(chosen, eos) | (rows.max_new_tokens <= step + 1))  # (B,)
         lengths = torch.where(ends, step + 1, lengths)
         done = done | ends
@@ -187,7 +195,10 @@ def decode(
         cache, logits = forward_step(
             model, chosen[:, None], attention, positions[:, None] + step, cache
         )
-    return [row[:length] for row, length in zip(out.tolist(), lengths.tolist(), strict=True)]
+    lengths = lengths.tolist()
+    tokens = [row[:length] for row, length in zip(out.tolist(), lengths, strict=True)]
+    logprobs = [row[:length] for row, length in zip(out_logprobs.tolist(), lengths, strict=True)]
+    return tokens, logprobs
 
 
 def left_pad(prompt_token_ids, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

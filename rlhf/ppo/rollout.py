@@ -12,12 +12,14 @@ K = ``config.group_size``, prompt i's group in rows i·K … i·K + K − 1 (the
 2. *scoring*: each decoded response judged by both reward models on its text, then gated
    (:func:`rlhf.rejection_sampling.sampling.judge`): R_c, a probability;
 3. *log-probabilities*: of every response token under the policy (the "old" policy of the
-   ratio) and under the frozen reference π_0, one forward pass per chunk of responses each.
+   ratio: the sampler's own, read from the logits each token was drawn from, so no second
+   pass) and under the frozen reference π_0 (one forward pass per chunk of responses).
 
 Sequences are laid out as the sampler laid them out: the prompts left-padded to a common width
 L, then the responses right-padded to a common width T. :func:`response_logprobs` computes the
-(B, T) log-probabilities of that layout with or without gradients, so the trainer's new
-log-probabilities come from the same code as the old ones.
+(B, T) log-probabilities of that layout with or without gradients (the reference's, the
+trainer's new ones). The sampler's log-probabilities come from the same weights by a KV-cached
+pass: they equal a full pass's to float rounding (``tests/unit/test_ppo_rollout.py``).
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ def collect_rollout(
     batch = pad_batch(
         rows, [c.token_ids for c in completions], pad_token_id(policy, tokenizer), device
     )
-    old = frozen_logprobs(policy, *batch, batch_size=config.minibatch_size)
+    old = padded_rows([c.logprobs for c in completions], batch[2].shape, device)
     old_seconds, clock = _lap(clock, device)
     ref = frozen_logprobs(reference, *batch, batch_size=config.minibatch_size)
     ref_seconds, _ = _lap(clock, device)
@@ -305,6 +307,14 @@ def frozen_logprobs(
     forward pass, on ``model``'s device; (B, T) float32 on the inputs' device."""
     inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
     return frozen_rows(response_logprobs, model, inputs, batch_size=batch_size)
+
+
+def padded_rows(rows: Sequence[Sequence[float]], shape, device) -> torch.Tensor:
+    """(B, T) float32: each row's values from the left, 0 after its end."""
+    out = torch.zeros(shape, dtype=torch.float32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return out.to(device)
 
 
 def frozen_rows(forward, model, inputs: Sequence[torch.Tensor], *, batch_size: int):
