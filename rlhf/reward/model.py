@@ -47,7 +47,6 @@ snapshot hash, training config, metrics, …) with ``library_version`` (this pac
 from __future__ import annotations
 
 import json
-import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -154,7 +153,7 @@ def score_texts(
     Texts are grouped by length into batches of ``batch_size``; the rewards come back in the
     order of the inputs and do not depend on ``batch_size``. A batch is one packed row without
     padding, the last layer computing only the reward tokens
-    (:func:`rlhf.reward.scoring.packed_rewards`), for a model that gives its own forward's
+    (:func:`rlhf.reward.packed.packed_rewards`), for a model that gives its own forward's
     numbers that way (checked once per model); else padded rows through its own forward.
     """
     import torch
@@ -172,7 +171,9 @@ def score_texts(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    packed = _packs(model)
+    from rlhf.reward.packed import packs_texts
+
+    packed = packs_texts(model)
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
@@ -196,24 +197,12 @@ def score_texts(
     return rewards
 
 
-_PACKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → it packs
-
-
-def _packs(model) -> bool:
-    """:func:`rlhf.reward.scoring.packs_exactly`, once per model."""
-    from rlhf.reward.scoring import packs_exactly
-
-    if model not in _PACKS:
-        _PACKS[model] = packs_exactly(model)
-    return _PACKS[model]
-
-
 def _packed_scores(model, sequences: list[list[int]], device):
-    from rlhf.reward.scoring import pack_sequences, packed_rewards, uses_prefix_sharing
+    from rlhf.reward.packed import pack_sequences, packed_rewards, uses_prefix_sharing
 
     reward_token = "last" if uses_prefix_sharing(model) else "first"
     inputs = pack_sequences(sequences, reward_token)
-    inputs = {k: v.to(device) if k != "packed_layout" else v for k, v in inputs.items()}
+    inputs = {k: v if k == "packed_layout" else v.to(device) for k, v in inputs.items()}
     return packed_rewards(model, **inputs).float().cpu()
 
 

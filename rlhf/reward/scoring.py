@@ -43,8 +43,9 @@ from torch import nn
 
 from rlhf.data.chat import conversation_text, has_chat_template
 from rlhf.data.pairs import PreferencePair
-from rlhf.nn.packed_attention import AttentionBlock, PackedLayout, packed_attention_of
+from rlhf.nn.packed_attention import AttentionBlock, PackedLayout
 from rlhf.reward.model import encode_texts, usable_length
+from rlhf.reward.packed import pack_sequences, packed_rewards, reward_head, uses_prefix_sharing
 
 
 @dataclass(frozen=True)
@@ -147,27 +148,6 @@ def encode_pairs(
     return encoded
 
 
-def uses_prefix_sharing(model) -> bool:
-    """True for decoder-only models with a ``score`` head (Llama, Mistral, Qwen, GPT-2, …).
-
-    They take a 4-D attention mask and position ids, and their reward is ``score(hidden)`` of
-    the last token. Encoders and encoder-decoders score the two replies separately.
-    """
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
-
-    config = model.config
-    model_type = config.model_type
-    return (
-        isinstance(getattr(model, "score", None), nn.Linear)
-        and not config.is_encoder_decoder
-        and model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-        and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    )
-
-
 # --- collating ----------------------------------------------------------------------------------
 
 
@@ -259,46 +239,6 @@ def _collate_sequences(encoded: Sequence[EncodedPair], reward_token: str) -> dic
     return inputs | {"chosen_index": reads[0::2], "rejected_index": reads[1::2]}
 
 
-def pack_sequences(sequences: Sequence[Sequence[int]], reward_token: str) -> dict:
-    """Token sequences one after the other in one packed row, each attending to itself only
-    (causally if the reward is read at the ``"last"`` token, a decoder's; both ways at the
-    ``"first"``, an encoder's ``[CLS]``): ``input_ids``, ``position_ids``, ``packed_layout``
-    and ``reward_index`` (S,), the packed position of each sequence's reward token."""
-    if reward_token not in ("first", "last"):
-        raise ValueError(f"reward_token must be 'first' or 'last', not {reward_token!r}")
-    causal = reward_token == "last"  # decoders read the last token, encoders the first
-    token_ids: list[int] = []
-    positions: list[int] = []
-    blocks, reward_blocks, rewards = [], [], []
-    for ids in sequences:
-        start, end = len(token_ids), len(token_ids) + len(ids)
-        token_ids += ids
-        positions += range(len(ids))
-        read = end - 1 if causal else start
-        blocks.append(AttentionBlock((range(start, end),), range(start, end), causal))
-        keys = (range(start, end),)
-        reward_blocks.append(AttentionBlock(keys, range(read, read + 1), causal))
-        rewards.append(read)
-    layout = PackedLayout(len(token_ids), tuple(blocks), tuple(reward_blocks))
-    return {
-        "input_ids": torch.tensor([token_ids]),
-        "position_ids": torch.tensor([positions]),
-        "packed_layout": layout,
-        "reward_index": torch.tensor(rewards),
-    }
-
-
-def packed_rewards(model, input_ids, position_ids, packed_layout, reward_index) -> torch.Tensor:
-    """(S,) rewards of a packed row (:func:`pack_sequences`) from ``model``'s backbone and head,
-    the last layer computing only the reward tokens' queries."""
-    layout = packed_layout.for_model(last_layer=model.config.num_hidden_layers - 1)
-    with packed_attention_of(model):
-        hidden = model.base_model(
-            input_ids=input_ids, position_ids=position_ids, packed_layout=layout
-        ).last_hidden_state[0]  # (N, H)
-    return reward_head(model)(hidden[reward_index])
-
-
 def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
     """A collated batch with its tensors on ``device`` (the packed layout stays as it is)."""
     return {
@@ -308,20 +248,6 @@ def to_device(batch: dict[str, Any], device) -> dict[str, Any]:
 
 
 # --- the forward pass ---------------------------------------------------------------------------
-
-
-def reward_head(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The map from the hidden states of reward tokens (S, H) to rewards (S,), for the heads
-    packed scoring knows: a decoder's ``score`` (last token) and a BERT-like encoder's pooler
-    and ``classifier`` (``[CLS]``); None for any other model."""
-    if isinstance(getattr(model, "score", None), nn.Linear):
-        return lambda hidden: model.score(hidden)[:, 0]
-    pooler = getattr(model.base_model, "pooler", None)
-    classifier = getattr(model, "classifier", None)
-    if isinstance(pooler, nn.Module) and isinstance(classifier, nn.Linear):
-        dropout = getattr(model, "dropout", nn.Identity())
-        return lambda hidden: classifier(dropout(pooler(hidden[:, None])))[:, 0]
-    return None
 
 
 def packs_exactly(model) -> bool:

@@ -18,7 +18,7 @@ from rlhf.data.pairs import PreferencePair
 from rlhf.nn.packed_attention import PackedLayout, lower_right_causal_mask
 from rlhf.nn.tiny import build_tiny_llama
 from rlhf.reward import model as rm
-from rlhf.reward import scoring as pair_scoring
+from rlhf.reward import packed as packed_rows
 from rlhf.reward.scoring import (
     EncodedPair,
     PairRewardModel,
@@ -165,7 +165,7 @@ def test_a_model_whose_packed_forward_differs_falls_back_to_padded_rows(llama, m
     construction notices, and the model scores padded rows, still exactly."""
     model, tokenizer = llama
     assert packs_exactly(model)
-    monkeypatch.setattr(pair_scoring, "packed_attention_of", lambda model: nullcontext())
+    monkeypatch.setattr(packed_rows, "packed_attention_of", lambda model: nullcontext())
     assert not packs_exactly(model)
     wrapper = PairRewardModel(model)
     assert not wrapper.packed

@@ -150,10 +150,12 @@ def test_scores_do_not_depend_on_batch_size_or_padding(llama):
 
 @pytest.mark.parametrize("backbone", ["llama_dir", "bert_dir"])
 def test_packed_scores_are_the_model_s_own_padded_forward(backbone, request):
+    from rlhf.reward.packed import packs_texts
+
     """score_texts scores a batch on one packed row (decoder: the last token, encoder: [CLS]);
     the model's own forward on padded rows gives the same rewards."""
     model, tokenizer = rm.load_reward_backbone(request.getfixturevalue(backbone))
-    assert rm._packs(model)  # the packed path is the one taken
+    assert packs_texts(model)  # the packed path is the one taken
     scores = rm.score_texts(model, tokenizer, CONTEXTS, RESPONSES, batch_size=4)
     texts = [
         rm.conversation_text(tokenizer, c, r) for c, r in zip(CONTEXTS, RESPONSES, strict=True)
