@@ -381,7 +381,9 @@ class PPORun:
             self.processes.share(prompts), config, iteration=iteration,
         )  # fmt: skip
         rollout = gather_rollout(mine, self.processes, prompts)
-        targets = rollout_targets(rollout, config, self.value_model)
+        targets_started = time.perf_counter()
+        targets = rollout_targets(rollout, config, self.value_model)  # PPO: the values too
+        targets_seconds = time.perf_counter() - targets_started
         record: dict[str, Any] = {"iteration": iteration, **rollout_metrics(rollout, targets)}
         times = rollout.times
         record["seconds_by_part"] = {
@@ -389,6 +391,7 @@ class PPORun:
             "scoring": times.scoring,
             "old_logprobs": times.old_logprobs,
             "reference_logprobs": times.reference_logprobs,
+            "targets": targets_seconds,
         }
         state.iteration = iteration
         if config.max_kl is not None and record["kl"] > config.max_kl:

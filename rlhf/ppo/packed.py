@@ -1,19 +1,24 @@
-"""A rollout's (prompt, response) sequences on one packed row: no padding, none attending to
-another (the blocks of :mod:`rlhf.nn.packed_attention`, as SFT packs its examples).
+"""A rollout's (prompt, response) sequences on one packed row: no padding, each prompt once
+for all its responses in the batch, no sequence attending to another (the blocks of
+:mod:`rlhf.nn.packed_attention`, as reward scoring shares a pair's context).
 
 A rollout keeps its sequences padded, prompts on the left and responses on the right (B, L + T).
 The forward passes of an update and of the frozen log-probabilities and values run instead on
-the real tokens only, one after the other, positions restarting at 0 for each sequence::
+the real tokens only. The rows that answer the same prompt (a GRPO group, or PPO's responses to
+one prompt in a minibatch) share one copy of it: the prompt attends causally to itself, each
+response to the prompt and causally to itself, with positions continuing the prompt's::
 
-    tokens     [ x0 … xp-1 y0 … yt-1 | x'0 … | … ]        (N = Σ p_b + t_b tokens)
-    positions  [ 0  … p-1  p  … p+t-1 | 0  … | … ]
+    tokens     [ x0 … xp-1 | y0 … yt-1 | y'0 … y't'-1 | x''0 … | … ]   (N = Σ p + Σ t tokens)
+    positions  [ 0  … p-1  | p  … p+t-1 | p  …  p+t'-1 | 0  …   | … ]
 
-and the language-model head (or the value head) runs only at the K = Σ t_b positions that
-predict a response token (the last prompt token and every response token but the last).
-Results come back in the padded (B, T) layout, 0 on padding, so everything downstream is the
-same whichever path computed them. :func:`packs_like_padded` checks once per model that it
-gives the padded path's numbers; a model that does not (one that builds its own attention
-mask) keeps the padded path.
+which is exactly each sequence's own computation (same tokens, positions and visible keys),
+with G − 1 fewer copies of each prompt of G responses. The language-model head (or the value
+head) runs only at the K = Σ t positions that predict a response token: the prompt's last token
+(for the first one; shared by the group) and every response token but the last. Results come
+back in the padded (B, T) layout, 0 on padding, so everything downstream is the same whichever
+path computed them; gradients too (a shared prompt's receives the sum of its responses').
+:func:`packs_like_padded` checks once per model that it gives the padded path's numbers; a
+model that does not (one that builds its own attention mask) keeps the padded path.
 """
 
 from __future__ import annotations
@@ -47,31 +52,41 @@ def pack_sequences(
     response_ids: torch.Tensor,
     response_mask: torch.Tensor,
 ) -> PackedSequences:
-    """The padded (B, L) prompts and (B, T) responses as one packed row (module docstring)."""
+    """The padded (B, L) prompts and (B, T) responses as one packed row, each distinct prompt
+    once (module docstring)."""
     device = prompt_ids.device
     prompt_lengths = prompt_mask.sum(dim=1).tolist()
     response_lengths = response_mask.sum(dim=1).tolist()
-    pieces, blocks, predictors, rows, columns = [], [], [], [], []
-    start = 0
-    for b, (p, t) in enumerate(zip(prompt_lengths, response_lengths, strict=True)):
-        prompt = prompt_ids[b, prompt_ids.shape[1] - p :]  # left-padded: the last p
-        pieces += [prompt, response_ids[b, :t]]
-        blocks.append(
-            AttentionBlock((range(start, start + p + t),), range(start, start + p + t), True)
-        )
-        predictors += range(start + p - 1, start + p + t - 1)
-        rows += [b] * t
-        columns += range(t)
-        start += p + t
-    positions = [torch.arange(p + t) for p, t in zip(prompt_lengths, response_lengths, strict=True)]
+    width = prompt_ids.shape[1]
+    groups: dict[tuple[int, ...], list[int]] = {}  # prompt tokens → its rows, in row order
+    for b, p in enumerate(prompt_lengths):
+        groups.setdefault(tuple(prompt_ids[b, width - p :].tolist()), []).append(b)
+    token_ids: list[int] = []
+    positions: list[int] = []
+    blocks, predictors, rows, columns = [], [], [], []
+    for prompt, members in groups.items():
+        p, start = len(prompt), len(token_ids)
+        prompt_keys = range(start, start + p)
+        token_ids += prompt
+        positions += range(p)
+        blocks.append(AttentionBlock((prompt_keys,), prompt_keys, causal=True))
+        for b in members:
+            t, first = response_lengths[b], len(token_ids)
+            own = range(first, first + t)
+            token_ids += response_ids[b, :t].tolist()
+            positions += range(p, p + t)
+            blocks.append(AttentionBlock((prompt_keys, own), own, causal=True))
+            predictors += [start + p - 1, *range(first, first + t - 1)]
+            rows += [b] * t
+            columns += range(t)
 
     def index(values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
 
     return PackedSequences(
-        input_ids=torch.cat(pieces)[None],
-        position_ids=torch.cat(positions).to(device)[None],
-        layout=PackedLayout(start, tuple(blocks), ()),
+        input_ids=index(token_ids)[None],
+        position_ids=index(positions)[None],
+        layout=PackedLayout(len(token_ids), tuple(blocks), ()),
         predictors=index(predictors),
         rows=index(rows),
         columns=index(columns),
@@ -119,8 +134,8 @@ def packs_like_padded(
     model, packed: Callable[..., torch.Tensor], padded: Callable[..., torch.Tensor]
 ) -> bool:
     """Whether ``packed(model, …)`` gives ``padded(model, …)``'s numbers (float32 to 1e-4,
-    lower precisions to 2e-2) on two random sequences of unequal prompt and response lengths;
-    checked once per model, without gradients, in eval mode."""
+    lower precisions to 2e-2) on three random sequences of unequal prompt and response lengths,
+    two of them answering one prompt; checked once per model, without gradients, in eval mode."""
     inner = getattr(model, "module", model)
     if inner in _CHECKED:
         return _CHECKED[inner]
@@ -128,9 +143,12 @@ def packs_like_padded(
     config = getattr(inner, "config", None) or inner.backbone.config
     vocabulary = config.get_text_config().vocab_size
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocabulary, (2, 9), generator=generator).to(parameter.device)
-    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]], device=parameter.device)
-    response_mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], device=parameter.device)
+    ids = torch.randint(0, vocabulary, (3, 9), generator=generator).to(parameter.device)
+    ids[1, :3] = ids[0, :3]  # rows 0 and 1 answer one prompt: it is packed once
+    prompt_mask = torch.tensor([[1, 1, 1], [1, 1, 1], [0, 1, 1]], device=parameter.device)
+    response_mask = torch.tensor(
+        [[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0]], device=parameter.device
+    )
     inputs = (ids[:, :3], prompt_mask, ids[:, 3:], response_mask)
     was_training = inner.training
     inner.eval()

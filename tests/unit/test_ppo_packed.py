@@ -22,11 +22,33 @@ def test_the_row_holds_the_real_tokens_positions_restart_and_each_response_token
     packed = pack_sequences(PROMPTS, PROMPT_MASK, RESPONSES, RESPONSE_MASK)
     assert packed.input_ids.tolist() == [[5, 6, 7, 8, 1, 2, 3, 4]]
     assert packed.position_ids.tolist() == [[0, 1, 2, 3, 0, 1, 2, 3]]
-    blocks = [(block.keys, block.queries, block.causal) for block in packed.layout.blocks]
-    assert blocks == [((range(0, 4),), range(0, 4), True), ((range(4, 8),), range(4, 8), True)]
+    blocks = [(block.keys, block.queries) for block in packed.layout.blocks]
+    assert blocks == [
+        ((range(0, 2),), range(0, 2)),  # prompt [5, 6]
+        ((range(0, 2), range(2, 4)), range(2, 4)),  # its response, seeing the prompt
+        ((range(4, 7),), range(4, 7)),
+        ((range(4, 7), range(7, 8)), range(7, 8)),
+    ]
+    assert all(block.causal for block in packed.layout.blocks)
     # 7 is predicted at 6 (packed 1), 8 at 7 (packed 2), 4 at 3 (packed 6).
     assert packed.predictors.tolist() == [1, 2, 6]
     assert packed.rows.tolist() == [0, 0, 1] and packed.columns.tolist() == [0, 1, 0]
+
+
+def test_responses_to_one_prompt_share_a_single_copy_of_it():
+    # Rows 0 and 2 answer [5, 6]: it is packed once, both responses attend to it.
+    prompts = torch.tensor([[0, 5, 6], [1, 2, 3], [0, 5, 6]])
+    prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1], [0, 1, 1]])
+    responses = torch.tensor([[7, 8], [4, 0], [9, 0]])
+    response_mask = torch.tensor([[1, 1], [1, 0], [1, 0]])
+    packed = pack_sequences(prompts, prompt_mask, responses, response_mask)
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9, 1, 2, 3, 4]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 3, 2, 0, 1, 2, 3]]
+    keys = [block.keys for block in packed.layout.blocks]
+    assert keys[2] == (range(0, 2), range(4, 5))  # 9 sees the prompt and itself, not 7 or 8
+    # 7 and 9 are both predicted at the prompt's last token (packed 1).
+    assert packed.predictors.tolist() == [1, 2, 1, 7]
+    assert packed.rows.tolist() == [0, 0, 2, 1] and packed.columns.tolist() == [0, 1, 0, 0]
 
 
 @pytest.fixture(scope="module")
@@ -40,11 +62,13 @@ def tiny_policy(tmp_path_factory):
 
 
 def random_batch(vocabulary: int):
+    """Four rows, rows 1 and 3 answering one prompt (packed once)."""
     generator = torch.Generator().manual_seed(1)
-    prompts = torch.randint(1, vocabulary, (3, 5), generator=generator)
-    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
-    responses = torch.randint(1, vocabulary, (3, 4), generator=generator)
-    response_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
+    prompts = torch.randint(1, vocabulary, (4, 5), generator=generator)
+    prompts[3] = prompts[1]
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1], [1] * 5])
+    responses = torch.randint(1, vocabulary, (4, 4), generator=generator)
+    response_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]])
     return prompts, prompt_mask, responses, response_mask
 
 
@@ -75,6 +99,8 @@ def test_packed_values_are_the_padded_ones(tiny_policy):
     packed = packed_response_values(value_model, *batch)
     padded = padded_response_values(value_model, *batch)
     assert torch.allclose(packed, padded, atol=1e-5) and packed.abs().sum() > 0
-    assert torch.allclose(
-        gradients(value_model, packed.sum()), gradients(value_model, padded.sum()), atol=1e-5
-    )
+    # Gradients up to ~500 here: equal to float32 rounding, relatively.
+    torch.testing.assert_close(
+        gradients(value_model, packed.sum()), gradients(value_model, padded.sum()),
+        atol=1e-4, rtol=1e-4,
+    )  # fmt: skip
