@@ -96,12 +96,14 @@ MFU of the update: 6 × (N_body × (prompt + response tokens) + N_head × respon
 second of the update part, real tokens only (padding not counted): N_head the LM head's
 parameters (a tied embedding counted once, as the head), N_body every other parameter but the
 input embedding (a lookup); for PPO N_body adds the value model's (less its embedding).
-Attention's own score FLOPs and the optimizer are not counted. The peak is measured in this run
-with the same threads: 2·n³ over the best of 5 timed n³ matmuls, float32 with n = 2048 on a
-CPU, bf16 with n = 8192 on a GPU (where the update itself runs float32: there MFU understates),
-at the start and again after each model's sides, the best measurement so far counting (other
-work on a shared machine only lowers it: MFU above the truth, never below, when it was busy
-throughout).
+Attention's own score FLOPs and the optimizer are not counted. A prompt counts once per response
+(the work as the algorithm states it): our update computes a prompt once for its group
+(rlhf.ppo.packed), so its figure is model FLOPs, above the hardware FLOPs it ran. The peak is
+measured in this run with the same threads: 2·n³ over the best of 5 timed n³ matmuls, float32
+with n = 2048 on a CPU, bf16 with n = 8192 on a GPU (where the update itself runs float32: there
+MFU understates), at the start and again after each model's sides, the best measurement so far
+counting (other work on a shared machine only lowers it: MFU above the truth, never below, when
+it was busy throughout).
 
 Models: ``stories`` (../shared/models/stories260K-hf; ``PAIRWISE_ASSETS`` moves ../shared),
 ``smollm2`` (SmolLM2-135M-Instruct, converted once with ``python -m rlhf import-gguf`` into a
@@ -143,7 +145,7 @@ from typing import TYPE_CHECKING
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.sft import SHARED, STORIES, smollm2_dir, synchronize  # noqa: E402
+from bench.sft import SHARED, STORIES, smollm2_dir, synchronize, trl_optimizer_settings  # noqa: E402
 
 if TYPE_CHECKING:
     import torch
@@ -591,11 +593,7 @@ def trl_config(run: Settings, config: PPOConfig, workdir: Path, device: torch.de
         lr_scheduler_type="constant",
         warmup_steps=0,
         optim="adamw_torch",
-        adam_beta1=config.adam_betas[0],
-        adam_beta2=config.adam_betas[1],
-        adam_epsilon=config.adam_epsilon,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm,
+        **trl_optimizer_settings(config),
         seed=config.seed,
         activation_checkpointing=False,  # TRL turns it on by default
         bf16=False,  # float32, as our job trains

@@ -433,6 +433,17 @@ def run_ours(model_dir: Path, data: Data, run: Settings, device, tally: Tally, w
     return clock, load_model(out), ""
 
 
+def trl_optimizer_settings(config) -> dict:
+    """Our AdamW's settings (betas, epsilon, weight decay, clipping) as TRL's config names them."""
+    return {
+        "adam_beta1": config.adam_betas[0],
+        "adam_beta2": config.adam_betas[1],
+        "adam_epsilon": config.adam_epsilon,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+    }
+
+
 def run_trl(
     model_dir: Path,
     data: Data,
@@ -486,11 +497,7 @@ def run_trl(
         lr_scheduler_kwargs={"min_lr_rate": ours.min_lr_ratio},
         warmup_steps=warmup_steps(ours, run.steps),  # ours: max(5, 3 % of the steps)
         optim="adamw_torch_fused",
-        adam_beta1=ours.adam_betas[0],
-        adam_beta2=ours.adam_betas[1],
-        adam_epsilon=ours.adam_epsilon,
-        weight_decay=ours.weight_decay,
-        max_grad_norm=ours.max_grad_norm,
+        **trl_optimizer_settings(ours),
         seed=run.seed,
         activation_checkpointing=False,  # TRL turns it on by default
         bf16=cuda,
