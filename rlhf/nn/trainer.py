@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rlhf.files import normalize_permissions
-from rlhf.nn.devices import use_cpu
+from rlhf.nn.devices import check_fsdp_device, use_cpu
 
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -175,6 +175,7 @@ class Trainer:
         from accelerate.utils import set_seed
 
         self.config, self.out_dir, self.progress = config, Path(out_dir), progress
+        check_fsdp_device(config.cpu)
         self.accelerator = Accelerator(
             cpu=use_cpu(config.cpu), mixed_precision=mixed_precision(config)
         )

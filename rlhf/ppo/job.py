@@ -50,6 +50,7 @@ from typing import Any, Protocol
 
 from rlhf.data.prompts import Prompt, split_prompt_files
 from rlhf.jobs import MODEL_DIR, JobContext, JobError, RunSpec, require_directories
+from rlhf.nn.devices import fsdp_launched
 from rlhf.ppo.config import PPOConfig
 
 INPUT_ROLES = ("helpfulness_prompts", "safety_prompts")
@@ -129,6 +130,12 @@ class PPOStage:
             )
         if spec.options:
             raise JobError(f"options.{next(iter(spec.options))}", "a PPO job takes none")
+        if fsdp_launched():
+            raise JobError(
+                "accelerate launch",
+                "PPO runs its processes under DDP (rlhf.ppo.processes: sampling from a sharded "
+                "policy would gather every layer at every token): launch with --multi_gpu",
+            )
         config = PPOConfig.from_dict(spec.config)
         require_directories(config, ("policy", "reward_helpfulness", "reward_safety"))
         train, kept_back = read_prompts(spec, config)

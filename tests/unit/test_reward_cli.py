@@ -133,6 +133,18 @@ def test_train_reward_without_pairs_of_the_kind_names_what_the_files_hold(
     assert not (tmp_path / "rm").exists()
 
 
+def test_fsdp_on_cpus_is_refused_with_what_to_launch_instead(
+    llama_dir, tmp_path, capsys, monkeypatch
+):
+    from rlhf.__main__ import main
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch --use_fsdp` sets
+    data = write_export(tmp_path / "export.jsonl", helpfulness=5, safety=0)
+    assert main([*train_args(data, llama_dir, tmp_path / "rm", "--kind", "helpfulness")]) == 2
+    error = capsys.readouterr().err
+    assert "error: accelerate launch --use_fsdp needs GPUs" in error and "--multi_gpu" in error
+
+
 def test_the_paper_recipe_mixes_the_other_kind_in_and_reports_the_mix(llama_dir, tmp_path, capsys):
     from rlhf.__main__ import main
 
