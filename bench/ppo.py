@@ -145,7 +145,12 @@ from typing import TYPE_CHECKING
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.sft import SHARED, STORIES, smollm2_dir, synchronize, trl_optimizer_settings  # noqa: E402
+from bench.sft import (  # noqa: E402
+    SHARED,
+    model_dir,
+    synchronize,
+    trl_optimizer_settings,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -236,15 +241,6 @@ def settings_for(name: str, args: argparse.Namespace) -> Settings:
         safety_share=args.safety_share,
         max_prompt_tokens=args.max_prompt_tokens,
     )
-
-
-def model_dir(name: str, args: argparse.Namespace, workdir: Path) -> Path | None:
-    if name == "smollm2":
-        return smollm2_dir(args, workdir)
-    if not STORIES.is_dir():
-        print(f"stories: {STORIES} is absent, skipped")
-        return None
-    return STORIES
 
 
 def reward_models(name: str, policy: Path, workdir: Path) -> Models:

@@ -75,15 +75,16 @@ class SamplingParams:
 @dataclass(frozen=True)
 class Completion:
     """The new tokens of one row (EOS included when it ended the row), why it ended, its seed,
-    and each new token's log-probability under the model itself (temperature 1, no top-p: the
-    policy's log π, what PPO's ratio and KL read), from the logits it was drawn from."""
+    and, when asked for (``sample(..., with_logprobs=True)``; else empty), each new token's
+    log-probability under the model itself (temperature 1, no top-p: the policy's log π, what
+    PPO's ratio and KL read), from the logits it was drawn from."""
 
     token_ids: list[int]
     finish_reason: str  # "stop": emitted EOS; "length": reached max_new_tokens
     seed: int
     # Not compared: the same tokens drawn in another batch carry log-probabilities that differ
     # in float rounding.
-    logprobs: list[float] = field(compare=False)
+    logprobs: list[float] = field(default_factory=list, compare=False)
 
 
 def sample(
@@ -93,6 +94,7 @@ def sample(
     params: Sequence[SamplingParams],
     *,
     group_size: int = 1,
+    with_logprobs: bool = False,
 ) -> list[Completion]:
     """Complete every prompt (token ids, BOS included if the model wants one) in one batch.
 
@@ -115,8 +117,9 @@ def sample(
     with torch.inference_mode():
         rows = RowSettings.build(params, seeds, model_device(model))
         tokens, logprobs = decode(
-            model, prompt_token_ids, rows, pad_token_id(model, tokenizer), eos_ids, group_size
-        )
+            model, prompt_token_ids, rows, pad_token_id(model, tokenizer), eos_ids, group_size,
+            with_logprobs,
+        )  # fmt: skip
     return [
         Completion(ids, "stop" if ids[-1] in eos_ids else "length", seed, row_logprobs)
         for ids, seed, row_logprobs in zip(tokens, seeds, logprobs, strict=True)
@@ -159,10 +162,16 @@ class RowSettings:
 
 
 def decode(
-    model, prompt_token_ids, rows: RowSettings, pad_id: int, eos_ids: list[int], group_size=1
+    model,
+    prompt_token_ids,
+    rows: RowSettings,
+    pad_id: int,
+    eos_ids: list[int],
+    group_size=1,
+    with_logprobs: bool = False,
 ):
-    """Run prefill and the decoding steps; return each row's own new tokens and their
-    log-probabilities under the model (temperature 1)."""
+    """Run prefill and the decoding steps; return each row's own new tokens and, if asked for,
+    their log-probabilities under the model (temperature 1; else empty lists)."""
     input_ids, mask = left_pad(prompt_token_ids, pad_id, rows.temperature.device)  # (B/K, P)
     prompt_len = input_ids.shape[1]
     cache, logits = prefill(model, input_ids, mask, prompt_len + rows.steps)  # logits (B/K, V)
@@ -185,7 +194,9 @@ def decode(
         chosen = choose_tokens(logits, rows, step)  # (B,)
         chosen = torch.where(done, pad_id, chosen)
         out[:, step] = chosen
-        out_logprobs[:, step] = torch.log_softmax(logits, dim=-1).gather(1, chosen[:, None])[:, 0]
+        if with_logprobs:
+            chosen_logits = logits.gather(1, chosen[:, None])[:, 0]
+            out_logprobs[:, step] = chosen_logits - torch.logsumexp(logits, dim=-1)
         ends = ~done & (torch.isin(chosen, eos) | (rows.max_new_tokens <= step + 1))  # (B,)
         lengths = torch.where(ends, step + 1, lengths)
         done = done | ends
@@ -197,6 +208,8 @@ def decode(
         )
     lengths = lengths.tolist()
     tokens = [row[:length] for row, length in zip(out.tolist(), lengths, strict=True)]
+    if not with_logprobs:
+        return tokens, [[] for _ in tokens]
     logprobs = [row[:length] for row, length in zip(out_logprobs.tolist(), lengths, strict=True)]
     return tokens, logprobs
 

@@ -211,6 +211,12 @@ class PPORun:
         # Several processes under `accelerate launch` (rlhf.ppo.processes); one otherwise.
         self.processes = Processes(Accelerator(cpu=use_cpu(config.cpu), mixed_precision="no"))
         device = self.processes.device
+        if config.rollout_batch_size % self.processes.world:
+            raise JobError(
+                "config.rollout_batch_size",
+                f"{config.rollout_batch_size} prompts cannot be shared by "
+                f"{self.processes.world} processes: make it a multiple of them",
+            )
         torch.manual_seed(config.seed)  # the value head, where one is new: alike on every process
         self.tokenizer = AutoTokenizer.from_pretrained(config.policy)
         # Float32, the reference too: in another precision than the policy's its log-probs
@@ -249,10 +255,13 @@ class PPORun:
             "data": self.plan.data_digest,
         }
 
-    def save_checkpoint(self) -> None:
+    def checkpoint(self) -> None:
+        """Keep ``model/checkpoints/iteration-N`` (the newest only), written by the main process
+        while the others wait for it."""
         import torch
 
         if not self.processes.main:
+            self.processes.accelerator.wait_for_everyone()
             return
         folder = self.model_dir / CHECKPOINTS_DIR / f"iteration-{self.state.iteration}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -267,10 +276,6 @@ class PPORun:
         (folder / RECORD_FILE).write_text(json.dumps(self.record(), indent=1) + "\n")
         for stale in checkpoints(self.model_dir)[:-1]:
             shutil.rmtree(stale, ignore_errors=True)
-
-    def checkpoint(self) -> None:
-        """:meth:`save_checkpoint` on the main process, the others waiting for it."""
-        self.save_checkpoint()
         self.processes.accelerator.wait_for_everyone()
 
     def resume(self) -> bool:

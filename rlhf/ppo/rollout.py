@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from rlhf.data.chat import completion_text, encode_prompt
 from rlhf.data.prompts import Prompt
@@ -116,7 +117,9 @@ def collect_rollout(
     batch = pad_batch(
         rows, [c.token_ids for c in completions], pad_token_id(policy, tokenizer), device
     )
-    old = padded_rows([c.logprobs for c in completions], batch[2].shape, device)
+    old = pad_sequence(  # (B, T): the longest response is T long
+        [torch.tensor(c.logprobs, dtype=torch.float32) for c in completions], batch_first=True
+    ).to(device)
     old_seconds, clock = _lap(clock, device)
     ref = frozen_logprobs(reference, *batch, batch_size=config.minibatch_size)
     ref_seconds, _ = _lap(clock, device)
@@ -168,7 +171,10 @@ def sample_responses(
         for group in rollout_seeds(prompts, config, iteration)
         for seed in group
     ]
-    return prompt_ids, sample(policy, tokenizer, prompt_ids, params, group_size=config.group_size)
+    completions = sample(
+        policy, tokenizer, prompt_ids, params, group_size=config.group_size, with_logprobs=True
+    )
+    return prompt_ids, completions
 
 
 def judge_responses(
@@ -307,14 +313,6 @@ def frozen_logprobs(
     forward pass, on ``model``'s device; (B, T) float32 on the inputs' device."""
     inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
     return frozen_rows(response_logprobs, model, inputs, batch_size=batch_size)
-
-
-def padded_rows(rows: Sequence[Sequence[float]], shape, device) -> torch.Tensor:
-    """(B, T) float32: each row's values from the left, 0 after its end."""
-    out = torch.zeros(shape, dtype=torch.float32)
-    for i, row in enumerate(rows):
-        out[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
-    return out.to(device)
 
 
 def frozen_rows(forward, model, inputs: Sequence[torch.Tensor], *, batch_size: int):

@@ -184,6 +184,18 @@ def test_same_seed_same_tokens(tiny):
     assert len({tuple(t) for t in tokens(first)}) > 1
 
 
+def test_log_probabilities_come_only_when_asked_for_and_leave_the_tokens_alone(tiny):
+    model, tokenizer = tiny
+    ids = encode(tokenizer, PROMPTS[:2])
+    params = [SamplingParams(1.0, 0.95, 12, seed=3)] * len(ids)
+    plain = sample(model, tokenizer, ids, params)
+    scored = sample(model, tokenizer, ids, params, with_logprobs=True)
+    assert tokens(scored) == tokens(plain) and all(c.logprobs == [] for c in plain)
+    for completion in scored:
+        assert len(completion.logprobs) == len(completion.token_ids)
+        assert all(value < 0 for value in completion.logprobs)
+
+
 def test_a_missing_seed_is_drawn_reported_and_reproducible(tiny):
     model, tokenizer = tiny
     ids = encode(tokenizer, PROMPTS[:3])
