@@ -471,6 +471,7 @@ class PPORun:
         self.save_model()
         if self.processes.main:
             write_charts(self.context.spec.output_dir, state.history, state.evaluations)
+        self.processes.finish()
         return self.metrics()
 
     def metrics(self) -> dict[str, Any]:
