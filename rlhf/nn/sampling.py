@@ -31,6 +31,7 @@ and a cumulative probability, are that close: the tests see identical tokens.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -40,6 +41,8 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
+
+from rlhf.nn import decode_attention
 
 SEED_BOUND = 2**63  # seeds are drawn in [0, 2**31) and accepted in [0, 2**63)
 
@@ -173,22 +176,29 @@ def decode(
     """Run prefill and the decoding steps; return each row's own new tokens and, if asked for,
     their log-probabilities under the model (temperature 1; else empty lists)."""
     input_ids, mask = left_pad(prompt_token_ids, pad_id, rows.temperature.device)  # (B/K, P)
-    prompt_len = input_ids.shape[1]
-    cache, logits = prefill(model, input_ids, mask, prompt_len + rows.steps)  # logits (B/K, V)
-    if group_size > 1:  # each prompt's K rows share its prefill: (B/K, …) -> (B, …)
-        cache.batch_repeat_interleave(group_size)
-        logits = logits.repeat_interleave(group_size, dim=0)
-        input_ids = input_ids.repeat_interleave(group_size, dim=0)
-        mask = mask.repeat_interleave(group_size, dim=0)
-    batch = input_ids.shape[0]
-    # The attention mask of the whole run, preallocated: (B, P + N), each step sets its column.
-    full_mask = torch.cat([mask, mask.new_ones(batch, rows.steps)], dim=1)
-    positions = mask.sum(dim=1)  # (B,) position id of each row's next token
-    eos = torch.tensor(eos_ids, device=input_ids.device)  # (E,)
-    out = torch.full((batch, rows.steps), pad_id, dtype=torch.long, device=input_ids.device)
-    out_logprobs = torch.zeros((batch, rows.steps), device=input_ids.device)  # (B, N) float32
-    done = torch.zeros(batch, dtype=torch.bool, device=input_ids.device)  # (B,)
-    lengths = torch.full((batch,), rows.steps, dtype=torch.long, device=input_ids.device)
+    # Each prompt's K rows share its prefill: its logits and positions are repeated, its KV
+    # cache read once per group (a CPU: rlhf.nn.decode_attention) or repeated K times.
+    shares_prefix = decode_attention.supported(model) and preallocated_cache(model, 1) is not None
+    capacity = input_ids.shape[1] + (0 if shares_prefix else rows.steps)
+    cache, logits = prefill(model, input_ids, mask, capacity)  # logits (B/K, V)
+    logits = logits.repeat_interleave(group_size, dim=0)  # (B, V)
+    positions = mask.sum(dim=1).repeat_interleave(group_size)  # (B,) next token's position
+    if shares_prefix:
+        steps = SharedPrefixSteps(model, cache, mask, group_size, positions, rows.steps)
+    else:
+        steps = ModelSteps(model, cache, mask, group_size, positions, rows.steps)
+    with steps.attention():
+        return _decode_steps(steps, logits, rows, pad_id, eos_ids, with_logprobs)
+
+
+def _decode_steps(steps, logits, rows: RowSettings, pad_id: int, eos_ids, with_logprobs: bool):
+    """Choose each row's token and feed them, step by step, until every row is done."""
+    batch, device = logits.shape[0], logits.device
+    eos = torch.tensor(eos_ids, device=device)  # (E,)
+    out = torch.full((batch, rows.steps), pad_id, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros((batch, rows.steps), device=device)  # (B, N) float32
+    done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,)
+    lengths = torch.full((batch,), rows.steps, dtype=torch.long, device=device)
 
     for step in range(rows.steps):
         chosen = choose_tokens(logits, rows, step)  # (B,)
@@ -202,16 +212,57 @@ def decode(
         done = done | ends
         if step + 1 == rows.steps or bool(done.all()):
             break
-        attention = full_mask[:, : prompt_len + step + 1]  # (B, P + step + 1)
-        cache, logits = forward_step(
-            model, chosen[:, None], attention, positions[:, None] + step, cache
-        )
+        logits = steps.feed(chosen, step)
     lengths = lengths.tolist()
     tokens = [row[:length] for row, length in zip(out.tolist(), lengths, strict=True)]
     if not with_logprobs:
         return tokens, [[] for _ in tokens]
     logprobs = [row[:length] for row, length in zip(out_logprobs.tolist(), lengths, strict=True)]
     return tokens, logprobs
+
+
+class ModelSteps:
+    """Decoding steps through the model's own attention: the prefill's cache repeated for each
+    prompt's K rows, the (B, P + N) attention mask preallocated, each step one more column."""
+
+    def __init__(self, model, cache, mask, group_size: int, positions, steps: int):
+        cache.batch_repeat_interleave(group_size)
+        mask = mask.repeat_interleave(group_size, dim=0)
+        self.model, self.cache, self.positions = model, cache, positions
+        self.prompt_len = mask.shape[1]
+        self.mask = torch.cat([mask, mask.new_ones(mask.shape[0], steps)], dim=1)
+
+    def attention(self):
+        return contextlib.nullcontext()
+
+    def feed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Feed the (B,) tokens chosen at ``step``; return the (B, V) next-token logits."""
+        attention = self.mask[:, : self.prompt_len + step + 1]  # (B, P + step + 1)
+        self.cache, logits = forward_step(
+            self.model, tokens[:, None], attention, self.positions[:, None] + step, self.cache
+        )
+        return logits
+
+
+class SharedPrefixSteps:
+    """Decoding steps through :mod:`rlhf.nn.decode_attention`: the prefill's cache is each
+    prompt's :class:`SharedPrefix`, read by its K rows; a new cache holds the rows' own tokens
+    (no padding there, so no mask)."""
+
+    def __init__(self, model, cache, mask, group_size: int, positions, steps: int):
+        self.model, self.positions = model, positions
+        self.prefix = decode_attention.SharedPrefix.of(cache, mask, group_size)
+        self.cache = preallocated_cache(model, steps)
+
+    def attention(self):
+        return decode_attention.decode_attention_of(self.model)
+
+    def feed(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        self.cache, logits = forward_step(
+            self.model, tokens[:, None], None, self.positions[:, None] + step, self.cache,
+            shared_prefix=self.prefix,
+        )  # fmt: skip
+        return logits
 
 
 def left_pad(prompt_token_ids, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,7 +291,7 @@ def prefill(model, input_ids: torch.Tensor, mask: torch.Tensor, capacity: int):
     return cache_of(outputs), outputs.logits[:, -1, :].float()
 
 
-def forward_step(model, tokens, attention, positions, cache):
+def forward_step(model, tokens, attention, positions, cache, **attention_kwargs):
     """Feed (B, 1) tokens at (B, 1) positions; return the grown cache and (B, V) next logits."""
     outputs = model(
         input_ids=tokens,
@@ -248,6 +299,7 @@ def forward_step(model, tokens, attention, positions, cache):
         position_ids=positions,
         use_cache=True,
         **{cache_argument(model): cache},
+        **attention_kwargs,
     )
     return cache_of(outputs), outputs.logits[:, -1, :].float()
 
@@ -263,9 +315,10 @@ def choose_tokens(logits: torch.Tensor, rows: RowSettings, step: int) -> torch.T
     return torch.where(greedy, logits.argmax(dim=-1), sampled)
 
 
-# A nucleus is looked for among the NUCLEUS_CANDIDATES most probable tokens first: finding them
-# (top-k) costs a fraction of sorting a 50k-token vocabulary, which was a quarter of a CPU step.
-NUCLEUS_CANDIDATES = 1024
+# A nucleus is looked for among a row's 64 most probable tokens first, then among its 1,024:
+# finding them (top-k) costs a fraction of sorting the vocabulary (a quarter of a CPU step at
+# 50k tokens), and a confident row's nucleus is a few tokens. Rows whose nucleus is larger sort.
+NUCLEUS_CANDIDATES = (64, 1024)
 
 
 def sample_top_p(logits: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tensor):
@@ -283,14 +336,16 @@ def sample_top_p(logits: torch.Tensor, top_p: torch.Tensor, uniform: torch.Tenso
     if bool(whole.any()):
         tokens[whole] = _inverse_cdf(probs[whole], uniform[whole])
     rows = (~whole).nonzero().squeeze(-1)  # (R,) the rows with a nucleus
+    for candidates in NUCLEUS_CANDIDATES:
+        if not len(rows) or 2 * candidates > probs.shape[-1]:  # then sorting costs as much
+            break
+        ranked, order = probs[rows].topk(candidates, dim=-1)  # (R, k) each, descending
+        inside = ranked.sum(dim=-1) > top_p[rows]  # (R,) the nucleus lies within the top k
+        found = rows[inside]
+        tokens[found] = _nucleus_token(ranked[inside], order[inside], top_p[found], uniform[found])
+        rows = rows[~inside]
     if len(rows):
-        ranked, order = probs[rows].topk(min(NUCLEUS_CANDIDATES, probs.shape[-1]), dim=-1)
-        beyond = ranked.sum(dim=-1) <= top_p[rows]  # (R,) the nucleus may reach past the top k
-        if bool(beyond.any()) and ranked.shape[-1] < probs.shape[-1]:
-            far = rows[beyond]
-            ranked_far, order_far = probs[far].sort(dim=-1, descending=True, stable=True)
-            tokens[far] = _nucleus_token(ranked_far, order_far, top_p[far], uniform[far])
-            rows, ranked, order = rows[~beyond], ranked[~beyond], order[~beyond]
+        ranked, order = probs[rows].sort(dim=-1, descending=True, stable=True)
         tokens[rows] = _nucleus_token(ranked, order, top_p[rows], uniform[rows])
     return tokens
 
@@ -377,6 +432,11 @@ def preallocated_cache(model, capacity: int):
     else:
         return None
     return cache
+
+
+def is_preallocated(cache) -> bool:
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(isinstance(layer, PreallocatedLayer) for layer in layers)
 
 
 # --- what differs between models -----------------------------------------------------------------

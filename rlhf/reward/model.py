@@ -150,11 +150,14 @@ def score_texts(
     """One scalar reward per (context, response) pair, as a float32 CPU tensor of shape (n,).
 
     Runs in eval mode without gradients (the model's training mode is restored afterwards).
-    Texts are grouped by length into batches of ``batch_size``; the rewards come back in the
-    order of the inputs and do not depend on ``batch_size``. A batch is one packed row without
-    padding, the last layer computing only the reward tokens
+    Texts are grouped into batches of ``batch_size`` (by length; see below for decoders); the
+    rewards come back in the order of the inputs and do not depend on ``batch_size``. A batch
+    is one packed row without padding, the last layer computing only the reward tokens
     (:func:`rlhf.reward.packed.packed_rewards`), for a model that gives its own forward's
-    numbers that way (checked once per model); else padded rows through its own forward.
+    numbers that way (checked once per model); else padded rows through its own forward. A
+    decoder's packed texts are sorted by their tokens, and a text that begins like its
+    neighbour (another response to the same prompt) takes the common prefix from it instead of
+    computing it again (:func:`rlhf.reward.packed.shared_prefixes`).
     """
     import torch
 
@@ -166,14 +169,17 @@ def score_texts(
         return torch.zeros(0)
     texts = [conversation_text(tokenizer, c, r) for c, r in zip(contexts, responses, strict=True)]
     encoded = encode_texts(tokenizer, texts, max_length=usable_length(model, max_length))
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    from rlhf.reward.packed import packs_texts, uses_prefix_sharing
+
+    packed = packs_texts(model)
+    # Packed decoder rows share common prefixes (a prompt's K responses) between neighbours:
+    # sorted by their tokens. Padded rows waste least sorted by length.
+    sharing = packed and uses_prefix_sharing(model)
+    order = sorted(range(len(encoded)), key=lambda i: encoded[i] if sharing else len(encoded[i]))
     rewards = torch.empty(len(encoded), dtype=torch.float32)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    from rlhf.reward.packed import packs_texts
-
-    packed = packs_texts(model)
     try:
         with torch.no_grad():
             for start in range(0, len(order), batch_size):
@@ -198,10 +204,17 @@ def score_texts(
 
 
 def _packed_scores(model, sequences: list[list[int]], device):
-    from rlhf.reward.packed import pack_sequences, packed_rewards, uses_prefix_sharing
+    from rlhf.reward.packed import (
+        pack_sequences,
+        packed_rewards,
+        shared_prefixes,
+        uses_prefix_sharing,
+    )
 
-    reward_token = "last" if uses_prefix_sharing(model) else "first"
-    inputs = pack_sequences(sequences, reward_token)
+    if uses_prefix_sharing(model):  # a decoder: neighbours share their common prefix
+        inputs = pack_sequences(sequences, "last", shared_prefixes(sequences))
+    else:
+        inputs = pack_sequences(sequences, "first")
     inputs = {k: v if k == "packed_layout" else v.to(device) for k, v in inputs.items()}
     return packed_rewards(model, **inputs).float().cpu()
 

@@ -56,24 +56,43 @@ def reward_head(model) -> Callable[[torch.Tensor], torch.Tensor] | None:
     return None
 
 
-def pack_sequences(sequences: Sequence[Sequence[int]], reward_token: str) -> dict:
+def pack_sequences(
+    sequences: Sequence[Sequence[int]],
+    reward_token: str,
+    shared_lengths: Sequence[int] | None = None,
+) -> dict:
     """Token sequences one after the other in one packed row, each attending to itself only
     (causally if the reward is read at the ``"last"`` token, a decoder's; both ways at the
     ``"first"``, an encoder's ``[CLS]``): ``input_ids``, ``position_ids``, ``packed_layout``
-    and ``reward_index`` (S,), the packed position of each sequence's reward token."""
+    and ``reward_index`` (S,), the packed position of each sequence's reward token.
+
+    ``shared_lengths[i]`` > 0 (decoders only): the first that many tokens of sequence i are
+    those of its *head*, the last sequence before it with a shared length of 0. They are not
+    packed again; i's other tokens attend to the head's copy of them, at the same positions, and
+    to themselves: the same numbers as i alone (:func:`shared_prefixes` finds the lengths).
+    """
     if reward_token not in ("first", "last"):
         raise ValueError(f"reward_token must be 'first' or 'last', not {reward_token!r}")
     causal = reward_token == "last"  # decoders read the last token, encoders the first
+    shared_lengths = [0] * len(sequences) if shared_lengths is None else list(shared_lengths)
+    if any(shared_lengths) and not causal:
+        raise ValueError("only a decoder's sequences (reward at the last token) share prefixes")
     token_ids: list[int] = []
     positions: list[int] = []
     blocks, reward_blocks, rewards = [], [], []
-    for ids in sequences:
-        start, end = len(token_ids), len(token_ids) + len(ids)
-        token_ids += ids
-        positions += range(len(ids))
+    head, head_start = None, 0
+    for ids, shared in zip(sequences, shared_lengths, strict=True):
+        if shared and (head is None or not 0 < shared < len(ids) or ids[:shared] != head[:shared]):
+            raise ValueError(f"a shared length of {shared} is not a prefix of the head's tokens")
+        if not shared:
+            head, head_start = ids, len(token_ids)
+        start, end = len(token_ids), len(token_ids) + len(ids) - shared
+        token_ids += ids[shared:]
+        positions += range(shared, len(ids))
+        keys = (range(head_start, head_start + shared), range(start, end)) if shared else None
+        keys = keys or (range(start, end),)
         read = end - 1 if causal else start
-        blocks.append(AttentionBlock((range(start, end),), range(start, end), causal))
-        keys = (range(start, end),)
+        blocks.append(AttentionBlock(keys, range(start, end), causal))
         reward_blocks.append(AttentionBlock(keys, range(read, read + 1), causal))
         rewards.append(read)
     layout = PackedLayout(len(token_ids), tuple(blocks), tuple(reward_blocks))
@@ -83,6 +102,34 @@ def pack_sequences(sequences: Sequence[Sequence[int]], reward_token: str) -> dic
         "packed_layout": layout,
         "reward_index": torch.tensor(rewards),
     }
+
+
+# A sequence shares its head's prefix when that saves at least this many tokens: a shorter one
+# saves less than the extra pieces of attention it costs.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefixes(sequences: Sequence[Sequence[int]], minimum: int = MIN_SHARED_PREFIX):
+    """For :func:`pack_sequences`: each sequence's common prefix with the head of its run (the
+    last sequence that shares nothing), at most all but its last token, or 0 when that is
+    shorter than ``minimum`` (it starts a new run). Order the sequences so that those with a
+    common prefix are adjacent (e.g. the K responses to one prompt)."""
+    lengths, head = [], None
+    for ids in sequences:
+        length = 0 if head is None else min(common_prefix_length(head, ids), len(ids) - 1)
+        if length < minimum:
+            length, head = 0, ids
+        lengths.append(length)
+    return lengths
+
+
+def common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
+    length = 0
+    for a, b in zip(first, second, strict=False):
+        if a != b:
+            break
+        length += 1
+    return length
 
 
 def packed_rewards(model, input_ids, position_ids, packed_layout, reward_index) -> torch.Tensor:
@@ -136,4 +183,12 @@ def _probe(model) -> bool:
     return torch.allclose(packed, own[:, 0].float(), atol=tolerance, rtol=tolerance)
 
 
-__all__ = ["pack_sequences", "packed_rewards", "packs_texts", "reward_head", "uses_prefix_sharing"]
+__all__ = [
+    "common_prefix_length",
+    "pack_sequences",
+    "packed_rewards",
+    "packs_texts",
+    "reward_head",
+    "shared_prefixes",
+    "uses_prefix_sharing",
+]

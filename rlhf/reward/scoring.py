@@ -43,9 +43,15 @@ from torch import nn
 
 from rlhf.data.chat import conversation_text, has_chat_template
 from rlhf.data.pairs import PreferencePair
-from rlhf.nn.packed_attention import AttentionBlock, PackedLayout
+from rlhf.nn.packed_attention import PackedLayout
 from rlhf.reward.model import encode_texts, usable_length
-from rlhf.reward.packed import pack_sequences, packed_rewards, reward_head, uses_prefix_sharing
+from rlhf.reward.packed import (
+    common_prefix_length,
+    pack_sequences,
+    packed_rewards,
+    reward_head,
+    uses_prefix_sharing,
+)
 
 
 @dataclass(frozen=True)
@@ -70,15 +76,6 @@ class EncodedPair:
     def separate_length(self) -> int:
         """Tokens of the longer of the two separate rows."""
         return max(len(self.chosen_ids), len(self.rejected_ids))
-
-
-def common_prefix_length(first: Sequence[int], second: Sequence[int]) -> int:
-    length = 0
-    for a, b in zip(first, second, strict=False):
-        if a != b:
-            break
-        length += 1
-    return length
 
 
 def leading_special_tokens(tokenizer) -> int:
@@ -195,41 +192,14 @@ def _collate_separate(encoded: Sequence[EncodedPair], pad_token_id: int, multipl
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def _packed_inputs(token_ids, positions, blocks, reward_blocks, chosen, rejected) -> dict:
-    layout = PackedLayout(len(token_ids), tuple(blocks), tuple(reward_blocks))
-    return {
-        "input_ids": torch.tensor([token_ids]),
-        "position_ids": torch.tensor([positions]),
-        "packed_layout": layout,
-        "chosen_index": torch.tensor(chosen),
-        "rejected_index": torch.tensor(rejected),
-    }
-
-
 def _collate_shared(encoded: Sequence[EncodedPair]) -> dict:
-    token_ids: list[int] = []
-    positions: list[int] = []
-    blocks, reward_blocks, chosen, rejected = [], [], [], []
-    for pair in encoded:
-        start, prefix = len(token_ids), pair.shared_length
-        tail = pair.rejected_ids[prefix:]
-        chosen_end = start + len(pair.chosen_ids)
-        end = chosen_end + len(tail)
-        token_ids += pair.chosen_ids + tail
-        positions += [*range(len(pair.chosen_ids)), *range(prefix, prefix + len(tail))]
-        chosen_keys = (range(start, chosen_end),)
-        rejected_keys = (range(start, start + prefix), range(chosen_end, end))
-        blocks += [
-            AttentionBlock(chosen_keys, range(start, chosen_end), causal=True),
-            AttentionBlock(rejected_keys, range(chosen_end, end), causal=True),
-        ]
-        reward_blocks += [
-            AttentionBlock(chosen_keys, range(chosen_end - 1, chosen_end), causal=True),
-            AttentionBlock(rejected_keys, range(end - 1, end), causal=True),
-        ]
-        chosen.append(chosen_end - 1)
-        rejected.append(end - 1)
-    return _packed_inputs(token_ids, positions, blocks, reward_blocks, chosen, rejected)
+    """The pairs one after the other, each rejected reply taking its context from the chosen
+    sequence (see the module docstring)."""
+    sequences = [ids for pair in encoded for ids in (pair.chosen_ids, pair.rejected_ids)]
+    shared = [length for pair in encoded for length in (0, pair.shared_length)]
+    inputs = pack_sequences(sequences, "last", shared)
+    reads = inputs.pop("reward_index")
+    return inputs | {"chosen_index": reads[0::2], "rejected_index": reads[1::2]}
 
 
 def _collate_sequences(encoded: Sequence[EncodedPair], reward_token: str) -> dict:

@@ -167,6 +167,45 @@ def test_packed_scores_are_the_model_s_own_padded_forward(backbone, request):
     torch.testing.assert_close(scores, own, atol=1e-5, rtol=0)
 
 
+def test_responses_to_one_prompt_share_its_tokens_and_score_as_alone(llama):
+    """K responses to each prompt, shuffled: a decoder's packed row computes each prompt's
+    common prefix once, and every score equals that of the text scored alone."""
+    from rlhf.reward.packed import pack_sequences, shared_prefixes
+
+    model, tokenizer = llama
+    contexts = [c for c in CONTEXTS[:3] for _ in range(3)]
+    responses = [f"{r} Take {k}." for r in RESPONSES[:3] for k in range(3)]
+    order = [4, 0, 8, 2, 6, 1, 7, 3, 5]
+    shuffled = rm.score_texts(
+        model, tokenizer, [contexts[i] for i in order], [responses[i] for i in order]
+    )
+    alone = [
+        rm.score_texts(model, tokenizer, [c], [r])[0]
+        for c, r in zip(contexts, responses, strict=True)
+    ]
+    torch.testing.assert_close(shuffled, torch.stack(alone)[order], atol=1e-5, rtol=0)
+
+    texts = [
+        rm.conversation_text(tokenizer, c, r) for c, r in zip(contexts, responses, strict=True)
+    ]
+    encoded = sorted(rm.encode_texts(tokenizer, texts))
+    shared = shared_prefixes(encoded)
+    assert [bool(length) for length in shared] == [False, True, True] * 3  # each prompt once
+    packed = pack_sequences(encoded, "last", shared)
+    assert packed["input_ids"].shape[1] == sum(map(len, encoded)) - sum(shared)
+
+
+def test_packing_refuses_a_prefix_that_is_not_shared():
+    from rlhf.reward.packed import pack_sequences
+
+    with pytest.raises(ValueError, match="not a prefix of the head"):
+        pack_sequences([[1, 2, 3], [1, 9, 4]], "last", [0, 2])
+    with pytest.raises(ValueError, match="not a prefix of the head"):
+        pack_sequences([[1, 2, 3], [1, 2]], "last", [0, 2])  # nothing of its own left
+    with pytest.raises(ValueError, match="only a decoder"):
+        pack_sequences([[1, 2, 3], [1, 2, 4]], "first", [0, 2])
+
+
 def test_scoring_restores_training_mode_and_needs_no_grad(llama):
     model, tokenizer = llama
     model.train()

@@ -143,8 +143,12 @@ def test_a_nucleus_beyond_the_top_candidates_is_found_by_a_full_sort(monkeypatch
     logits = torch.randn(6, 50, generator=generator)
     top_p = torch.tensor([0.3, 0.5, 0.7, 0.9, 0.95, 0.99])
     uniform = torch.rand(6, generator=generator, dtype=torch.float64)
-    everything = sample_top_p(logits, top_p, uniform)  # 50 candidates: the whole vocabulary
-    monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", 4)  # most nuclei reach past 4 tokens
+    everything = sample_top_p(logits, top_p, uniform)  # 50 tokens: sorted whole
+    # Nuclei of 1–4 tokens found among the top 4, of 5–8 among the top 8, the rest sorted.
+    monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", (4, 8))
+    sizes = [(logits.softmax(-1).sort(descending=True).values.cumsum(-1)[i] < p).sum() + 1
+             for i, p in enumerate(top_p.tolist())]  # fmt: skip
+    assert min(sizes) <= 4 and any(4 < size <= 8 for size in sizes) and max(sizes) > 8
     assert sample_top_p(logits, top_p, uniform).tolist() == everything.tolist()
 
 
