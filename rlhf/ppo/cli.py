@@ -51,6 +51,11 @@ def add_commands(commands) -> None:
     command.add_argument("--out", type=Path, required=True, help="the run's directory")
     hyperparameters.add_flags(command, PPOConfig)
     command.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
+    command.add_argument(
+        "--fsdp", action="store_true",
+        help="shard the policy and the value model over the processes (FSDP2) instead of DDP "
+        "replicas; implied by accelerate launch --use_fsdp",
+    )  # fmt: skip
     command.add_argument("--resume", action="store_true", help="continue an interrupted run")
     command.set_defaults(run=run_ppo)
 
@@ -73,6 +78,7 @@ def spec_of(args: argparse.Namespace) -> RunSpec:
             "reward_helpfulness": args.reward_helpfulness,
             "reward_safety": args.reward_safety,
             "cpu": args.cpu,
+            "fsdp": args.fsdp,
             **hyperparameters.flag_values(args, PPOConfig),
         },
         inputs={role: [InputFile.of(f) for f in files] for role, files in inputs.items() if files},

@@ -139,6 +139,11 @@ class PPOConfig(TrainerConfig):
     )  # fmt: skip
     seed: int = trainer_settings.seed(0, help="Fixes the split, every sample's seed and the order.")
     cpu: bool = trainer_settings.cpu(False)
+    fsdp: bool = setting(
+        False, help="Shard the policy and the value model, their gradients and AdamW states, "
+        "over the processes (FSDP2; implied by `accelerate launch --use_fsdp`); else each "
+        "process holds a replica (DDP).",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.group_size is None and self.algorithm in GROUP_SIZES:

@@ -130,13 +130,9 @@ class PPOStage:
             )
         if spec.options:
             raise JobError(f"options.{next(iter(spec.options))}", "a PPO job takes none")
-        if fsdp_launched():
-            raise JobError(
-                "accelerate launch",
-                "PPO runs its processes under DDP (rlhf.ppo.processes: sampling from a sharded "
-                "policy would gather every layer at every token): launch with --multi_gpu",
-            )
         config = PPOConfig.from_dict(spec.config)
+        if fsdp_launched():  # accelerate launch --use_fsdp: PPO shards the models itself
+            config.fsdp = True
         require_directories(config, ("policy", "reward_helpfulness", "reward_safety"))
         train, kept_back = read_prompts(spec, config)
         if not train:
@@ -209,7 +205,8 @@ class PPORun:
 
         config = self.config
         # Several processes under `accelerate launch` (rlhf.ppo.processes); one otherwise.
-        self.processes = Processes(Accelerator(cpu=use_cpu(config.cpu), mixed_precision="no"))
+        accelerator = Accelerator(cpu=use_cpu(config.cpu), mixed_precision="no")
+        self.processes = Processes(accelerator, fsdp=config.fsdp)
         device = self.processes.device
         if config.rollout_batch_size % self.processes.world:
             raise JobError(
@@ -226,20 +223,20 @@ class PPORun:
         self.reference = AutoModelForCausalLM.from_pretrained(config.policy, dtype=torch.float32)
         self.reference.to(device).eval().requires_grad_(False)
         self.helpfulness, self.safety = self.judges(config, device)
-        self.optimizer = adamw(self.policy, config)
-        self.value_model = self.value_optimizer = None
+        self.value_model = self.value_optimizer = self.trained_value = None
         if config.algorithm == "ppo":
             self.value_model, note = load_value_model(
                 config.value_init, config.policy, self.tokenizer, config.reward_helpfulness
             )
             self.value_model.to(device)
-            self.value_optimizer = adamw(self.value_model, config)
             self.events.write("log", message=note)
-        # What the update's forward passes go through: DDP wrappers under several processes.
+        # What the update's forward passes go through: under several processes DDP wrappers,
+        # or the models themselves, sharded in place (so the optimizers are made after).
         self.trained_policy = self.processes.wrap(self.policy)
-        self.trained_value = None
+        self.optimizer = adamw(self.policy, config)
         if self.value_model is not None:
             self.trained_value = self.processes.wrap(self.value_model)
+            self.value_optimizer = adamw(self.value_model, config)
 
     # -- checkpoints --
 
@@ -260,28 +257,26 @@ class PPORun:
         while the others wait for it."""
         import torch
 
-        if not self.processes.main:
-            self.processes.accelerator.wait_for_everyone()
-            return
-        folder = self.model_dir / CHECKPOINTS_DIR / f"iteration-{self.state.iteration}"
-        folder.mkdir(parents=True, exist_ok=True)
-        weights = {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-        }
+        from rlhf.nn.sharding import full_state
+
+        weights = {"policy": full_state(self.policy, self.optimizer)}  # every process gathers
         if self.value_model is not None:
-            weights["value_model"] = self.value_model.state_dict()
-            weights["value_optimizer"] = self.value_optimizer.state_dict()
-        torch.save(weights, folder / STATE_FILE)
-        (folder / RECORD_FILE).write_text(json.dumps(self.record(), indent=1) + "\n")
-        for stale in checkpoints(self.model_dir)[:-1]:
-            shutil.rmtree(stale, ignore_errors=True)
-        self.processes.accelerator.wait_for_everyone()
+            weights["value_model"] = full_state(self.value_model, self.value_optimizer)
+        if self.processes.main:
+            folder = self.model_dir / CHECKPOINTS_DIR / f"iteration-{self.state.iteration}"
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(weights, folder / STATE_FILE)
+            (folder / RECORD_FILE).write_text(json.dumps(self.record(), indent=1) + "\n")
+            for stale in checkpoints(self.model_dir)[:-1]:
+                shutil.rmtree(stale, ignore_errors=True)
+        self.processes.wait()
 
     def resume(self) -> bool:
         """Continue from the newest complete checkpoint, if the spec resumes and there is one
         of this config and these prompts (another raises ValueError)."""
         import torch
+
+        from rlhf.nn.sharding import load_full_state
 
         found = checkpoints(self.model_dir)
         if not self.context.spec.resume or not found:
@@ -295,11 +290,9 @@ class PPORun:
                     "directory or delete its checkpoints"
                 )
         weights = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
-        self.policy.load_state_dict(weights["policy"])
-        self.optimizer.load_state_dict(weights["optimizer"])
+        load_full_state(self.policy, self.optimizer, weights["policy"])
         if self.value_model is not None:
-            self.value_model.load_state_dict(weights["value_model"])
-            self.value_optimizer.load_state_dict(weights["value_optimizer"])
+            load_full_state(self.value_model, self.value_optimizer, weights["value_model"])
         self.state = RunState(
             iteration=record["iteration"],
             history=record["history"],
@@ -318,12 +311,28 @@ class PPORun:
     def evaluate(self) -> dict[str, Any]:
         """One response per held-out prompt (seeded by the prompt alone, so every evaluation
         draws with the same seeds), judged by the gate: the mean gated reward and its error."""
+        from rlhf.nn.sharding import gathered
+
+        self.policy.eval()
+        with gathered(self.policy):  # sharded: gathered once for the whole evaluation
+            judgements = self.judge_held_out(self.processes.share(self.plan.held_out))
+        judgements = self.processes.gather_objects(judgements, len(self.plan.held_out))
+        rewards, by_safety, lengths = (list(column) for column in zip(*judgements, strict=True))
+        n = len(rewards)
+        return {
+            "reward": statistics.fmean(rewards),
+            "reward_stderr": statistics.stdev(rewards) / n**0.5 if n > 1 else 0.0,
+            "by_safety_share": statistics.fmean(by_safety),
+            "response_length": statistics.fmean(lengths),
+            "prompts": n,
+        }
+
+    def judge_held_out(self, prompts: list[Prompt]) -> list[tuple[float, bool, int]]:
+        """(gated reward, decided by safety, tokens) of one response to each prompt."""
         from rlhf.rejection_sampling.sampling import judge, sample_groups, sample_seed
 
-        config, processes = self.config, self.processes
-        prompts = processes.share(self.plan.held_out)
+        config = self.config
         judgements = []
-        self.policy.eval()
         for start in range(0, len(prompts), config.rollout_batch_size):
             batch = prompts[start : start + config.rollout_batch_size]
             seeds = [
@@ -341,16 +350,7 @@ class PPORun:
             judgements += [(one.reward, one.by_safety, one.tokens) for [one] in judged]
             if self.context.eval_progress is not None:
                 self.context.eval_progress(min(start + len(batch), len(prompts)), len(prompts))
-        judgements = processes.gather_objects(judgements, len(self.plan.held_out))
-        rewards, by_safety, lengths = (list(column) for column in zip(*judgements, strict=True))
-        n = len(rewards)
-        return {
-            "reward": statistics.fmean(rewards),
-            "reward_stderr": statistics.stdev(rewards) / n**0.5 if n > 1 else 0.0,
-            "by_safety_share": statistics.fmean(by_safety),
-            "response_length": statistics.fmean(lengths),
-            "prompts": n,
-        }
+        return judgements
 
     def record_evaluation(self) -> None:
         state = self.state
@@ -377,6 +377,7 @@ class PPORun:
 
     def iterate(self) -> None:
         """One iteration: its rollout, its update (unless the KL bound stops the run first)."""
+        from rlhf.nn.sharding import gathered
         from rlhf.ppo.processes import gather_rollout
         from rlhf.ppo.rollout import collect_rollout
         from rlhf.ppo.update import ppo_update, rollout_metrics, rollout_targets
@@ -388,10 +389,11 @@ class PPORun:
             self.plan.train, config.rollout_batch_size, config.seed, iteration
         )
         self.policy.eval()
-        mine = collect_rollout(
-            self.policy, self.tokenizer, self.reference, self.helpfulness, self.safety,
-            self.processes.share(prompts), config, iteration=iteration,
-        )  # fmt: skip
+        with gathered(self.policy):  # sharded: gathered once for the whole rollout
+            mine = collect_rollout(
+                self.policy, self.tokenizer, self.reference, self.helpfulness, self.safety,
+                self.processes.share(prompts), config, iteration=iteration,
+            )  # fmt: skip
         rollout = gather_rollout(mine, self.processes, prompts)
         targets_started = time.perf_counter()
         targets = rollout_targets(rollout, config, self.value_model)  # PPO: the values too
@@ -510,11 +512,13 @@ class PPORun:
 
     def save_model(self) -> None:
         from rlhf.files import normalize_permissions
+        from rlhf.nn.sharding import full_state
 
+        weights = full_state(self.policy)["model"]  # every process gathers
         if not self.processes.main:
             return
         self.model_dir.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(self.model_dir)
+        self.policy.save_pretrained(self.model_dir, state_dict=weights)
         self.tokenizer.save_pretrained(self.model_dir)
         metadata = {
             "base_model": self.config.policy,

@@ -15,10 +15,12 @@ A run on W processes takes the same steps as one process with the same settings:
 - **evaluation**: the held-out prompts are dealt out and the judgements gathered.
 
 Up to the order of float summation, the metrics and weights are one process's
-(``tests/unit/test_ppo_processes.py`` checks it with two gloo processes). Each process holds
-the policy, the reference and both reward models; the policy and the value model are wrapped
-for DDP. FSDP is not offered here: sampling from a sharded policy would gather every layer at
-every new token.
+(``tests/unit/test_ppo_processes.py`` checks it with two gloo processes, replicated and
+sharded). Each process holds the reference and both reward models whole. The policy and the
+value model are either replicas wrapped for DDP, or, with ``fsdp`` (``--fsdp``, or ``accelerate
+launch --use_fsdp``), sharded over the processes, their gradients and AdamW states too
+(:mod:`rlhf.nn.sharding`); the policy is then gathered whole once per rollout and once per
+evaluation, not at every sampled token.
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ class Processes:
     """This process's place among the run's: ``world`` processes, this one ``rank``. One
     process (``world`` 1) is the plain case: every method then returns its input."""
 
-    def __init__(self, accelerator: Any):
+    def __init__(self, accelerator: Any, fsdp: bool = False):
         self.accelerator = accelerator
         self.world = accelerator.num_processes
         self.rank = accelerator.process_index
         self.main = accelerator.is_main_process
         self.device = accelerator.device
+        self.sharded = fsdp and self.world > 1  # one process has nothing to shard
 
     def finish(self) -> None:
         """The end of the run: every process waits for the main one's last files, then all
@@ -63,10 +66,21 @@ class Processes:
         return list(items[self.rank :: self.world])
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        """``model`` for training: wrapped for DDP under several processes, else itself."""
+        """``model`` for training: sharded in place (then build its optimizer after this) or
+        wrapped for DDP under several processes, else itself."""
+        if self.sharded:
+            from rlhf.nn.sharding import shard
+
+            shard(model, self.device, self.world)
+            return model
         if self.world == 1:
             return model
         return self.accelerator.prepare_model(model, device_placement=False)
+
+    def wait(self) -> None:
+        """Every process waits for the others here."""
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
 
     def gather_objects(self, items: list[Item], total: int) -> list[Item]:
         """Every process's ``share`` of a list of ``total`` items, back in the list's order."""

@@ -230,19 +230,13 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(
     assert not (tmp_path / "run").exists()
 
 
-def test_an_fsdp_launch_is_refused_naming_what_to_launch_instead(
-    tiny_models,  # noqa: F811
-    tmp_path,
-    monkeypatch,
-):
-    from rlhf.jobs import JobError
-    from rlhf.runner import run_job
+def test_an_fsdp_launch_shards_the_models(tiny_models, tmp_path, monkeypatch):  # noqa: F811
+    from rlhf.ppo.job import PPOStage
 
+    spec = ppo_spec(tmp_path, tiny_models, tmp_path / "run")
+    assert not PPOStage().prepare(spec).config.fsdp
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # as `accelerate launch --use_fsdp` sets
-    with pytest.raises(JobError) as refused:
-        run_job(ppo_spec(tmp_path, tiny_models, tmp_path / "run"))
-    assert refused.value.field == "accelerate launch" and "--multi_gpu" in refused.value.message
-    assert not (tmp_path / "run").exists()
+    assert PPOStage().prepare(spec).config.fsdp
 
 
 def test_a_bad_setting_is_refused_naming_it(tiny_models, tmp_path):  # noqa: F811
