@@ -27,11 +27,12 @@ keywords to the attention function, as it does ``packed_layout``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
+
+from rlhf.nn.attention_interface import attention_of
 
 ATTENTION_NAME = "pairwise_decode"
 # Attention variants some models ask for through the interface's keywords (a sliding window,
@@ -140,24 +141,9 @@ def supported(model) -> bool:
     return next(model.parameters()).device.type == "cpu"
 
 
-def register() -> None:
-    """Make ``"pairwise_decode"`` an attention implementation ``transformers`` knows."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION_NAME, decode_attention)
-
-
-@contextmanager
-def decode_attention_of(model) -> Iterator[None]:
+def decode_attention_of(model) -> AbstractContextManager[None]:
     """Within the block, ``model`` runs its attention through :func:`decode_attention`."""
-    register()
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
+    return attention_of(model, ATTENTION_NAME, decode_attention)
 
 
 __all__ = ["ATTENTION_NAME", "SharedPrefix", "decode_attention", "decode_attention_of", "supported"]

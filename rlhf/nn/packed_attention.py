@@ -32,12 +32,14 @@ run the blocks, the same numbers:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
+
+from rlhf.nn.attention_interface import attention_of
 
 ATTENTION_NAME = "pairwise_packed"
 
@@ -251,28 +253,10 @@ def _gather_plan(blocks: Sequence[AttentionBlock], device) -> tuple[torch.Tensor
     return tuple(tensor.to(device) for tensor in tensors)
 
 
-def register() -> None:
-    """Make ``"pairwise_packed"`` an attention implementation ``transformers`` knows."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION_NAME, packed_attention)
-
-
-@contextmanager
-def packed_attention_of(model) -> Iterator[None]:
-    """Within the block, ``model`` runs its attention through :func:`packed_attention`.
-
-    ``transformers`` reads ``config._attn_implementation`` at every attention call and builds no
-    mask for an implementation without a mask function, which is what a packed row needs.
-    """
-    register()
-    config = model.config
-    previous = config._attn_implementation
-    config._attn_implementation = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
+def packed_attention_of(model) -> AbstractContextManager[None]:
+    """Within the block, ``model`` runs its attention through :func:`packed_attention` (no mask
+    is built: the packed layout is the mask)."""
+    return attention_of(model, ATTENTION_NAME, packed_attention)
 
 
 __all__ = [
