@@ -18,9 +18,18 @@ together, each with its own temperature, top-p, length limit and seed:
 
 Completions include the EOS token that ended them (it was generated, and counts as a token).
 
-The KV cache is preallocated for P + max_new_tokens positions (:class:`PreallocatedLayer`) for
-models with plain full-attention caches, so that a step does not copy the whole cache; other
-models keep the cache their forward creates.
+The KV cache is preallocated (:class:`PreallocatedLayer`) for models with plain full-attention
+caches, so that a step does not copy the whole cache; other models keep the cache their forward
+creates. With ``group_size`` K, the K rows of a prompt share its prefill. How the steps attend
+(:class:`SharedPrefixSteps` or :class:`ModelSteps`):
+
+- on a CPU, for a model whose attention goes through ``transformers``' interface and whose
+  cache is preallocated, the prefill's cache stays one row per prompt and each row's cache
+  holds only its new tokens; a step's one query per row attends to both
+  (:mod:`rlhf.nn.decode_attention`, each prompt's keys read once for its K rows);
+- otherwise (GPUs, whose SDPA kernels are fast at one query; other models) the prefill's cache
+  is repeated K times and the model attends through its own implementation with a (B, P + N)
+  mask preallocated for the whole run.
 
 Batch independence holds exactly in exact arithmetic. In floating point the kernels reduce in
 an order that depends on the shapes (BLAS picks other code paths for few rows; attention sums
@@ -178,7 +187,7 @@ def decode(
     input_ids, mask = left_pad(prompt_token_ids, pad_id, rows.temperature.device)  # (B/K, P)
     # Each prompt's K rows share its prefill: its logits and positions are repeated, its KV
     # cache read once per group (a CPU: rlhf.nn.decode_attention) or repeated K times.
-    shares_prefix = decode_attention.supported(model) and preallocated_cache(model, 1) is not None
+    shares_prefix = decode_attention.supported(model) and preallocates(model)
     capacity = input_ids.shape[1] + (0 if shares_prefix else rows.steps)
     cache, logits = prefill(model, input_ids, mask, capacity)  # logits (B/K, V)
     logits = logits.repeat_interleave(group_size, dim=0)  # (B, V)
@@ -434,9 +443,9 @@ def preallocated_cache(model, capacity: int):
     return cache
 
 
-def is_preallocated(cache) -> bool:
-    layers = getattr(cache, "layers", None)
-    return bool(layers) and all(isinstance(layer, PreallocatedLayer) for layer in layers)
+def preallocates(model) -> bool:
+    """Whether :func:`preallocated_cache` makes ``model`` a cache (else it keeps its own)."""
+    return preallocated_cache(model, 1) is not None
 
 
 # --- what differs between models -----------------------------------------------------------------
