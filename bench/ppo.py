@@ -98,7 +98,8 @@ parameters (a tied embedding counted once, as the head), N_body every other para
 input embedding (a lookup); for PPO N_body adds the value model's (less its embedding).
 Attention's own score FLOPs and the optimizer are not counted. A prompt counts once per response
 (the work as the algorithm states it): our update computes a prompt once for its group
-(rlhf.ppo.packed), so its figure is model FLOPs, above the hardware FLOPs it ran. The peak is
+(rlhf.ppo.packed), so its figure is model FLOPs, above the hardware FLOPs it ran; those are
+printed beside it ("of the FLOPs it ran": each prompt counted once per group). The peak is
 measured in this run with the same threads: 2·n³ over the best of 5 timed n³ matmuls, float32
 with n = 2048 on a CPU, bf16 with n = 8192 on a GPU (where the update itself runs float32: there
 MFU understates), at the start and again after each model's sides, the best measurement so far
@@ -316,6 +317,7 @@ class Result:
     parameters: tuple[int, int]  # parameter_counts of the policy
     iterations: list[Iteration] = field(default_factory=list)
     note: str = ""
+    prompt_copies: int = 0  # how many times its update computes a prompt: G, or 1 (ours)
 
     @property
     def timed(self) -> list[Iteration]:
@@ -353,6 +355,13 @@ class Result:
     def mfu(self, peak: float) -> float:
         return self.update_flops() / self.split()["update"] / peak
 
+    def hardware_mfu(self, peak: float, group_size: int) -> float:
+        """The MFU of the FLOPs the update ran: each prompt ``prompt_copies`` times, not G."""
+        body, _ = self.parameters
+        copies = self.prompt_copies or group_size
+        saved = sum(6 * body * i.prompt_tokens * (1 - copies / group_size) for i in self.timed)
+        return (self.update_flops() - saved) / self.split()["update"] / peak
+
 
 # --- ours ---------------------------------------------------------------------------------------
 
@@ -381,7 +390,8 @@ def run_ours(
     prompt_tokens = run.group_size * sum(
         len(encode_prompt(job.tokenizer, p.context)[0]) for p in prompts
     )
-    result = Result(f"ours-{algorithm}", parameter_counts(job.policy, job.value_model))
+    counts = parameter_counts(job.policy, job.value_model)
+    result = Result(f"ours-{algorithm}", counts, prompt_copies=1)  # a prompt once per group
     for index in range(run.iterations + 1):
         with profiled(profile if index else None):
             began = time.perf_counter()
@@ -697,7 +707,7 @@ def bench_model(
     peak = max(peak, matmul_peak(device))
     print(f"  MFU against a matmul peak of {peak / 1e9:.1f} GFLOP/s (the best measured so far)")
     for side in sides:
-        report(name, best[side], peak)
+        report(name, best[side], peak, run.group_size)
     if "ours-grpo" in best and "trl-grpo" in best:
         ratio = best["ours-grpo"].samples_per_second / best["trl-grpo"].samples_per_second
         print(f"{name:>8} ratio  {ratio:.2f}× samples/s (ours/TRL)")
@@ -715,7 +725,7 @@ def describe(run: Settings, prompts: int) -> str:
     )
 
 
-def report(name: str, result: Result, peak: float) -> None:
+def report(name: str, result: Result, peak: float, group_size: int) -> None:
     split = result.split()
     per = len(result.timed)
     parts = ", ".join(
@@ -724,11 +734,14 @@ def report(name: str, result: Result, peak: float) -> None:
     )
     first, last = result.iterations[0].reward, result.iterations[-1].reward
     drawn = sum(i.samples for i in result.iterations)
+    ran = ""
+    if result.prompt_copies == 1:  # the FLOPs it ran: each prompt once for its group
+        ran = f" ({result.hardware_mfu(peak, group_size):.2%} of the FLOPs it ran)"
     print(
         f"{name:>8} {result.side:<9} {result.samples_per_second:7.2f} samples/s "
         f"{result.seconds / per:6.2f} s/iteration  length {result.response_length:5.1f}  "
         f"R_c first {first:.4f} → last {last:.4f} ({drawn} samples)  "
-        f"update MFU {result.mfu(peak):.2%}\n{'':>8} {'':<9} per iteration: {parts}"
+        f"update MFU {result.mfu(peak):.2%}{ran}\n{'':>8} {'':<9} per iteration: {parts}"
     )
     if result.note:
         print(f"{'':>8} {'':<9} {result.note}")
