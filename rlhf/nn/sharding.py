@@ -27,12 +27,17 @@ import torch
 
 def shard(model: torch.nn.Module, device: torch.device, world: int) -> None:
     """Shard ``model`` in place over the ``world`` processes: each decoder layer (the classes
-    ``transformers`` names in ``_no_split_modules``) as its own unit, then the rest."""
+    ``transformers`` names in ``_no_split_modules``, of the model or of a model inside it, as a
+    value model's backbone) as its own unit, then the rest."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (world,))
-    layer_classes = set(getattr(model, "_no_split_modules", None) or ())
+    layer_classes = {
+        name
+        for module in model.modules()
+        for name in getattr(module, "_no_split_modules", ()) or ()
+    }
     for module in model.modules():
         if module is not model and type(module).__name__ in layer_classes:
             fully_shard(module, mesh=mesh)

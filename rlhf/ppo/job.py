@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import statistics
@@ -207,6 +208,11 @@ class PPORun:
         # Several processes under `accelerate launch` (rlhf.ppo.processes); one otherwise.
         accelerator = Accelerator(cpu=use_cpu(config.cpu), mixed_precision="no")
         self.processes = Processes(accelerator, fsdp=config.fsdp)
+        if self.processes.sharded:
+            # Under `accelerate launch --use_fsdp`, transformers' low-memory loading leaves every
+            # process but the first with empty weights, for accelerate's wrapping to broadcast;
+            # the sharding here takes each process's shard of the weights it loaded itself.
+            os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
         device = self.processes.device
         if config.rollout_batch_size % self.processes.world:
             raise JobError(

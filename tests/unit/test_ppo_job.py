@@ -264,7 +264,7 @@ def test_the_command_prints_each_iteration_s_reward_kl_and_safety_share(
         "--safety-prompts", str(harmful), "--out", str(tmp_path / "run"), "--algorithm", "rloo",
         "--group-size", "2", "--rollout-batch-size", "2", "--minibatch-size", "4",
         "--iterations", "1", "--max-new-tokens", "4", "--eval-fraction", "0", "--patience", "0",
-        "--cpu",
+        "--cpu", "--fsdp",  # one process: nothing to shard
     ])  # fmt: skip
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -273,6 +273,7 @@ def test_the_command_prints_each_iteration_s_reward_kl_and_safety_share(
     assert "rloo: 1 updates in 1 iterations" in captured.out
     spec = json.loads((tmp_path / "run" / "spec.json").read_text())
     assert spec["stage"] == "ppo" and spec["config"]["algorithm"] == "rloo"
+    assert spec["config"]["fsdp"] is True
     models = ["--reward-helpfulness", str(helpfulness), "--reward-safety", str(safety)]
     assert main(["ppo", "--policy", str(policy), *models, "--out", str(tmp_path / "empty")]) == 2
     assert "inputs: names no prompts" in capsys.readouterr().err

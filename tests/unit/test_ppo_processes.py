@@ -26,7 +26,12 @@ def test_gathered_rows_go_back_to_the_one_process_order():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("algorithm", "fsdp"), [("ppo", False), ("grpo", False), ("ppo", True)])
-def test_two_gloo_processes_take_the_same_steps_as_one(tiny_models, tmp_path, algorithm, fsdp):  # noqa: F811
+def test_two_gloo_processes_take_the_same_steps_as_one(
+    tiny_models,  # noqa: F811
+    tmp_path,
+    algorithm,
+    fsdp,
+):
     """``accelerate launch --num_processes 2`` on CPUs (gloo) against one process: the same
     rollouts, rewards, KL, losses, statistics and held-out evaluations, to 1e-6 (absolute or
     relative: gradient norms of 3 differ by 2e-6 sharded), over three
@@ -45,6 +50,8 @@ def test_two_gloo_processes_take_the_same_steps_as_one(tiny_models, tmp_path, al
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port()), "-m", "rlhf"]
+    # Sharded with --fsdp: accelerate launches --use_fsdp on GPUs only (its Accelerator then
+    # asks for one), so the CPU test names the flag that the GPU launch implies.
     _run(launch + common + ["--out", str(tmp_path / "two")] + (["--fsdp"] if fsdp else []))
     _run([sys.executable, "-m", "rlhf", *common, "--out", str(tmp_path / "one")])
     two, one = (
