@@ -8,9 +8,10 @@ top-p, at most N new tokens, then every sample scored by a helpfulness and a saf
 policy) — best-of-K's whole cost, two ways:
 
     ours       rlhf.rejection_sampling.sampling: each prompt prefilled once and its KV cache
-               shared by its K rows (rlhf.nn.sampling, group_size=K, a preallocated cache), then
-               rlhf.reward.model.score_texts for both reward models (texts sorted by length into
-               batches, little padding)
+               shared by its K rows (rlhf.nn.sampling, group_size=K; on a CPU its keys read
+               once per step for the K rows, rlhf.nn.decode_attention), then
+               rlhf.reward.model.score_texts for both reward models (packed rows, no padding,
+               each prompt computed once for its K responses)
     baseline   transformers' own ``model.generate(do_sample=True, num_return_sequences=K)`` on
                the left-padded prompts (each prompt's prefill repeated K times inside), then
                each reward model on batches of the texts in their given order, padded to the
