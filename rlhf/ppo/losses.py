@@ -87,21 +87,31 @@ def clipped_value_loss(
     return loss, clip_fraction.detach()
 
 
+def token_entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """The entropy of each position's distribution, from its log-softmax (…, V)::
+
+        H_t = −Σ_v p_v·log p_v,   p = exp(log_probs)
+
+    Tokens of probability 0 (logits of −inf) contribute 0. Shape (…)."""
+    probs = log_probs.exp()
+    return -torch.where(probs > 0, probs * log_probs, 0).sum(dim=-1)
+
+
 def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The policy's mean entropy per response token, a scalar::
-
-        H_t = −Σ_v p_v·log p_v = logsumexp(z_t) − Σ_v softmax(z_t)_v·z_t,v
-
-    ``logits`` z: (B, T, V); ``mask``: (B, T). Logits of −inf (tokens ruled out) are allowed and
-    contribute 0. The (B, T, V) tensor is upcast to at least float32: chunk long batches.
-    """
+    """The policy's mean entropy per response token, a scalar: :func:`token_entropy` of the
+    logits' log-softmax, averaged over the (B, T) ``mask``. ``logits`` z: (B, T, V), upcast to at
+    least float32 (chunk long batches)."""
     if logits.shape[:-1] != mask.shape:
         raise ValueError(f"logits {tuple(logits.shape)} do not match mask {tuple(mask.shape)}")
     dtype = torch.promote_types(logits.dtype, torch.float32)
-    keep = mask.bool()[..., None]
-    z = torch.where(keep, logits.to(dtype), 0).clamp(min=torch.finfo(dtype).min)  # −inf → finite
-    entropy = torch.logsumexp(z, dim=-1) - (torch.softmax(z, dim=-1) * z).sum(dim=-1)
-    return masked_mean(entropy, mask)
+    z = torch.where(mask.bool()[..., None], logits.to(dtype), 0)  # padding: any finite row
+    return masked_mean(token_entropy(torch.log_softmax(z, dim=-1)), mask)
 
 
-__all__ = ["CLIP", "clipped_policy_loss", "clipped_value_loss", "entropy_from_logits"]
+__all__ = [
+    "CLIP",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "entropy_from_logits",
+    "token_entropy",
+]

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.nn.packed_attention import AttentionBlock, PackedLayout, packed_attention_of
+from rlhf.ppo.losses import token_entropy
 
 
 @dataclass
@@ -105,6 +106,27 @@ def packed_response_logits(model, *inputs: torch.Tensor) -> torch.Tensor:
     """(B, T, V) float32: :func:`rlhf.ppo.rollout.response_logits`' numbers from one packed
     forward pass (``model`` a causal LM, or one wrapped for DDP: ``.module``)."""
     packed = pack_sequences(*inputs)
+    return unpack(_predicting_logits(model, packed), packed)
+
+
+def packed_response_logprobs(
+    model, *inputs: torch.Tensor, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) log π of each response token and, if asked, (B, T) the entropy of the policy
+    there (no gradient), 0 on padding: from one packed forward pass, the log-softmax taken on
+    the K predicting positions only (no (B, T, V) tensor)."""
+    packed = pack_sequences(*inputs)
+    log_probs = torch.log_softmax(_predicting_logits(model, packed), dim=-1)  # (K, V)
+    tokens = inputs[2][packed.rows, packed.columns]  # (K,) the response tokens predicted
+    taken = log_probs.gather(-1, tokens[:, None])[:, 0]  # (K,)
+    entropy = None
+    if with_entropy:
+        entropy = unpack(token_entropy(log_probs.detach()), packed)
+    return unpack(taken, packed), entropy
+
+
+def _predicting_logits(model, packed: PackedSequences) -> torch.Tensor:
+    """(K, V) float32 logits at the K positions that predict a response token."""
     inner = getattr(model, "module", model)
     with packed_attention_of(inner):
         logits = model(
@@ -114,7 +136,7 @@ def packed_response_logits(model, *inputs: torch.Tensor) -> torch.Tensor:
             logits_to_keep=packed.predictors,  # the head at the K predicting positions only
             use_cache=False,
         ).logits[0]  # (K, V)
-    return unpack(logits.float(), packed)
+    return logits.float()
 
 
 def packed_response_values(value_model, *inputs: torch.Tensor) -> torch.Tensor:
@@ -169,6 +191,7 @@ __all__ = [
     "PackedSequences",
     "pack_sequences",
     "packed_response_logits",
+    "packed_response_logprobs",
     "packed_response_values",
     "packs_like_padded",
     "unpack",

@@ -43,7 +43,12 @@ from rlhf.nn.sampling import (
     sample,
 )
 from rlhf.ppo.config import PPOConfig
-from rlhf.ppo.packed import packed_response_logits, packs_like_padded
+from rlhf.ppo.losses import token_entropy
+from rlhf.ppo.packed import (
+    packed_response_logits,
+    packed_response_logprobs,
+    packs_like_padded,
+)
 from rlhf.ppo.rewards import missing_eos
 from rlhf.rejection_sampling.sampling import Judged, RewardModel, judge, sample_seed
 
@@ -296,8 +301,24 @@ def response_logprobs(
 ) -> torch.Tensor:
     """(B, T) float32 log π(y_t | x, y_<t) of each response token, 0 on padding: the logits of
     :func:`response_logits` at the sampled tokens. Differentiable, as it is."""
-    logits = response_logits(model, prompt_ids, prompt_mask, response_ids, response_mask)
-    return logprobs_from_logits(logits, response_ids, response_mask)
+    inputs = (prompt_ids, prompt_mask, response_ids, response_mask)
+    return response_logprobs_and_entropy(model, *inputs)[0]
+
+
+def response_logprobs_and_entropy(
+    model, *inputs: torch.Tensor, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`response_logprobs` and, if asked, (B, T) the policy's entropy at each response
+    token (no gradient; 0 on padding). Packed, only the predicting positions' log-softmax is
+    computed; padded, the (B, T, V) logits' (as :func:`response_logits` chooses)."""
+    if packs_like_padded(model, packed_response_logits, padded_response_logits):
+        return packed_response_logprobs(model, *inputs, with_entropy=with_entropy)
+    logits = padded_response_logits(model, *inputs)
+    logprobs = logprobs_from_logits(logits, inputs[2], inputs[3])
+    if not with_entropy:
+        return logprobs, None
+    entropy = token_entropy(torch.log_softmax(logits.detach(), dim=-1))
+    return logprobs, entropy.masked_fill(~inputs[3].bool(), 0.0)
 
 
 def frozen_logprobs(
@@ -350,4 +371,5 @@ __all__ = [
     "padded_response_logits",
     "response_logits",
     "response_logprobs",
+    "response_logprobs_and_entropy",
 ]

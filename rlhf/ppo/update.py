@@ -38,7 +38,7 @@ import torch
 
 from rlhf.ppo.advantages import gae, grpo_advantages, rloo_advantages
 from rlhf.ppo.config import PPOConfig
-from rlhf.ppo.losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits
+from rlhf.ppo.losses import clipped_policy_loss, clipped_value_loss
 from rlhf.ppo.processes import Processes
 from rlhf.ppo.rewards import (
     kl_per_token,
@@ -47,7 +47,7 @@ from rlhf.ppo.rewards import (
     sequence_rewards,
     whiten,
 )
-from rlhf.ppo.rollout import Rollout, logprobs_from_logits, response_logits
+from rlhf.ppo.rollout import Rollout, response_logprobs_and_entropy
 from rlhf.ppo.value import ValueModel, frozen_values, response_values
 
 
@@ -156,8 +156,7 @@ def minibatch_loss(
     is each one's own loss's). Differentiable; the statistics are detached scalars."""
     inputs = _inputs(rollout, rows)
     mask = rollout.response_mask[rows]
-    logits = response_logits(policy, *inputs)  # (b, T, V)
-    logprobs = logprobs_from_logits(logits, inputs[2], mask)
+    logprobs, entropy = response_logprobs_and_entropy(policy, *inputs, with_entropy=True)
     old = rollout.old_logprobs[rows]
     policy_loss, clip_fraction = clipped_policy_loss(
         logprobs, old, targets.advantages[rows], mask, config.clip
@@ -166,7 +165,7 @@ def minibatch_loss(
     stats = {
         "policy_loss": policy_loss.detach(),
         "clip_fraction": clip_fraction,
-        "entropy": entropy_from_logits(logits.detach(), mask),
+        "entropy": masked_mean(entropy, mask),
         "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask),
     }
     loss = policy_loss

@@ -6,7 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf.ppo.packed import pack_sequences, packed_response_logits, packed_response_values
+from rlhf.ppo.packed import (
+    pack_sequences,
+    packed_response_logits,
+    packed_response_logprobs,
+    packed_response_values,
+)
 from rlhf.ppo.rollout import logprobs_from_logits, padded_response_logits
 from rlhf.ppo.value import padded_response_values, value_from_policy
 
@@ -89,6 +94,25 @@ def test_packed_log_probabilities_and_their_gradients_are_the_padded_ones(tiny_p
     assert torch.allclose(packed, padded, atol=1e-5)
     assert (packed[batch[3] == 0] == 0).all()  # padding stays 0
     assert torch.allclose(packed_grad, padded_grad, atol=1e-5)
+
+
+def test_log_probabilities_from_the_predicting_positions_alone_are_the_padded_ones(tiny_policy):
+    """The update's path: the log-softmax of the K predicting positions only, with each
+    token's entropy, against the padded (B, T, V) logits' (and their gradients)."""
+    from rlhf.ppo.losses import entropy_from_logits
+
+    _, model = tiny_policy
+    batch = random_batch(model.config.vocab_size)
+    logprobs, entropy = packed_response_logprobs(model, *batch, with_entropy=True)
+    packed_grad = gradients(model, logprobs.sum())
+    logits = padded_response_logits(model, *batch)
+    padded = logprobs_from_logits(logits, batch[2], batch[3])
+    assert torch.allclose(logprobs.detach(), padded.detach(), atol=1e-5)
+    assert torch.allclose(packed_grad, gradients(model, padded.sum()), atol=1e-5)
+    assert not entropy.requires_grad and (entropy[batch[3] == 0] == 0).all()
+    mean = entropy.sum() / batch[3].sum()
+    assert float(mean) == pytest.approx(float(entropy_from_logits(logits.detach(), batch[3])))
+    assert 0 < float(mean) < float(torch.log(torch.tensor(model.config.vocab_size)))
 
 
 def test_packed_values_are_the_padded_ones(tiny_policy):
