@@ -97,6 +97,20 @@ def token_entropy(log_probs: torch.Tensor) -> torch.Tensor:
     return -torch.where(probs > 0, probs * log_probs, 0).sum(dim=-1)
 
 
+def logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(token) at each position and, if asked, the position's :func:`token_entropy`
+    (without gradient), from one log-softmax of the (…, V) ``logits`` (upcast to float32)::
+
+        log p_t = z_t,y_t − logsumexp(z_t)
+
+    ``tokens`` (…); both results (…)."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (…, V)
+    taken = log_probs.gather(-1, tokens[..., None]).squeeze(-1)
+    return taken, token_entropy(log_probs.detach()) if with_entropy else None
+
+
 def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The policy's mean entropy per response token, a scalar: :func:`token_entropy` of the
     logits' log-softmax, averaged over the (B, T) ``mask``. ``logits`` z: (B, T, V), upcast to at
@@ -113,5 +127,6 @@ __all__ = [
     "clipped_policy_loss",
     "clipped_value_loss",
     "entropy_from_logits",
+    "logprobs_and_entropy",
     "token_entropy",
 ]

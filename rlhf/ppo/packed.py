@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf.nn.packed_attention import AttentionBlock, PackedLayout, packed_attention_of
-from rlhf.ppo.losses import token_entropy
+from rlhf.ppo.losses import logprobs_and_entropy
 
 
 @dataclass
@@ -116,13 +116,9 @@ def packed_response_logprobs(
     there (no gradient), 0 on padding: from one packed forward pass, the log-softmax taken on
     the K predicting positions only (no (B, T, V) tensor)."""
     packed = pack_sequences(*inputs)
-    log_probs = torch.log_softmax(_predicting_logits(model, packed), dim=-1)  # (K, V)
     tokens = inputs[2][packed.rows, packed.columns]  # (K,) the response tokens predicted
-    taken = log_probs.gather(-1, tokens[:, None])[:, 0]  # (K,)
-    entropy = None
-    if with_entropy:
-        entropy = unpack(token_entropy(log_probs.detach()), packed)
-    return unpack(taken, packed), entropy
+    taken, entropy = logprobs_and_entropy(_predicting_logits(model, packed), tokens, with_entropy)
+    return unpack(taken, packed), None if entropy is None else unpack(entropy, packed)
 
 
 def _predicting_logits(model, packed: PackedSequences) -> torch.Tensor:

@@ -56,10 +56,9 @@ class Processes:
     def finish(self) -> None:
         """The end of the run: every process waits for the main one's last files, then all
         leave the process group together (a process leaving alone aborts in gloo)."""
-        if self.world == 1:
-            return
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
+        self.wait()
+        if self.world > 1:
+            self.accelerator.end_training()
 
     def share(self, items: Sequence[Item]) -> list[Item]:
         """This process's items: ``items[rank::world]``."""

@@ -43,7 +43,7 @@ from rlhf.nn.sampling import (
     sample,
 )
 from rlhf.ppo.config import PPOConfig
-from rlhf.ppo.losses import token_entropy
+from rlhf.ppo.losses import logprobs_and_entropy
 from rlhf.ppo.packed import (
     packed_response_logits,
     packed_response_logprobs,
@@ -287,8 +287,7 @@ def logprobs_from_logits(
     logits: torch.Tensor, response_ids: torch.Tensor, response_mask: torch.Tensor
 ) -> torch.Tensor:
     """(B, T) log-softmax of ``logits`` (B, T, V) at each response token, 0 on padding."""
-    taken = logits.gather(-1, response_ids[..., None]).squeeze(-1)  # (B, T)
-    logprobs = taken - torch.logsumexp(logits, dim=-1)  # (B, T)
+    logprobs, _ = logprobs_and_entropy(logits, response_ids)
     return logprobs.masked_fill(~response_mask.bool(), 0.0)
 
 
@@ -313,12 +312,12 @@ def response_logprobs_and_entropy(
     computed; padded, the (B, T, V) logits' (as :func:`response_logits` chooses)."""
     if packs_like_padded(model, packed_response_logits, padded_response_logits):
         return packed_response_logprobs(model, *inputs, with_entropy=with_entropy)
-    logits = padded_response_logits(model, *inputs)
-    logprobs = logprobs_from_logits(logits, inputs[2], inputs[3])
-    if not with_entropy:
-        return logprobs, None
-    entropy = token_entropy(torch.log_softmax(logits.detach(), dim=-1))
-    return logprobs, entropy.masked_fill(~inputs[3].bool(), 0.0)
+    logits = padded_response_logits(model, *inputs)  # (B, T, V)
+    padding = ~inputs[3].bool()
+    logprobs, entropy = logprobs_and_entropy(logits, inputs[2], with_entropy)
+    if entropy is not None:
+        entropy = entropy.masked_fill(padding, 0.0)
+    return logprobs.masked_fill(padding, 0.0), entropy
 
 
 def frozen_logprobs(

@@ -89,10 +89,10 @@ def pack_sequences(
         start, end = len(token_ids), len(token_ids) + len(ids) - shared
         token_ids += ids[shared:]
         positions += range(shared, len(ids))
-        keys = (range(head_start, head_start + shared), range(start, end)) if shared else None
-        keys = keys or (range(start, end),)
+        own = range(start, end)
+        keys = (range(head_start, head_start + shared), own) if shared else (own,)
         read = end - 1 if causal else start
-        blocks.append(AttentionBlock(keys, range(start, end), causal))
+        blocks.append(AttentionBlock(keys, own, causal))
         reward_blocks.append(AttentionBlock(keys, range(read, read + 1), causal))
         rewards.append(read)
     layout = PackedLayout(len(token_ids), tuple(blocks), tuple(reward_blocks))

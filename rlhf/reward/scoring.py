@@ -172,9 +172,7 @@ def collate(
     """
     if not packed:
         return _collate_separate(encoded, pad_token_id, pad_to_multiple_of)
-    if prefix_sharing:
-        return _collate_shared(encoded)
-    return _collate_sequences(encoded, reward_token)
+    return _collate_packed(encoded, reward_token, prefix_sharing)
 
 
 def _round_up(width: int, multiple: int) -> int:
@@ -192,19 +190,15 @@ def _collate_separate(encoded: Sequence[EncodedPair], pad_token_id: int, multipl
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-def _collate_shared(encoded: Sequence[EncodedPair]) -> dict:
-    """The pairs one after the other, each rejected reply taking its context from the chosen
-    sequence (see the module docstring)."""
+def _collate_packed(encoded: Sequence[EncodedPair], reward_token: str, sharing: bool) -> dict:
+    """The pairs' sequences one after the other on one row; with ``sharing`` each rejected
+    reply takes its context from the chosen sequence (a decoder's: see the module docstring)."""
     sequences = [ids for pair in encoded for ids in (pair.chosen_ids, pair.rejected_ids)]
-    shared = [length for pair in encoded for length in (0, pair.shared_length)]
-    inputs = pack_sequences(sequences, "last", shared)
-    reads = inputs.pop("reward_index")
-    return inputs | {"chosen_index": reads[0::2], "rejected_index": reads[1::2]}
-
-
-def _collate_sequences(encoded: Sequence[EncodedPair], reward_token: str) -> dict:
-    sequences = [ids for pair in encoded for ids in (pair.chosen_ids, pair.rejected_ids)]
-    inputs = pack_sequences(sequences, reward_token)
+    if sharing:
+        shared = [length for pair in encoded for length in (0, pair.shared_length)]
+        inputs = pack_sequences(sequences, "last", shared)
+    else:
+        inputs = pack_sequences(sequences, reward_token)
     reads = inputs.pop("reward_index")
     return inputs | {"chosen_index": reads[0::2], "rejected_index": reads[1::2]}
 
