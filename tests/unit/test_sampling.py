@@ -152,6 +152,25 @@ def test_a_nucleus_beyond_the_top_candidates_is_found_by_a_full_sort(monkeypatch
     assert sample_top_p(logits, top_p, uniform).tolist() == everything.tolist()
 
 
+def test_the_nucleus_bound_holds_every_nucleus(monkeypatch):
+    """Past the fixed candidates, the rows whose tokens of probability (1 - p) / 2V or more are
+    few enough take that many candidates, and draw the tokens a full sort would give."""
+    from rlhf.nn import sampling
+
+    generator = torch.Generator().manual_seed(1)
+    logits = 4 * torch.randn(8, 1000, generator=generator)  # peaked rows: small bounds
+    top_p = torch.tensor([0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99])
+    uniform = torch.rand(8, generator=generator, dtype=torch.float64)
+    ranked = logits.softmax(-1).sort(descending=True).values
+    sizes = (ranked.cumsum(-1) < top_p[:, None]).sum(-1) + 1  # (8,) each nucleus
+    bound = sampling.nucleus_bound(logits.softmax(-1), top_p)
+    assert int(sizes.max()) <= bound < 500  # every nucleus within; half the vocabulary at most
+    monkeypatch.setattr(sampling, "NUCLEUS_CANDIDATES", ())
+    by_bound = sample_top_p(logits, top_p, uniform)
+    monkeypatch.setattr(sampling, "nucleus_bound", lambda probs, top_p: probs.shape[-1])
+    assert by_bound.tolist() == sample_top_p(logits, top_p, uniform).tolist()  # sorted whole
+
+
 def test_tiny_top_p_and_tiny_temperature_are_greedy(tiny):
     model, tokenizer = tiny
     ids = encode(tokenizer, PROMPTS[:4])
