@@ -23,7 +23,7 @@ tokens: the figure compared is samples per second with scoring, and generated to
 beside it. ``--repeat R`` alternates the two paths R times and keeps each one's fastest run.
 
 Batches: ours samples ``--batch-prompts`` prompts together and packs ``--score-batch`` texts per
-reward-model row, ``rejection-sample``'s defaults (32 and 16); the baseline calls ``generate``
+reward-model row, ``rejection-sample``'s defaults (32 and 8); the baseline calls ``generate``
 on ``--baseline-batch-prompts`` prompts (8, its fastest here: more rows make its repeated KV
 cache, which grows by concatenation, cost more than the larger matrix products save) and
 scores padded batches of ``--score-batch`` texts.
@@ -34,7 +34,7 @@ DIR``), ``tiny`` (a random tiny Llama). Usage:
 
     python bench/rejection_sampling.py [--prompts 64] [--samples 8] [--max-new-tokens 128]
         [--models stories,smollm2] [--batch-prompts 32] [--baseline-batch-prompts 8]
-        [--score-batch 16] [--threads T] [--device cpu] [--repeat 1]
+        [--score-batch 8] [--threads T] [--device cpu] [--repeat 1]
 """
 
 from __future__ import annotations

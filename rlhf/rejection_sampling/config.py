@@ -31,12 +31,15 @@ class RejectionSamplingConfig:
     top_p: float = setting(1.0, minimum=0, above=True, maximum=1, flag="top_p")
     max_new_tokens: int = setting(128, minimum=1, flag="max_new_tokens")
     # A CPU's matrix products run faster on more rows, and a prompt's K rows share one copy of
-    # its KV cache: SmolLM2 sampled 1.20 samples/s at 8 prompts × 8, 1.54 at 32 × 8 (scoring
-    # included; bench/rejection_sampling.py).
+    # its KV cache: SmolLM2 gave 1.20 samples/s at 8 prompts × 8 and 1.54 at 32 × 8, scoring
+    # included (bench/rejection_sampling.py; 32 and 16 texts a scoring row). On a GPU with a
+    # large policy, whose cache is repeated for the K rows, fewer may be needed to fit.
     prompt_batch_size: int = setting(
         32, minimum=1, flag="prompt_batch_size", help="Prompts sampled together (× K rows)."
     )
-    reward_batch_size: int = setting(16, minimum=1, flag="reward_batch_size")
+    # Texts per packed reward-model row: SmolLM2 scored 64 texts of ~170 tokens in 17.7 s at 8
+    # (a row's activations fit a CPU's caches), 19.4 s at 16, 19.8 s at 32.
+    reward_batch_size: int = setting(8, minimum=1, flag="reward_batch_size")
     reward_max_length: int = setting(
         512, minimum=2, flag="reward_max_length", help="Tokens per scored text."
     )
