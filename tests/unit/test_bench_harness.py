@@ -1,10 +1,15 @@
 """The benchmark harnesses' own logic: how bench/profile_requests.py attributes a sampled call
 stack to an area, how it groups SQL, and how bench/annotation_loop.py reads its options and
-tells the PostgreSQL processes working for it from the others."""
+tells the PostgreSQL processes working for it from the others; bench/rejection_sampling.py run
+end to end on a tiny model."""
 
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +127,16 @@ def test_postgresql_processes_count_for_the_benchmark_only_when_they_work_for_it
     assert postgres_group(helper, {7: "other"}) == "other"
     assert postgres_group(helper, {7: "postgres"}) == "postgres"
     assert postgres_group("postgres: 15/main: checkpointer", {}) == "postgres"
+
+
+def test_the_rejection_sampling_bench_times_both_sides_on_a_tiny_model():
+    """bench/rejection_sampling.py end to end, at rejection-sample's batch sizes: both sides
+    sample every prompt K times (1 to N tokens each) and the ratio is printed."""
+    bench = Path(__file__).resolve().parents[2] / "bench" / "rejection_sampling.py"
+    argv = ["--models", "tiny", "--prompts", "3", "--samples", "2", "--max-new-tokens", "4"]
+    # Its own process: the bench sets torch's threads and transformers' logging for good.
+    out = subprocess.run([sys.executable, bench, *argv], capture_output=True, text=True, check=True)
+    out = out.stdout
+    tokens = [int(n) for n in re.findall(r"tiny (?:ours|baseline) .*\((\d+) tokens\)", out)]
+    assert len(tokens) == 2 and all(3 * 2 <= n <= 3 * 2 * 4 for n in tokens)  # ≥ 1, ≤ N each
+    assert float(re.search(r"tiny ratio +([\d.]+)×", out).group(1)) > 0
