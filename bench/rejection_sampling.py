@@ -179,11 +179,10 @@ def model_dirs(names: list[str], workdir: Path, args):
 
 def cli_defaults() -> dict:
     """``rejection-sample``'s defaults: the bench batches prompts and texts as the command does."""
-    import dataclasses
-
+    from rlhf.hyperparameters import rules
     from rlhf.rejection_sampling.config import RejectionSamplingConfig
 
-    return {f.name: f.default for f in dataclasses.fields(RejectionSamplingConfig)}
+    return {rule.name: rule.default for rule in rules(RejectionSamplingConfig)}
 
 
 def main(argv: list[str] | None = None) -> int:
