@@ -82,7 +82,9 @@ fit): the mean cross-entropy of their counted tokens, ours' definition (packed r
 rlhf.sft.packing). Beside it, each trainer's own training loss, its mean over the timed steps.
 The trainers draw their batches in different orders (ours: a shuffle then first-fit packing;
 TRL: best-fit decreasing, then its random sampler), so the losses agree to within that noise,
-not exactly.
+not exactly. The ratio line gives the paired difference of the per-conversation held-out
+losses, ours minus TRL's, with its standard error over the conversations: the held-out
+sample's noise (the training order's is not in it).
 
 Models: ``stories`` (../shared/models/stories260K-hf; ``PAIRWISE_ASSETS`` moves ../shared),
 ``smollm2`` (SmolLM2-135M-Instruct, converted once with ``python -m rlhf import-gguf`` into a
@@ -92,7 +94,7 @@ run takes about 2½ minutes on two quiet CPU cores, SmolLM2's conversion (20 s) 
 
     python bench/sft.py [--models stories,smollm2] [--trainers ours,trl-packed,trl-padded]
         [--steps S] [--rows B] [--max-length L] [--lr LR] [--warmup-steps 2] [--repeat 1]
-        [--eval-examples 16] [--device cpu|cuda] [--threads T] [--smollm2 DIR]
+        [--eval-examples 64] [--device cpu|cuda] [--threads T] [--smollm2 DIR]
 """
 
 from __future__ import annotations
@@ -121,8 +123,8 @@ TRAINERS = ("ours", "trl-packed", "trl-padded")
 # and few steps: rates above the paper's 2e-5 so that the loss moves).
 DEFAULTS = {
     "cpu": {
-        "stories": {"steps": 12, "rows": 4, "max_length": 512, "lr": 1e-3},
-        "smollm2": {"steps": 8, "rows": 1, "max_length": 512, "lr": 5e-5},
+        "stories": {"steps": 40, "rows": 4, "max_length": 512, "lr": 1e-3},
+        "smollm2": {"steps": 6, "rows": 4, "max_length": 512, "lr": 5e-5},
     },
     "cuda": {
         "stories": {"steps": 100, "rows": 32, "max_length": 512, "lr": 1e-3},
@@ -232,7 +234,7 @@ class Result:
     counts: Counts  # during the timed steps
     train_loss: float  # the mean of the trainer's own loss over the timed steps
     load_average: float
-    held_out: float = math.nan
+    held_out: HeldOut | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -387,8 +389,35 @@ def same_data(dataset, data: Data, packed: bool) -> str:
 # --- held-out loss (the same code for every model) ----------------------------------------------
 
 
-def held_out_loss(model, encoded, max_length: int, device) -> float:
-    """The mean cross-entropy of the counted tokens of ``encoded``, float32, packed rows."""
+@dataclass
+class HeldOut:
+    """A model's cross-entropy on each held-out conversation's counted tokens: their sum and
+    their number."""
+
+    sums: list[float]
+    counts: list[int]
+
+    @property
+    def loss(self) -> float:
+        """The mean over all counted tokens (every token weighing the same)."""
+        return sum(self.sums) / sum(self.counts)
+
+    def per_conversation(self) -> list[float]:
+        return [total / count for total, count in zip(self.sums, self.counts, strict=True)]
+
+    def minus(self, other: HeldOut) -> tuple[float, float]:
+        """The paired difference of the per-conversation mean losses: (mean, standard error)."""
+        differences = [
+            a - b for a, b in zip(self.per_conversation(), other.per_conversation(), strict=True)
+        ]
+        n = len(differences)
+        mean = sum(differences) / n
+        variance = sum((d - mean) ** 2 for d in differences) / (n - 1) if n > 1 else math.nan
+        return mean, math.sqrt(variance / n)
+
+
+def held_out_loss(model, encoded, max_length: int, device) -> HeldOut:
+    """The cross-entropy of the counted tokens of each of ``encoded``, float32, packed rows."""
     import torch
 
     from rlhf.sft.packing import PackedCausalLM, collate, pack_rows
@@ -396,14 +425,14 @@ def held_out_loss(model, encoded, max_length: int, device) -> float:
     model = model.to(device=device, dtype=torch.float32).eval()
     packed = PackedCausalLM(model).eval()
     lengths = [len(e) for e in encoded]
-    total = counted = 0.0
+    sums, counts = [0.0] * len(encoded), [e.target_count for e in encoded]
     with torch.no_grad():
         for row in pack_rows(lengths, range(len(encoded)), max_length):
             batch = collate([encoded[i] for i in row]).to(device)
-            losses = packed(**batch.inputs)
-            total += float(losses.sum())
-            counted += losses.numel()
-    return total / counted
+            losses = packed(**batch.inputs).split([counts[i] for i in row])  # in row order
+            for index, example_losses in zip(row, losses, strict=True):
+                sums[index] = float(example_losses.sum())
+    return HeldOut(sums, counts)
 
 
 # --- the trainers -------------------------------------------------------------------------------
@@ -608,7 +637,7 @@ def bench_model(name: str, path: Path, conversations, args, device, tally: Tally
         f"\n{name}: {path}\n  {describe(run, path, device)}\n  {len(data.train):,} training "
         f"conversations fit in {run.max_length} tokens ({data.tokens:,} tokens, "
         f"{data.targets:,} counted); ours trains {data.examples_per_step:.1f} of them per step; "
-        f"held-out loss before training {before:.4f} on {len(data.encoded_held_out)} "
+        f"held-out loss before training {before.loss:.4f} on {len(data.encoded_held_out)} "
         "conversations"
     )
     trainers = args.trainers.split(",")
@@ -638,11 +667,13 @@ def bench_model(name: str, path: Path, conversations, args, device, tally: Tally
         if trainer == "ours":
             continue
         other = best[trainer]
+        difference, error = ours.held_out.minus(other.held_out)
         print(
             f"{name:>8} ratio ours/{trainer}: "
             f"{ours.tokens_per_second / other.tokens_per_second:.2f}× tokens/s, "
             f"{ours.targets_per_second / other.targets_per_second:.2f}× trained tokens/s; "
-            f"held-out loss {ours.held_out:.4f} vs {other.held_out:.4f}"
+            f"held-out loss {ours.held_out.loss:.4f} vs {other.held_out.loss:.4f} (per "
+            f"conversation, ours minus {trainer}: {difference:+.4f} ± {error:.4f} SE)"
         )
 
 
@@ -654,7 +685,7 @@ def report(name: str, result: Result) -> None:
         f"{result.targets_per_second:8.1f} trained/s  ({counts.tokens:,} tokens, "
         f"{counts.targets:,} trained, {counts.sequences} examples, {padding:.0%} padding; "
         f"{result.timed_steps} steps, {result.seconds:.1f} s, CPU {result.cpu_seconds:.1f} s)"
-        f"  loss: train {result.train_loss:.4f}, held-out {result.held_out:.4f}"
+        f"  loss: train {result.train_loss:.4f}, held-out {result.held_out.loss:.4f}"
         f"  load {result.load_average:.2f}"
     )
 
@@ -671,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--warmup-steps", type=int, default=2, help="steps left out of timing")
     parser.add_argument("--repeat", type=int, default=1, help="runs per trainer, fastest kept")
-    parser.add_argument("--eval-examples", type=int, default=16)
+    parser.add_argument("--eval-examples", type=int, default=64)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--smollm2", default=None, help="a converted SmolLM2 directory")
