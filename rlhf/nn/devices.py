@@ -27,3 +27,34 @@ def check_fsdp_device(requested_cpu: bool) -> None:
             "accelerate launch --use_fsdp needs GPUs; on CPUs launch the processes with "
             "--multi_gpu --num_processes N (a gloo group)"
         )
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+KEPT_BLOCK_BYTES = 1 << 30  # freed blocks up to this size stay in the process
+
+
+def keep_freed_memory() -> bool:
+    """Let a training process reuse the memory of the tensors it frees instead of handing it
+    back to the system; whether that applied (glibc only: Linux, not musl or macOS).
+
+    glibc serves every block above its mmap threshold (32 MiB at most, by default) with a fresh
+    mapping and unmaps it when freed, so the next block of that size is faulted in again a
+    4 KiB page at a time, each zero-filled by the kernel. A training step frees and allocates
+    large tensors of about the same sizes every time (SmolLM2's 113 MB embedding gradient, the
+    logits), and on two CPU cores those page faults took 15-20 % of an SFT step. Raising the
+    mmap and trim thresholds to :data:`KEPT_BLOCK_BYTES` keeps such blocks in the heap for the
+    next step, as a GPU's caching allocator does. The price: the process's resident memory
+    stays near its peak (SmolLM2's SFT on CPUs: 3.5 GB instead of 3.0, steady over the steps).
+    The setting is the whole process's, from the call on.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, KEPT_BLOCK_BYTES)
+        and libc.mallopt(_M_TRIM_THRESHOLD, 2 * KEPT_BLOCK_BYTES)
+    )

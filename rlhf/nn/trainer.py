@@ -22,7 +22,9 @@ conversations). What is the same for all, here:
   optimizer step, every process taking its share (:func:`micro_batches`); gradients accumulated
   over a process's micro-batches and synced once, on the last; the loss the mean over the global
   batch whatever the number of processes (:meth:`Trainer.optimizer_step`);
-- mixed precision (bf16 autocast) on GPUs, float32 on CPUs (:func:`mixed_precision`);
+- mixed precision (bf16 autocast) on GPUs, float32 on CPUs (:func:`mixed_precision`); on
+  CPUs, the memory of freed tensors kept for the next step
+  (:func:`rlhf.nn.devices.keep_freed_memory`);
 - progress events on the main process only (:meth:`Trainer.emit`);
 - a checkpoint every ``checkpoint_every`` steps: ``accelerate``'s ``save_state`` (weights,
   optimizer, schedule, random states) and :data:`TRAINER_STATE_FILE`, the step, the loss history
@@ -47,7 +49,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rlhf.files import normalize_permissions
-from rlhf.nn.devices import check_fsdp_device, use_cpu
+from rlhf.nn.devices import check_fsdp_device, keep_freed_memory, use_cpu
 
 TRAINER_STATE_FILE = "trainer_state.json"
 CHECKPOINTS_DIR = "checkpoints"
@@ -179,6 +181,8 @@ class Trainer:
         self.accelerator = Accelerator(
             cpu=use_cpu(config.cpu), mixed_precision=mixed_precision(config)
         )
+        if self.accelerator.device.type == "cpu":
+            keep_freed_memory()
         set_seed(config.seed)
         self.world = self.accelerator.num_processes
         self.steps = 0

@@ -199,7 +199,7 @@ class PPORun:
         from accelerate import Accelerator
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from rlhf.nn.devices import use_cpu
+        from rlhf.nn.devices import keep_freed_memory, use_cpu
         from rlhf.ppo.processes import Processes
         from rlhf.ppo.update import adamw
         from rlhf.ppo.value import load_value_model
@@ -207,6 +207,8 @@ class PPORun:
         config = self.config
         # Several processes under `accelerate launch` (rlhf.ppo.processes); one otherwise.
         accelerator = Accelerator(cpu=use_cpu(config.cpu), mixed_precision="no")
+        if accelerator.device.type == "cpu":
+            keep_freed_memory()
         self.processes = Processes(accelerator, fsdp=config.fsdp)
         if self.processes.sharded:
             # Under `accelerate launch --use_fsdp`, transformers' low-memory loading leaves every

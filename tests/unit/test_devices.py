@@ -1,0 +1,49 @@
+"""rlhf.nn.devices.keep_freed_memory: the large tensors a step frees serve the next step's."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+
+# Steps that allocate and free large tensors whose sizes vary a little from step to step, as a
+# training step's logits and gradients do; prints the page faults per step once warmed up.
+STEPS = """
+import random, resource, sys
+import torch
+from rlhf.nn.devices import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+sizes = random.Random(0)
+
+def step():
+    logits = torch.ones((64 + sizes.randint(0, 16)) << 18)  # 64-80 MiB
+    gradient = torch.ones((32 + sizes.randint(0, 16)) << 18)
+    del logits
+    other = torch.ones((16 + sizes.randint(0, 16)) << 18)
+
+for _ in range(5):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    step()
+print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 20)
+"""
+PAGES_PER_STEP = (72 + 40 + 24) << 8  # the mean sizes, in 4 KiB pages
+
+
+def faults_per_step(mode: str) -> tuple[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", STEPS, mode], capture_output=True, text=True, check=True
+    )
+    kept, count = done.stdout.split()
+    return kept, int(count)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_freed_tensors_are_not_faulted_in_again_at_the_next_step():
+    kept, count = faults_per_step("default")
+    assert kept == "False" and count > PAGES_PER_STEP // 2  # glibc hands them back each time
+    kept, count = faults_per_step("keep")
+    assert kept == "True" and count < PAGES_PER_STEP // 20
