@@ -45,7 +45,7 @@ import functools
 import inspect
 import math
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -107,12 +107,15 @@ def sample(
     *,
     group_size: int = 1,
     with_logprobs: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[Completion]:
     """Complete every prompt (token ids, BOS included if the model wants one) in one batch.
 
     ``group_size`` K > 1: K completions of each prompt, rows ``i*K … i*K+K-1`` for prompt i,
     with ``params`` given per row (P·K of them); each prompt is prefilled once and its KV cache
-    shared by its K rows (rejection sampling's best-of-K, GRPO's groups).
+    shared by its K rows (rejection sampling's best-of-K, GRPO's groups). ``on_step(step,
+    steps)`` is called after each decoding step that fed the model, for progress reports
+    (``step`` of at most ``steps``; fewer when every row stops early).
     """
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
@@ -130,7 +133,7 @@ def sample(
         rows = RowSettings.build(params, seeds, model_device(model))
         tokens, logprobs = decode(
             model, prompt_token_ids, rows, pad_token_id(model, tokenizer), eos_ids, group_size,
-            with_logprobs,
+            with_logprobs, on_step,
         )  # fmt: skip
     return [
         Completion(ids, "stop" if ids[-1] in eos_ids else "length", seed, row_logprobs)
@@ -181,6 +184,7 @@ def decode(
     eos_ids: list[int],
     group_size=1,
     with_logprobs: bool = False,
+    on_step: Callable[[int, int], None] | None = None,
 ):
     """Run prefill and the decoding steps; return each row's own new tokens and, if asked for,
     their log-probabilities under the model (temperature 1; else empty lists)."""
@@ -197,10 +201,12 @@ def decode(
     else:
         steps = ModelSteps(model, cache, mask, group_size, positions, rows.steps)
     with steps.attention():
-        return _decode_steps(steps, logits, rows, pad_id, eos_ids, with_logprobs)
+        return _decode_steps(steps, logits, rows, pad_id, eos_ids, with_logprobs, on_step)
 
 
-def _decode_steps(steps, logits, rows: RowSettings, pad_id: int, eos_ids, with_logprobs: bool):
+def _decode_steps(
+    steps, logits, rows: RowSettings, pad_id: int, eos_ids, with_logprobs: bool, on_step=None
+):
     """Choose each row's token and feed them, step by step, until every row is done."""
     batch, device = logits.shape[0], logits.device
     eos = torch.tensor(eos_ids, device=device)  # (E,)
@@ -222,6 +228,8 @@ def _decode_steps(steps, logits, rows: RowSettings, pad_id: int, eos_ids, with_l
         if step + 1 == rows.steps or bool(done.all()):
             break
         logits = steps.feed(chosen, step)
+        if on_step is not None:
+            on_step(step + 1, rows.steps)
     lengths = lengths.tolist()
     tokens = [row[:length] for row, length in zip(out.tolist(), lengths, strict=True)]
     if not with_logprobs:

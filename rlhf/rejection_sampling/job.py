@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,11 @@ from rlhf.rejection_sampling.sampling import RewardModel, judge, sample_groups, 
 INPUT_ROLES = ("helpfulness_prompts", "safety_prompts", "pool")
 SAMPLES_FILE = "samples.jsonl"
 POOL_FILE = "pool.jsonl"
+# A batch's progress while it decodes: its sampling counts for this share of it, its scoring for
+# the rest (bench/rejection_sampling.py: scoring took under a tenth of the time), reported at
+# most every PROGRESS_SECONDS.
+SAMPLING_SHARE = 0.9
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass
@@ -165,7 +172,10 @@ def run_iteration(plan: Plan, context: JobContext) -> dict[str, Any]:
             todo = [p for p in batch if (temperature, p.key) not in done]
             samples = [s for p in batch for s in done.get((temperature, p.key), [])]
             if todo:
-                new = _sample_batch(plan, policy, tokenizer, helpfulness, safety, todo, temperature)
+                on_step = _decoding_progress(events.write, finished, len(batch), total)
+                new = _sample_batch(
+                    plan, policy, tokenizer, helpfulness, safety, todo, temperature, on_step
+                )
                 append_samples(out / SAMPLES_FILE, new)
                 samples += new
             for sample in samples:
@@ -200,7 +210,23 @@ def run_iteration(plan: Plan, context: JobContext) -> dict[str, Any]:
     }
 
 
-def _sample_batch(plan, policy, tokenizer, helpfulness, safety, prompts, temperature):
+def _decoding_progress(
+    write: Callable[..., None], finished: int, batch: int, total: int
+) -> Callable[[int, int], None]:
+    """A decoding step's callback: the "progress" event of a batch of ``batch`` prompts after
+    ``finished`` of ``total``, at most every :data:`PROGRESS_SECONDS`."""
+    last = time.monotonic()
+
+    def on_step(step: int, steps: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= PROGRESS_SECONDS:
+            last = time.monotonic()
+            write("progress", fraction=(finished + batch * SAMPLING_SHARE * step / steps) / total)
+
+    return on_step
+
+
+def _sample_batch(plan, policy, tokenizer, helpfulness, safety, prompts, temperature, on_step):
     config = plan.config
     groups = sample_groups(
         policy,
@@ -210,6 +236,7 @@ def _sample_batch(plan, policy, tokenizer, helpfulness, safety, prompts, tempera
         temperature=temperature,
         top_p=config.top_p,
         max_new_tokens=config.max_new_tokens,
+        on_step=on_step,
     )
     judged = judge(
         helpfulness,

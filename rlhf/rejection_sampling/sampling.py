@@ -9,7 +9,7 @@ gate picks the helpfulness or the safety one (:mod:`rlhf.reward.gate`).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rlhf.data.chat import completion_text, encode_prompt
@@ -64,8 +64,10 @@ def sample_groups(
     temperature: float,
     top_p: float,
     max_new_tokens: int,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> list[list[tuple[str, int, int]]]:
-    """K (text, seed, tokens) samples per prompt, K = len(seeds[i]); each prompt prefilled once."""
+    """K (text, seed, tokens) samples per prompt, K = len(seeds[i]); each prompt prefilled once
+    (``on_step``: :func:`rlhf.nn.sampling.sample`'s progress callback)."""
     from rlhf.nn.sampling import SamplingParams, sample
 
     k = len(seeds[0])
@@ -77,7 +79,7 @@ def sample_groups(
         for group in seeds
         for seed in group
     ]
-    completions = sample(policy, tokenizer, prompt_ids, params, group_size=k)
+    completions = sample(policy, tokenizer, prompt_ids, params, group_size=k, on_step=on_step)
     texts = [
         (completion_text(tokenizer, c.token_ids), c.seed, len(c.token_ids)) for c in completions
     ]

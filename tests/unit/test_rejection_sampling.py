@@ -247,6 +247,27 @@ def test_an_iteration_samples_judges_and_pools_and_the_next_keeps_the_best(tiny_
     assert second["pool"]["mean_reward"] >= first["pool"]["mean_reward"]
 
 
+def test_progress_moves_within_a_batch_while_it_decodes(tiny_models, tmp_path, monkeypatch):
+    from rlhf.jobs import read_events
+    from rlhf.rejection_sampling import job
+    from rlhf.runner import run_job
+
+    monkeypatch.setattr(job, "PROGRESS_SECONDS", 0.0)  # every step reported
+    run_job(
+        rs_spec(tmp_path, tiny_models, tmp_path / "rs", prompt_batch_size=7, temperatures=[1.0])
+    )
+    fractions = [
+        e["fraction"]
+        for e in read_events(tmp_path / "rs" / "events.jsonl")
+        if e["type"] == "progress"
+    ]
+    # One batch of all 7 prompts: its decoding steps move the bar up to the sampling's share,
+    # then the batch's end completes it.
+    assert len(fractions) > 2 and fractions[-1] == 1.0
+    assert fractions == sorted(fractions)
+    assert fractions[0] > 0 and fractions[-2] <= job.SAMPLING_SHARE
+
+
 def test_max_prompts_caps_each_set_in_file_order_after_the_held_out_side(tiny_models, tmp_path):
     from rlhf.rejection_sampling.job import read_prompts
 

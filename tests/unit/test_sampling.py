@@ -219,6 +219,18 @@ def test_log_probabilities_come_only_when_asked_for_and_leave_the_tokens_alone(t
         assert all(value < 0 for value in completion.logprobs)
 
 
+def test_each_decoding_step_is_reported_and_leaves_the_tokens_alone(tiny):
+    model, tokenizer = tiny
+    ids = encode(tokenizer, PROMPTS[:2])
+    params = [SamplingParams(1.0, 0.95, 12, seed=3)] * len(ids)
+    reported = []
+    watched = sample(model, tokenizer, ids, params, on_step=lambda *step: reported.append(step))
+    assert tokens(watched) == tokens(sample(model, tokenizer, ids, params))
+    longest = max(len(c.token_ids) for c in watched)
+    # After each step that fed the model: every step but the last one.
+    assert reported == [(step, 12) for step in range(1, longest)]
+
+
 def test_a_missing_seed_is_drawn_reported_and_reproducible(tiny):
     model, tokenizer = tiny
     ids = encode(tokenizer, PROMPTS[:3])
