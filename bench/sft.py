@@ -69,9 +69,9 @@ is printed beside the wall time.
 
 Memory. On CPUs our trainer keeps the memory of freed tensors in the process
 (rlhf.nn.devices.keep_freed_memory: without it, glibc hands every large freed block back to
-the system and faults it in again, page by page, at the next step; 15–20 % of a SmolLM2 step
-here). The setting is the process's, so the benchmark makes it before any trainer runs: TRL's
-runs get it too, and the ratios do not count it.
+the system and faults it in again, page by page, at the next step; keeping it made SmolLM2's
+steps 8–17 % faster here). The setting is the process's, so the benchmark makes it before any
+trainer runs: TRL's runs get it too, and the ratios do not count it.
 
 A shared machine. The CPUs may be busy with other work, and with as many torch threads as
 cores (torch's default, kept unless ``--threads``), that hurts far more than its share: each
@@ -430,12 +430,15 @@ def held_out_loss(model, encoded, max_length: int, device) -> HeldOut:
     """The cross-entropy of the counted tokens of each of ``encoded``, float32, packed rows."""
     import torch
 
+    from rlhf.sft.data import IGNORE_INDEX
     from rlhf.sft.packing import PackedCausalLM, collate, pack_rows
 
     model = model.to(device=device, dtype=torch.float32).eval()
     packed = PackedCausalLM(model).eval()
     lengths = [len(e) for e in encoded]
     sums, counts = [0.0] * len(encoded), [e.target_count for e in encoded]
+    # collate's targets are each example's labels[1:]: the first label never counts.
+    assert all(e.labels[0] == IGNORE_INDEX for e in encoded)
     with torch.no_grad():
         for row in pack_rows(lengths, range(len(encoded)), max_length):
             batch = collate([encoded[i] for i in row]).to(device)

@@ -159,16 +159,18 @@ def _causal_attention(query, key, value, scaling, dropout, gqa):
     """
     queries, keys = query.shape[2], key.shape[2]
     outputs = []
-    for start in range(0, queries, CAUSAL_CHUNK):
-        stop = min(queries, start + CAUSAL_CHUNK)
-        visible = keys - queries + stop  # the keys up to this chunk's last query
-        square = visible == stop - start  # SDPA's own causal case (the first chunk, Q = K)
+    # The queries split, not sliced one by one: a slice's backward fills a zero gradient of the
+    # whole block (the keys, overlapping prefixes, are sliced).
+    for number, chunk in enumerate(query.split(CAUSAL_CHUNK, dim=2)):
+        size = chunk.shape[2]
+        visible = keys - queries + number * CAUSAL_CHUNK + size  # up to the chunk's last query
+        square = visible == size  # SDPA's own causal case (the first chunk, Q = K)
         mask = None  # a single query sees every visible key
-        if stop - start > 1 and not square:
-            mask = lower_right_causal_mask(stop - start, visible, query.device)
+        if size > 1 and not square:
+            mask = lower_right_causal_mask(size, visible, query.device)
         outputs.append(
             F.scaled_dot_product_attention(
-                query[:, :, start:stop],
+                chunk,
                 key[:, :, :visible],
                 value[:, :, :visible],
                 attn_mask=mask,

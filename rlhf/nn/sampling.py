@@ -205,7 +205,13 @@ def decode(
 
 
 def _decode_steps(
-    steps, logits, rows: RowSettings, pad_id: int, eos_ids, with_logprobs: bool, on_step=None
+    steps,
+    logits,
+    rows: RowSettings,
+    pad_id: int,
+    eos_ids,
+    with_logprobs: bool,
+    on_step: Callable[[int, int], None] | None = None,
 ):
     """Choose each row's token and feed them, step by step, until every row is done."""
     batch, device = logits.shape[0], logits.device

@@ -56,9 +56,21 @@ def written_out(query, key, value, blocks, num_tokens) -> torch.Tensor:
     return (weights @ value).transpose(1, 2)
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["cpu-loop", "padded-rows"])
-def test_packed_attention_and_its_gradients_equal_attention_written_out(padded):
-    num_tokens, blocks = blocks_of_a_row()
+def one_block(queries: int, prefix: int) -> tuple[int, tuple[AttentionBlock, ...]]:
+    """A causal block of ``queries`` tokens that also see ``prefix`` keys before them (those
+    computed by a block of their own, as a pair's shared context is)."""
+    tail = range(prefix, prefix + queries)
+    if not prefix:
+        return queries, (AttentionBlock((tail,), tail, causal=True),)
+    context = range(prefix)
+    blocks = (
+        AttentionBlock((context,), context, causal=True),
+        AttentionBlock((context, tail), tail, causal=True),
+    )
+    return prefix + queries, blocks
+
+
+def check_against_written_out(num_tokens, blocks, padded: bool) -> None:
     generator = torch.Generator().manual_seed(0)
     states = [
         torch.randn(1, heads, num_tokens, HEAD_DIM, generator=generator, dtype=torch.float64)
@@ -78,3 +90,15 @@ def test_packed_attention_and_its_gradients_equal_attention_written_out(padded):
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-10, rtol=1e-10)
     for got, want in zip(*gradients, strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["cpu-loop", "padded-rows"])
+def test_packed_attention_and_its_gradients_equal_attention_written_out(padded):
+    check_against_written_out(*blocks_of_a_row(), padded)
+
+
+@pytest.mark.parametrize("prefix", [0, 40])
+@pytest.mark.parametrize("queries", [2, CAUSAL_CHUNK - 1, CAUSAL_CHUNK, CAUSAL_CHUNK + 1, 257])
+def test_a_causal_block_cut_at_every_kind_of_chunk_edge(queries, prefix):
+    """Chunks that end exactly at the block's end, one query past it, a block of two."""
+    check_against_written_out(*one_block(queries, prefix), padded=False)
