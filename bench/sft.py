@@ -106,7 +106,6 @@ run takes about 15 minutes on two quiet CPU cores (SmolLM2: 13, its conversion i
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -417,13 +416,12 @@ class HeldOut:
 
     def minus(self, other: HeldOut) -> tuple[float, float]:
         """The paired difference of the per-conversation mean losses: (mean, standard error)."""
-        differences = [
-            a - b for a, b in zip(self.per_conversation(), other.per_conversation(), strict=True)
-        ]
-        n = len(differences)
-        mean = sum(differences) / n
-        variance = sum((d - mean) ** 2 for d in differences) / (n - 1) if n > 1 else math.nan
-        return mean, math.sqrt(variance / n)
+        from rlhf.policy_eval.job import mean_and_stderr
+
+        differences = mean_and_stderr(
+            [a - b for a, b in zip(self.per_conversation(), other.per_conversation(), strict=True)]
+        )
+        return differences["mean"], differences["stderr"]
 
 
 def held_out_loss(model, encoded, max_length: int, device) -> HeldOut:
@@ -743,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     # Our trainer does this on CPUs, for the whole process: done first, for every trainer alike.
-    kept = device.type == "cpu" and keep_freed_memory()
+    kept = keep_freed_memory(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda, but torch sees no CUDA device")
 

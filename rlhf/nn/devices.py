@@ -35,9 +35,10 @@ KEPT_BLOCK_BYTES = 1 << 30  # freed blocks up to this size stay in the process
 KEPT_HEAP_BYTES = (1 << 31) - 1  # free memory at the heap's top above this goes back
 
 
-def keep_freed_memory() -> bool:
-    """Let a training process reuse the memory of the tensors it frees instead of handing it
-    back to the system; whether that applied (glibc only: Linux, not musl or macOS).
+def keep_freed_memory(device) -> bool:
+    """Let a training process on CPUs (``device``, a ``torch.device``) reuse the memory of the
+    tensors it frees instead of handing it back to the system; whether that applied (CPUs and
+    glibc only: Linux, not musl or macOS).
 
     glibc serves every block above its mmap threshold (32 MiB at most, by default) with a fresh
     mapping and unmaps it when freed, so the next block of that size is faulted in again a
@@ -54,7 +55,7 @@ def keep_freed_memory() -> bool:
     import ctypes
     import platform
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if device.type != "cpu" or platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(None)
     return bool(

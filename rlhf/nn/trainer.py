@@ -181,8 +181,7 @@ class Trainer:
         self.accelerator = Accelerator(
             cpu=use_cpu(config.cpu), mixed_precision=mixed_precision(config)
         )
-        if self.accelerator.device.type == "cpu":
-            keep_freed_memory()
+        keep_freed_memory(self.accelerator.device)
         set_seed(config.seed)
         self.world = self.accelerator.num_processes
         self.steps = 0

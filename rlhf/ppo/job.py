@@ -207,8 +207,7 @@ class PPORun:
         config = self.config
         # Several processes under `accelerate launch` (rlhf.ppo.processes); one otherwise.
         accelerator = Accelerator(cpu=use_cpu(config.cpu), mixed_precision="no")
-        if accelerator.device.type == "cpu":
-            keep_freed_memory()
+        keep_freed_memory(accelerator.device)
         self.processes = Processes(accelerator, fsdp=config.fsdp)
         if self.processes.sharded:
             # Under `accelerate launch --use_fsdp`, transformers' low-memory loading leaves every

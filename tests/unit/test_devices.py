@@ -16,7 +16,7 @@ STEPS = """
 import random, resource, sys
 import torch
 from rlhf.nn.devices import keep_freed_memory
-kept = keep_freed_memory() if sys.argv[1] == "keep" else False
+kept = keep_freed_memory(torch.device("cpu")) if sys.argv[1] == "keep" else False
 sizes = random.Random(0)
 
 def step():
